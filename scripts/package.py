@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Builds dist/stack_segmenter-<version>.zip for QGIS's "Install from ZIP".
+
+The zip holds one folder, ``stack_segmenter/``, with the files git tracks minus what a
+user does not need (tests, CI, set-up, benchmarks, caches, the venv). Standard library
+only, so it runs with any Python 3.
+"""
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = "stack_segmenter"
+EXCLUDED_TOP = {"test", ".ci", "scripts", "bench", ".venv", "dist", "build", "docs", ".github"}
+EXCLUDED_FILES = {".gitignore", "Makefile", "pytest.ini", "constraints.txt", "requirements-dev.txt"}
+
+
+def plugin_version() -> str:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "metadata.txt", encoding="utf-8")
+    return parser["general"]["version"]
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], check=True, capture_output=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
+def is_packaged(rel: str) -> bool:
+    parts = Path(rel).parts
+    return not (
+        parts[0] in EXCLUDED_TOP
+        or rel in EXCLUDED_FILES
+        or "__pycache__" in parts
+        or rel.endswith((".pyc", ".pyo"))
+    )
+
+
+def build(dest_dir: Path = ROOT / "dist") -> Path:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{PLUGIN}-{plugin_version()}.zip"
+    tmp = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rel in sorted(filter(is_packaged, tracked_files())):
+            zf.write(ROOT / rel, f"{PLUGIN}/{rel}")
+    tmp.replace(target)
+    return target
+
+
+if __name__ == "__main__":
+    path = build(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "dist")
+    print(f"package: {path}")
