@@ -12,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(RUN_ENV) bash scripts/demo.sh
+	@$(RUN_ENV) $(PY) scripts/demo.py
 
 test: setup
 	@$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
