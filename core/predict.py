@@ -1,0 +1,665 @@
+"""Sliding-window inference with seamless blending, streamed into a probability GeoTIFF.
+
+Why this shape: evidence stacks can be far larger than memory, and a model sees only a
+tile at a time, so predictions near a tile's edge (zero padding, missing context) are
+worse than in its centre. We therefore (1) plan overlapping windows row by row ("strips"),
+(2) weight each window's probabilities by a smooth ramp that is highest in the centre and
+accumulate weighted sums, so every pixel is a blend dominated by windows that see it well,
+and (3) write every row as soon as no later window can touch it. Only one strip of
+accumulators (tile height x raster width) is ever in memory, whatever the raster's height.
+
+The output is written to a temporary file beside the requested one and renamed when
+complete, so a cancelled or failed run never leaves a half-written map under that name.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import PredictConfig
+from .errors import ConfigError, DataError
+from .events import Callbacks, LogFn, ProgressFn, StopFn
+
+NODATA: float = -9999.0
+#: Output GeoTIFF block size (rows and columns); GDAL wants a multiple of 16.
+BLOCK: int = 256
+#: Weight floor at a window's outer edge: pixels at the raster border are seen by one
+#: window only, and their value must still come through (a zero weight would lose it).
+EDGE_WEIGHT: float = 1e-3
+
+Reader = Callable[[int, int, int, int], Tuple[np.ndarray, np.ndarray]]
+#: Maps a batch of raw windows (B, C, h, w) + validity (B, h, w) to probabilities (B, h, w).
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_FALLBACK_BAND_NAME = re.compile(r"^band_\d+$")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Strip:
+    """One row of windows: their top row, their left columns and the rows it finalises.
+
+    After every window of this strip is accumulated, rows ``row0 .. final_end`` can never be
+    touched again (the next strip starts at ``final_end``) and are written out.
+    """
+
+    row0: int
+    cols: Tuple[int, ...]
+    final_end: int
+
+
+def window_origins(size: int, tile: int, stride: int) -> List[int]:
+    """Window starts along one axis covering ``size`` pixels, the last aligned to the edge.
+
+    A raster smaller than a tile gets one window at 0 (reaching past the edge: padded).
+    """
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+def plan_strips(height: int, width: int, tile: Tuple[int, int], stride: Tuple[int, int]) -> List[Strip]:
+    """Groups the window grid into strips and says which rows each strip finalises."""
+    rows = window_origins(height, tile[0], stride[0])
+    cols = tuple(window_origins(width, tile[1], stride[1]))
+    ends = rows[1:] + [height]
+    return [Strip(r, cols, min(e, height)) for r, e in zip(rows, ends)]
+
+
+def stride_for(tile: Tuple[int, int], overlap: float) -> Tuple[int, int]:
+    """Step between windows so that neighbours share ``overlap`` of a tile."""
+    return (max(1, int(round(tile[0] * (1.0 - overlap)))), max(1, int(round(tile[1] * (1.0 - overlap)))))
+
+
+def ramp_1d(n: int, ramp: int) -> np.ndarray:
+    """1-D blending weight: a smoothstep from ~0 at both ends to 1 over ``ramp`` pixels."""
+    if ramp <= 0:
+        return np.ones(n, dtype=np.float32)
+    i = np.arange(n, dtype=np.float64)
+    d = np.minimum(i + 0.5, n - i - 0.5) / float(ramp)
+    t = np.clip(d, 0.0, 1.0)
+    w = t * t * (3.0 - 2.0 * t)
+    return np.maximum(w, EDGE_WEIGHT).astype(np.float32)
+
+
+def window_weight(tile: Tuple[int, int], stride: Tuple[int, int]) -> np.ndarray:
+    """2-D blending weight of a window: separable ramps as wide as the overlap."""
+    wy = ramp_1d(tile[0], tile[0] - stride[0])
+    wx = ramp_1d(tile[1], tile[1] - stride[1])
+    return np.outer(wy, wx).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+class StripAccumulator:
+    """Weighted sums of probabilities for the rows one strip of windows covers.
+
+    The buffers are (tile height, raster width): memory grows with the width, never with
+    the height. ``advance`` hands out finished rows and slides the buffers down.
+    """
+
+    def __init__(self, height: int, width: int, tile_h: int) -> None:
+        self.height = height
+        self.width = width
+        self.rows = min(tile_h, height)
+        self.base = 0
+        self.acc = np.zeros((self.rows, width), dtype=np.float32)
+        self.wsum = np.zeros((self.rows, width), dtype=np.float32)
+        self.valid = np.zeros((self.rows, width), dtype=bool)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes)
+
+    def add(self, row: int, col: int, prob: np.ndarray, valid: np.ndarray, weight: np.ndarray) -> None:
+        """Accumulates one window (clipped to the raster) at absolute ``row, col``."""
+        h = min(prob.shape[0], self.height - row)
+        w = min(prob.shape[1], self.width - col)
+        r = row - self.base
+        if r < 0 or r + h > self.rows:
+            raise RuntimeError(f"window at row {row} is outside the strip buffer starting at {self.base}")
+        wt = weight[:h, :w]
+        self.acc[r:r + h, col:col + w] += prob[:h, :w] * wt
+        self.wsum[r:r + h, col:col + w] += wt
+        self.valid[r:r + h, col:col + w] |= valid[:h, :w]
+
+    def advance(self, final_end: int) -> Tuple[int, np.ndarray, np.ndarray]:
+        """Returns (first row, blended probabilities, validity) of rows up to ``final_end``.
+
+        Rows without any weight (cannot happen with a covering plan) come out invalid.
+        """
+        n = final_end - self.base
+        start = self.base
+        wsum = self.wsum[:n]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prob = np.where(wsum > 0, self.acc[:n] / np.where(wsum > 0, wsum, 1.0), 0.0).astype(np.float32)
+        valid = self.valid[:n] & (wsum > 0)
+        for buf in (self.acc, self.wsum, self.valid):
+            buf[: self.rows - n] = buf[n:].copy()
+            buf[self.rows - n:] = 0
+        self.base = final_end
+        return start, np.clip(prob, 0.0, 1.0), valid
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class BlockRowWriter:
+    """Writes finished rows into a tiled GeoTIFF in whole block rows.
+
+    Re-writing a compressed block that GDAL already flushed appends a new copy to the file,
+    so rows are held back until a full block row (or the end) is ready: every block is
+    compressed exactly once and at most one block row waits in memory.
+    """
+
+    def __init__(self, dst: Any, block_rows: int, mask_fn: Optional[Callable[[int, int], np.ndarray]] = None) -> None:
+        self.dst = dst
+        self.block_rows = block_rows
+        self.mask_fn = mask_fn
+        self.pending: List[np.ndarray] = []
+        self.pending_rows = 0
+        self.next_row = 0
+        self.peak_pending_bytes = 0
+
+    def write(self, row0: int, prob: np.ndarray, valid: np.ndarray) -> None:
+        """Queues rows starting at ``row0`` (must continue the previous ones)."""
+        if row0 != self.next_row + self.pending_rows:
+            raise RuntimeError(f"rows must come in order: expected {self.next_row + self.pending_rows}, got {row0}")
+        if self.mask_fn is not None:
+            valid = valid & self.mask_fn(row0, prob.shape[0])
+        out = np.where(valid, prob, np.float32(NODATA)).astype(np.float32)
+        self.pending.append(out)
+        self.pending_rows += out.shape[0]
+        self.peak_pending_bytes = max(self.peak_pending_bytes, sum(p.nbytes for p in self.pending))
+        if self.pending_rows >= self.block_rows:
+            self._flush(whole_blocks_only=True)
+
+    def close(self) -> None:
+        """Writes whatever is left (the last, partial block row)."""
+        self._flush(whole_blocks_only=False)
+
+    def _flush(self, whole_blocks_only: bool) -> None:
+        if not self.pending:
+            return
+        from rasterio.windows import Window
+
+        rows = np.concatenate(self.pending, axis=0)
+        n = (rows.shape[0] // self.block_rows) * self.block_rows if whole_blocks_only else rows.shape[0]
+        if n:
+            self.dst.write(rows[:n], 1, window=Window(0, self.next_row, rows.shape[1], n))
+            self.next_row += n
+        rest = rows[n:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows = rest.shape[0]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def blend_windows(
+    read: Reader,
+    run: Runner,
+    writer: BlockRowWriter,
+    height: int,
+    width: int,
+    tile: Tuple[int, int],
+    stride: Tuple[int, int],
+    batch_size: int,
+    cb: Callbacks,
+) -> Dict[str, int]:
+    """Reads, predicts, blends and writes strip by strip; polls ``should_stop`` per tile.
+
+    Returns counts (windows, strips) and the peak bytes of the accumulation buffers.
+    """
+    strips = plan_strips(height, width, tile, stride)
+    weight = window_weight(tile, stride)
+    accum = StripAccumulator(height, width, tile[0])
+    n_windows = 0
+    for i, strip in enumerate(strips):
+        for cols in _chunks(strip.cols, batch_size):
+            datas, valids = [], []
+            for col in cols:
+                cb.check_stop("prediction stopped; no probability map was written")
+                data, valid = read(strip.row0, col, tile[0], tile[1])
+                datas.append(data)
+                valids.append(valid)
+            probs = run(np.stack(datas), np.stack(valids))
+            for col, prob, valid in zip(cols, probs, valids):
+                accum.add(strip.row0, col, prob, valid, weight)
+            n_windows += len(cols)
+        writer.write(*accum.advance(strip.final_end))
+        cb.progress((i + 1) / len(strips))
+    writer.close()
+    return {"windows": n_windows, "strips": len(strips), "buffer_bytes": accum.nbytes}
+
+
+def _chunks(items: Sequence[int], n: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+def resolve_device(name: str) -> Any:
+    """auto -> cuda when usable, else cpu; an unusable explicit device is a ConfigError."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu (or auto)")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for but it is not available here; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def autocast_for(amp_mode: str, device: Any) -> Callable[[], Any]:
+    """A factory of autocast contexts for the AMP mode; fp16 on CPU is refused."""
+    import torch
+
+    if amp_mode == "none":
+        return contextlib.nullcontext
+    if amp_mode == "fp16" and device.type != "cuda":
+        raise ConfigError("amp mode fp16 needs a CUDA GPU; on CPU use --amp_mode bf16 or none")
+    dtype = torch.float16 if amp_mode == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def class1_probability(logits: Any) -> Any:
+    """Positive-class probability from logits (B, K, H, W): softmax for K >= 2, sigmoid for 1."""
+    import torch
+
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+class TorchRunner:
+    """Encodes raw windows with the checkpoint's encoder and runs the model on them.
+
+    Planar U-Nets halve the size ``layers`` times, so windows are zero-padded to a multiple
+    of ``multiple`` and cropped back (a raster smaller than a tile is padded the same way).
+    """
+
+    def __init__(self, model: Any, encoder: Any, device: Any, amp: Callable[[], Any], multiple: int = 1) -> None:
+        self.model = model
+        self.encoder = encoder
+        self.device = device
+        self.amp = amp
+        self.multiple = max(1, int(multiple))
+
+    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Encodes a batch of raw windows (B, C, h, w) -> (B, C_out, h, w) float32."""
+        if self.encoder is None:
+            return np.where(valid[:, None], data, 0.0).astype(np.float32)
+        return np.stack([self.encoder.encode(d, v) for d, v in zip(data, valid)]).astype(np.float32)
+
+    def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(self.encode(data, valid))
+        h, w = x.shape[-2:]
+        ph = (-h) % self.multiple
+        pw = (-w) % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        with torch.inference_mode(), self.amp():
+            prob = class1_probability(self.model(x.to(self.device)))
+        return prob[:, :h, :w].float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_against_checkpoint(config: PredictConfig, ckpt: Dict[str, Any]) -> None:
+    """Optional model_name / in_channels / num_classes must agree with the checkpoint."""
+    for key in ("model_name", "in_channels", "num_classes"):
+        given = getattr(config, key)
+        stored = ckpt.get(key)
+        if given is not None and stored is not None and given != stored:
+            raise ConfigError(
+                f"--{key} {given!r} disagrees with the checkpoint, which holds {stored!r}; "
+                f"leave --{key} out (it is read from the checkpoint) or pick the matching checkpoint"
+            )
+
+
+def _real_names(names: Optional[Sequence[str]]) -> bool:
+    return bool(names) and not all(_FALLBACK_BAND_NAME.match(str(n)) for n in names)  # type: ignore[union-attr]
+
+
+def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> None:
+    """The raster must hold the bands the model was trained on: count, names, then grid."""
+    expected = int(ckpt.get("band_count", ckpt.get("in_channels", info.count)))
+    if info.count != expected:
+        raise DataError(
+            f"{info.path} has {info.count} band(s) but the model was trained on {expected}; "
+            "predict on a stack with the same bands in the same order as in training"
+        )
+    theirs = list(ckpt.get("band_names") or [])
+    ours = list(info.band_names or [])
+    if _real_names(theirs) and _real_names(ours):
+        for i, (a, b) in enumerate(zip(ours, theirs), start=1):
+            if a != b:
+                raise DataError(
+                    f"band {i} of {info.path} is named {a!r} but the model was trained with {b!r} there; "
+                    "the bands must be the same and in the same order as in training (rebuild the stack, "
+                    "or rename the band descriptions if only the names differ)"
+                )
+    ck_crs = ckpt.get("crs_wkt")
+    if ck_crs and info.crs_wkt and not same_crs(ck_crs, info.crs_wkt):
+        log(f"warning: the raster's CRS differs from the training raster's; the model may not transfer ({info.path})")
+    ck_px = ckpt.get("pixel_size")
+    if ck_px:
+        a = [abs(float(v)) for v in ck_px][:2]
+        b = [abs(float(v)) for v in info.res][:2]
+        if any(not math.isclose(x, y, rel_tol=1e-3) for x, y in zip(a, b)):
+            log(
+                f"warning: pixel size {b[0]:g} x {b[1]:g} differs from the training raster's {a[0]:g} x {a[1]:g}; "
+                "features at another scale may be predicted poorly"
+            )
+
+
+def same_crs(wkt_a: str, wkt_b: str) -> bool:
+    """CRS equivalence (not object equality): same EPSG code, or GDAL says they are the same."""
+    from rasterio.crs import CRS
+
+    try:
+        a, b = CRS.from_user_input(wkt_a), CRS.from_user_input(wkt_b)
+    except Exception:  # noqa: BLE001 - an unparsable CRS is simply "not known to be the same"
+        return wkt_a == wkt_b
+    if a == b:
+        return True
+    ea, eb = a.to_epsg(), b.to_epsg()
+    return ea is not None and ea == eb
+
+
+def prepare_output(output_path: str, raster_path: str) -> Path:
+    """Creates the output folder, checks it is writable and that we never overwrite the input."""
+    out = Path(output_path).expanduser().resolve()
+    if out.is_dir():
+        raise DataError(f"--output_path {output_path} is a folder; give a file name such as {out / 'probability.tif'}")
+    if out.exists() and Path(raster_path).exists() and os.path.samefile(out, raster_path):
+        raise DataError(f"--output_path {output_path} is the input raster; choose another file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write into the output folder {out.parent} ({exc.strerror or exc}); "
+            "choose a folder you can write to for --output_path"
+        ) from None
+    return out
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file (the checkpoint digest written into the map's tags)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- study area
+
+
+class StudyArea:
+    """Study-area polygons, rasterized one block of rows at a time (never the whole grid)."""
+
+    def __init__(self, shapes: List[Any], transform: Sequence[float], width: int) -> None:
+        self.shapes = shapes
+        self.transform = transform
+        self.width = width
+
+    @classmethod
+    def load(cls, path: str, info: Any) -> "StudyArea":
+        """Reads the polygons, reprojected to the raster's CRS; DataError when unusable."""
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        if not Path(path).exists():
+            raise DataError(f"mask file {path} does not exist; pass an existing polygon file to --mask_path")
+        try:
+            gdf = gpd.read_file(path)
+        except Exception as exc:  # noqa: BLE001 - any OGR failure is an unreadable file
+            raise DataError(f"cannot read the mask {path} ({exc}); pass a polygon file OGR can open") from None
+        gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if gdf.empty:
+            raise DataError(f"the mask {path} holds no polygons; --mask_path needs study-area polygons")
+        if gdf.crs is not None and info.crs_wkt and not same_crs(gdf.crs.to_wkt(), info.crs_wkt):
+            gdf = gdf.to_crs(info.crs_wkt)
+        if not gdf.geometry.intersects(box(*info.bounds)).any():
+            raise DataError(f"the mask {path} does not overlap the raster {info.path}; check its CRS and extent")
+        return cls(list(gdf.geometry), info.transform, info.width)
+
+    def rows(self, row0: int, n: int) -> np.ndarray:
+        """Inside-mask flags of rows ``row0 .. row0 + n`` (bool, n x width)."""
+        from affine import Affine
+        from rasterio.features import geometry_mask
+
+        t = Affine(*self.transform[:6]) * Affine.translation(0, row0)
+        return geometry_mask(self.shapes, out_shape=(n, self.width), transform=t, invert=True)
+
+
+# ----------------------------------------------------------------------------- the globe
+
+
+def check_global(info: Any) -> None:
+    """Spherical mode needs a whole-globe geographic grid: -180..180 x -90..90, width = 2 x height."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(info.crs_wkt) if info.crs_wkt else None
+    left, bottom, right, top = info.bounds
+    tol_x, tol_y = 1.01 * abs(info.res[0]), 1.01 * abs(info.res[1])
+    why = None
+    if crs is None or not crs.is_geographic:
+        why = f"its CRS is {'missing' if crs is None else (crs.to_string() or 'projected')}, not geographic (EPSG:4326)"
+    elif abs(left + 180) > tol_x or abs(right - 180) > tol_x or abs(bottom + 90) > tol_y or abs(top - 90) > tol_y:
+        why = f"its extent {left:g}, {bottom:g}, {right:g}, {top:g} is not the whole globe (-180, -90, 180, 90)"
+    elif abs(info.width - 2 * info.height) > max(1, 0.02 * info.width):
+        why = f"it is {info.width} x {info.height} pixels; a global grid is twice as wide as high"
+    if why:
+        raise DataError(
+            f"--spherical runs the whole globe through a spherical model, but {info.path} is not a global "
+            f"EPSG:4326 raster: {why}. Reproject to a global grid (e.g. gdalwarp -t_srs EPSG:4326 "
+            "-te -180 -90 180 90 -ts 2N N), or leave out --spherical and use a planar model"
+        )
+
+
+def resample_periodic(x: Any, size: Tuple[int, int]) -> Any:
+    """Bilinear resampling of (B, C, H, W) global grids, periodic in longitude.
+
+    Pixel centres map onto pixel centres; one column of circular padding on each side lets
+    values across the antimeridian blend, and latitude clamps at the poles.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h_in, w_in = x.shape[-2:]
+    if (h_in, w_in) == tuple(size):
+        return x
+    h_out, w_out = size
+    padded = F.pad(x, (1, 1, 0, 0), mode="circular")
+    cols = (torch.arange(w_out, dtype=torch.float64) + 0.5) * w_in / w_out - 0.5 + 1.0  # index in padded
+    rows = (torch.arange(h_out, dtype=torch.float64) + 0.5) * h_in / h_out - 0.5
+    gx = (cols + 0.5) / (w_in + 2) * 2 - 1
+    gy = (rows + 0.5) / h_in * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).to(x.dtype)
+    grid = grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
+    """Runs the whole globe through the model at its grid and brings the probability back."""
+    import torch
+
+    x = torch.from_numpy(runner.encode(data[None], valid[None]))
+    h, w = x.shape[-2:]
+    with torch.inference_mode(), runner.amp():
+        x = resample_periodic(x, grid).to(runner.device)
+        prob = class1_probability(runner.model(x))[:, None].float().cpu()
+    return resample_periodic(prob, (h, w))[0, 0].clamp(0, 1).numpy()
+
+
+# ----------------------------------------------------------------------------- predict()
+
+
+def _model_grid(ckpt: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """The fixed input grid of a spherical model (its img_size), when the checkpoint has one."""
+    for value in ((ckpt.get("model_kwargs") or {}).get("img_size"), ckpt.get("tile_size"), ckpt.get("raster_shape")):
+        if value:
+            return (int(value[0]), int(value[1]))
+    return None
+
+
+def _output_profile(info: Any) -> Dict[str, Any]:
+    from affine import Affine
+
+    block = BLOCK
+    return {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": 1,
+        "dtype": "float32",
+        "crs": info.crs_wkt or None,
+        "transform": Affine(*info.transform[:6]),
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "predictor": 3,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def _temp_output(out: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".partial.tif")
+    os.close(fd)
+    return Path(name)
+
+
+def _tags(config: PredictConfig, ckpt: Dict[str, Any], tile: Tuple[int, int], spherical: bool) -> Dict[str, str]:
+    from . import __version__
+
+    return {
+        "model_name": str(ckpt.get("model_name")),
+        "checkpoint": str(Path(config.checkpoint).name),
+        "checkpoint_sha256": file_sha256(config.checkpoint),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stack_segmenter_version": __version__,
+        "source_raster": str(Path(config.raster_path).name),
+        "mode": "spherical (whole globe)" if spherical else f"sliding windows {tile[0]}x{tile[1]}, overlap {config.overlap:g}",
+        "value": "probability of class 1 (positive), 0..1",
+    }
+
+
+def predict(
+    config: PredictConfig,
+    *,
+    progress: Optional[ProgressFn] = None,
+    should_stop: Optional[StopFn] = None,
+    log: Optional[LogFn] = None,
+) -> Dict[str, Any]:
+    """Writes the positive-class probability of every pixel of ``config.raster_path``.
+
+    Every check (checkpoint, options, bands, output folder, globe) runs before any window is
+    predicted. Returns ``{"output_path", "model_name", "width", "height", "nodata", ...}``.
+    """
+    import rasterio
+
+    from .checkpoint import build_model_from_checkpoint, encoder_from_checkpoint, load_checkpoint
+    from .models.catalog import parse_model_name
+    from .raster import open_raster, read_info, read_window
+
+    cb = Callbacks.of(progress, should_stop, log)
+    ckpt = load_checkpoint(config.checkpoint)
+    check_against_checkpoint(config, ckpt)
+    info = read_info(config.raster_path)
+    check_raster(info, ckpt, cb.log)
+    spec = parse_model_name(str(ckpt["model_name"]))
+    if config.spherical:
+        check_global(info)
+    elif spec.spherical:
+        cb.log(f"warning: {spec.name} is a spherical model run on local windows; the geometry is approximate "
+               "(use --spherical on a global EPSG:4326 raster)")
+    out = prepare_output(config.output_path, config.raster_path)
+    study = StudyArea.load(config.mask_path, info) if config.mask_path else None
+    device = resolve_device(config.device)
+    amp = autocast_for(config.amp_mode, device)
+    model = build_model_from_checkpoint(ckpt).to(device).eval()
+    multiple = 1 if spec.spherical else spec.scale ** spec.layers
+    runner = TorchRunner(model, encoder_from_checkpoint(ckpt), device, amp, multiple)
+    tile = _choose_tile(config, ckpt, info, spec.spherical, cb.log)
+    stride = stride_for(tile, config.overlap)
+    cb.log(f"predicting {info.width} x {info.height} px with {spec.name} on {device}: "
+           + ("whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"))
+    tmp = _temp_output(out)
+    try:
+        with open_raster(config.raster_path) as src, rasterio.open(tmp, "w", **_output_profile(info)) as dst:
+            writer = BlockRowWriter(dst, BLOCK, study.rows if study is not None else None)
+            if config.spherical:
+                cb.check_stop("prediction stopped; no probability map was written")
+                data, valid = read_window(src, 0, 0, info.height, info.width)
+                writer.write(0, predict_globe(runner, data, valid, _model_grid(ckpt) or (info.height, info.width)), valid)
+                writer.close()
+                cb.progress(1.0)
+                stats: Dict[str, int] = {"windows": 1, "strips": 1}
+            else:
+                stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w), runner, writer,
+                                      info.height, info.width, tile, stride, config.batch_size, cb)
+            dst.set_band_description(1, f"probability of class 1 ({spec.name})")
+            dst.update_tags(**_tags(config, ckpt, tile, config.spherical))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    cb.log(f"probability map written to {out}")
+    return {
+        "output_path": str(out),
+        "model_name": spec.name,
+        "width": info.width,
+        "height": info.height,
+        "nodata": NODATA,
+        "tile_size": list(tile),
+        "windows": stats["windows"],
+    }
+
+
+def _choose_tile(
+    config: PredictConfig, ckpt: Dict[str, Any], info: Any, spherical_model: bool, log: LogFn
+) -> Tuple[int, int]:
+    """--tile_size, else the training tile; spherical models only take their own grid."""
+    grid = _model_grid(ckpt)
+    if spherical_model and grid is not None:
+        if config.tile_size and tuple(config.tile_size) != grid:
+            log(f"note: {ckpt.get('model_name')} has a fixed grid {grid[0]} x {grid[1]}; --tile_size is ignored")
+        return grid
+    if config.tile_size:
+        return (int(config.tile_size[0]), int(config.tile_size[1]))
+    tile = ckpt.get("tile_size")
+    if tile:
+        return (int(tile[0]), int(tile[1]))
+    log("note: the checkpoint names no tile size; using 256 x 256")
+    return (256, 256)
