@@ -1,0 +1,189 @@
+"""Turns the benchmark results into target verdicts and Markdown tables.
+
+Targets (issue "Benchmarks"): prediction peak memory < 2 GB on the full-size stack and
+<= 10 % higher on a twice-as-large one; prediction wall <= 1.25 x (forward + I/O floor);
+training pipeline >= 3 x the fastest model's consumption on the uncompressed stack, with
+the stack never fully loaded. A target that could not be measured is 'not measured',
+never 'met'.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from .common import fmt, format_table, ratio
+
+PEAK_LIMIT_MB = 2048.0
+GROWTH_LIMIT = 1.10
+WALL_FACTOR = 1.25
+PIPELINE_FACTOR = 3.0
+
+
+def _ok(r: Optional[Dict[str, Any]]) -> bool:
+    return bool(r) and r.get("status") == "ok"
+
+
+def _target(name: str, target: str, measured: str, met: Optional[bool], note: str = "") -> Dict[str, Any]:
+    return {"name": name, "target": target, "measured": measured, "met": met, "note": note}
+
+
+def fastest_consumer(results: Dict[str, Any], tile: int) -> Optional[Dict[str, Any]]:
+    """The model that trains the most tiles per second at ``tile`` (None when none measured)."""
+    rows = [r for r in results.get("model_cost", []) if _ok(r) and r.get("tile") == tile]
+    return max(rows, key=lambda r: r["tiles_per_s"]) if rows else None
+
+
+def pipeline_run(results: Dict[str, Any], compress: str) -> Optional[Dict[str, Any]]:
+    """The fastest successful pipeline configuration (over worker counts) for one stack."""
+    runs = [r for r in (results.get("pipeline") or {}).get("runs", []) if _ok(r) and r.get("compress") == compress]
+    return max(runs, key=lambda r: r["tiles_per_s"]) if runs else None
+
+
+def _predict_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    pred = results.get("predict") or {}
+    one, two = pred.get("none"), pred.get("double")
+    stack = (results.get("meta") or {}).get("stack", {})
+    full = stack.get("bands", 0) >= 99 and stack.get("height", 0) * stack.get("width", 0) >= 2000 * 4000
+    size_note = "" if full else "measured on a smaller stack than the full 99 x 2000 x 4000"
+    out = []
+    if _ok(one):
+        peak = one["peak_rss_mb"]
+        out.append(_target("prediction peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", f"{peak:.0f} MB",
+                           peak < PEAK_LIMIT_MB, size_note))
+    else:
+        out.append(_target("prediction peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", "not measured", None))
+    if _ok(one) and _ok(two):
+        growth = two["peak_rss_mb"] / one["peak_rss_mb"]
+        out.append(_target("prediction memory growth, 2x raster", f"<= {GROWTH_LIMIT:.2f} x",
+                           f"{growth:.3f} x ({two['peak_rss_mb']:.0f} / {one['peak_rss_mb']:.0f} MB)",
+                           growth <= GROWTH_LIMIT))
+    else:
+        out.append(_target("prediction memory growth, 2x raster", f"<= {GROWTH_LIMIT:.2f} x", "not measured", None))
+    io = ((results.get("io_floor") or {}).get("none"))
+    if _ok(one) and _ok(io):
+        floor = one["forward_s"] + io["cold_s"]
+        r = one["predict_s"] / floor
+        out.append(_target("prediction wall vs forward + I/O floor", f"<= {WALL_FACTOR:.2f} x",
+                           f"{r:.2f} x ({one['predict_s']:.1f} s / ({one['forward_s']:.1f} + {io['cold_s']:.1f}) s)",
+                           r <= WALL_FACTOR))
+    else:
+        out.append(_target("prediction wall vs forward + I/O floor", f"<= {WALL_FACTOR:.2f} x", "not measured", None))
+    return out
+
+
+def _pipeline_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    tile = (results.get("pipeline") or {}).get("tile")
+    fastest = fastest_consumer(results, tile) if tile else None
+    out = []
+    for compress in ("none", "deflate"):
+        run = pipeline_run(results, compress)
+        name = f"pipeline vs fastest model ({'uncompressed' if compress == 'none' else 'deflate'})"
+        if run and fastest:
+            r = run["tiles_per_s"] / fastest["tiles_per_s"]
+            measured = (f"{r:.1f} x ({run['tiles_per_s']:.1f} vs {fastest['model']} "
+                        f"{fastest['tiles_per_s']:.1f} tiles/s)")
+            # The target is set on the uncompressed stack; the compressed one is reported.
+            met = r >= PIPELINE_FACTOR if compress == "none" else None
+            note = "" if compress == "none" else "reported, no target"
+            out.append(_target(name, f">= {PIPELINE_FACTOR:.0f} x", measured, met, note))
+        else:
+            out.append(_target(name, f">= {PIPELINE_FACTOR:.0f} x", "not measured", None))
+    run = pipeline_run(results, "none")
+    raw_mb = (results.get("meta") or {}).get("stack", {}).get("raw_gib", 0) * 1024
+    if run:
+        peak = run["peak_rss_mb"] + run.get("workers_peak_rss_mb", 0.0)
+        out.append(_target("pipeline never loads the stack", f"peak < stack ({raw_mb:.0f} MB)",
+                           f"{peak:.0f} MB", peak < raw_mb))
+    return out
+
+
+def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every target with what was measured and whether it was met (None = not measured)."""
+    return _predict_targets(results) + _pipeline_targets(results)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _verdict(met: Optional[bool]) -> str:
+    return {True: "met", False: "NOT met", None: "not measured"}[met]
+
+
+def io_table(results: Dict[str, Any]) -> str:
+    gen = results.get("generate") or {}
+    rows = []
+    for key, io in (results.get("io_floor") or {}).items():
+        g = gen.get(key, {})
+        rows.append([key, fmt(g.get("file_mb"), 0), fmt(g.get("write_s")), fmt(io.get("cold_s")),
+                     fmt(io.get("cold_mb_per_s"), 0), fmt(io.get("warm_s")), fmt(io.get("peak_rss_mb"), 0),
+                     io.get("status")])
+    return format_table(["stack", "file MB", "write s", "read cold s", "cold MB/s", "read warm s", "peak RSS MB",
+                         "status"], rows)
+
+
+def memory_table(results: Dict[str, Any]) -> str:
+    """Ours (windowed) vs the original approach (whole stack in memory), same tiles."""
+    rows = []
+    base = results.get("baseline")
+    if base:
+        rows.append(["original: whole stack in memory", base.get("tiles"), fmt(base.get("total_s")),
+                     fmt(base.get("tiles_per_s")), fmt(base.get("peak_rss_mb"), 0), base.get("status")])
+    for run in (results.get("pipeline") or {}).get("runs", []):
+        peak = None if run.get("peak_rss_mb") is None else run["peak_rss_mb"] + run.get("workers_peak_rss_mb", 0.0)
+        rows.append([f"ours: TileDataset, {run['compress']}, {run['workers']} workers", run.get("tiles"),
+                     fmt(run.get("seconds")), fmt(run.get("tiles_per_s")), fmt(peak, 0), run.get("status")])
+    return format_table(["approach", "tiles", "time s", "tiles/s", "peak RSS MB", "status"], rows)
+
+
+def model_table(results: Dict[str, Any]) -> str:
+    rows = []
+    for r in results.get("model_cost", []):
+        ok = _ok(r)
+        rows.append([r.get("model"), f"{r.get('tile')}x{r.get('tile')}", r.get("batch"),
+                     fmt(r.get("s_per_tile"), 3) if ok else r.get("status"),
+                     fmt(r.get("tiles_per_s")) if ok else "-", fmt(r.get("peak_rss_mb"), 0) if ok else "-",
+                     fmt(r.get("gpu_peak_mb"), 0) if ok else "-"])
+    return format_table(["model", "tile", "batch", "fwd+bwd s/tile", "tiles/s", "peak RSS MB", "GPU MB"], rows)
+
+
+def predict_table(results: Dict[str, Any]) -> str:
+    pred = results.get("predict") or {}
+    rows = []
+    for key in ("none", "double"):
+        r = pred.get(key)
+        if not r:
+            continue
+        rows.append([key, r.get("shape") and "x".join(str(s) for s in r["shape"]), r.get("windows"),
+                     fmt(r.get("predict_s")), fmt(r.get("forward_s")), fmt(r.get("peak_rss_mb"), 0),
+                     fmt(r.get("gpu_peak_mb"), 0), r.get("status")])
+    return format_table(["stack", "bands x H x W", "windows", "predict s", "forward only s", "peak RSS MB", "GPU MB",
+                         "status"], rows)
+
+
+def targets_table(results: Dict[str, Any]) -> str:
+    rows = [[t["name"], t["target"], t["measured"], _verdict(t["met"]), t.get("note", "")]
+            for t in results.get("targets", [])]
+    return format_table(["target", "wanted", "measured", "verdict", "note"], rows)
+
+
+def render_report(results: Dict[str, Any]) -> str:
+    """All tables, in the order of the issue, with the machine they were measured on."""
+    meta = results.get("meta", {})
+    m = meta.get("machine", {})
+    s = meta.get("stack", {})
+    head = (f"Stack Segmenter benchmarks: {s.get('bands')} x {s.get('height')} x {s.get('width')} float32 "
+            f"({s.get('raw_gib')} GiB), device {meta.get('args', {}).get('device')}; "
+            f"{m.get('cpu_count')} CPU ({m.get('cpu_model')}), {m.get('mem_total_gb')} GB RAM, {m.get('os')}; "
+            f"torch {m.get('torch')}, GDAL {m.get('gdal')}; total {meta.get('total_s')} s")
+    parts = [head]
+    sections = [("1. I/O floor: window-by-window read (rasterio)", "io_floor", io_table),
+                ("2. Prediction (core predict())", "predict", predict_table),
+                ("3/4. Training data pipeline vs the original whole-stack approach", None, memory_table),
+                ("5. Per-model training cost (forward + backward + step)", "model_cost", model_table)]
+    for title, key, fn in sections:
+        if key is None and not (results.get("baseline") or results.get("pipeline")):
+            continue
+        if key is not None and not results.get(key):
+            continue
+        parts.append(f"\n## {title}\n\n{fn(results)}")
+    parts.append(f"\n## Targets\n\n{targets_table(results)}")
+    return "\n".join(parts)
