@@ -59,25 +59,19 @@ class Strip:
     final_end: int
 
 
-def window_origins(size: int, tile: int, stride: int) -> List[int]:
-    """Window starts along one axis covering ``size`` pixels, the last aligned to the edge.
-
-    A raster smaller than a tile gets one window at 0 (reaching past the edge: padded).
-    """
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] + tile < size:
-        starts.append(size - tile)
-    return starts
-
-
 def plan_strips(height: int, width: int, tile: Tuple[int, int], stride: Tuple[int, int]) -> List[Strip]:
-    """Groups the window grid into strips and says which rows each strip finalises."""
-    rows = window_origins(height, tile[0], stride[0])
-    cols = tuple(window_origins(width, tile[1], stride[1]))
+    """Groups the window grid (raster.iter_windows) into strips; says which rows each finalises.
+
+    A raster smaller than a tile gets one window at 0 reaching past the edge (padded).
+    """
+    from .raster import iter_windows
+
+    by_row: Dict[int, List[int]] = {}
+    for row, col in iter_windows(height, width, tile, stride):
+        by_row.setdefault(row, []).append(col)
+    rows = sorted(by_row)
     ends = rows[1:] + [height]
-    return [Strip(r, cols, min(e, height)) for r, e in zip(rows, ends)]
+    return [Strip(r, tuple(sorted(by_row[r])), min(e, height)) for r, e in zip(rows, ends)]
 
 
 def stride_for(tile: Tuple[int, int], overlap: float) -> Tuple[int, int]:
@@ -432,22 +426,17 @@ class StudyArea:
         self.width = width
 
     @classmethod
-    def load(cls, path: str, info: Any) -> "StudyArea":
-        """Reads the polygons, reprojected to the raster's CRS; DataError when unusable."""
-        import geopandas as gpd
+    def load(cls, path: str, info: Any, log: LogFn) -> "StudyArea":
+        """Reads the polygons (labels.py's reader), reprojected to the raster's CRS."""
         from shapely.geometry import box
 
-        if not Path(path).exists():
-            raise DataError(f"mask file {path} does not exist; pass an existing polygon file to --mask_path")
-        try:
-            gdf = gpd.read_file(path)
-        except Exception as exc:  # noqa: BLE001 - any OGR failure is an unreadable file
-            raise DataError(f"cannot read the mask {path} ({exc}); pass a polygon file OGR can open") from None
+        from .labels import _mask_source, read_vector, to_raster_crs
+
+        gdf = read_vector(_mask_source(path, log), what="study-area mask")
         gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
         if gdf.empty:
             raise DataError(f"the mask {path} holds no polygons; --mask_path needs study-area polygons")
-        if gdf.crs is not None and info.crs_wkt and not same_crs(gdf.crs.to_wkt(), info.crs_wkt):
-            gdf = gdf.to_crs(info.crs_wkt)
+        gdf = to_raster_crs(gdf, info, log, "study-area mask")
         if not gdf.geometry.intersects(box(*info.bounds)).any():
             raise DataError(f"the mask {path} does not overlap the raster {info.path}; check its CRS and extent")
         return cls(list(gdf.geometry), info.transform, info.width)
@@ -605,7 +594,7 @@ def predict(
         cb.log(f"warning: {spec.name} is a spherical model run on local windows; the geometry is approximate "
                "(use --spherical on a global EPSG:4326 raster)")
     out = prepare_output(config.output_path, config.raster_path)
-    study = StudyArea.load(config.mask_path, info) if config.mask_path else None
+    study = StudyArea.load(config.mask_path, info, cb.log) if config.mask_path else None
     device = resolve_device(config.device)
     amp = autocast_for(config.amp_mode, device)
     model = build_model_from_checkpoint(ckpt).to(device).eval()

@@ -26,7 +26,6 @@ from core.predict import (
     ramp_1d,
     resample_periodic,
     stride_for,
-    window_origins,
     window_weight,
 )
 
@@ -73,9 +72,8 @@ def write_map(path: Path, height: int, width: int, tile: Tuple[int, int], overla
 
 
 def test_window_origins_cover_and_align_to_the_edge() -> None:
-    assert window_origins(100, 32, 24) == [0, 24, 48, 68]
-    assert window_origins(10, 32, 24) == [0]
-    assert window_origins(32, 32, 24) == [0]
+    assert [s.row0 for s in plan_strips(10, 10, (32, 32), (24, 24))] == [0]
+    assert plan_strips(10, 10, (32, 32), (24, 24))[0].final_end == 10
     strips = plan_strips(100, 50, (32, 32), (24, 24))
     assert [s.row0 for s in strips] == [0, 24, 48, 68]
     assert [s.final_end for s in strips] == [24, 48, 68, 100]

@@ -1,0 +1,428 @@
+"""Scoring a probability map against known deposits / labels, with files a geologist reads.
+
+Why deposit level: a map is useful when a small share of the area holds most deposits, so
+each deposit (one positive feature) counts once, scored by the best probability over the
+pixels its feature burned. Why a checkpoint split: deposits the model trained on measure
+fit (success rate); only deposits in the held-out validation blocks measure skill
+(prediction rate). Blocks are matched in map coordinates, so the map may be on another
+grid than the training raster.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import EvaluateConfig
+from .errors import DataError
+from .events import Callbacks, LogFn, ProgressFn, StopFn
+from .metrics import RateCurve, finite_or_none, latitude_weights, pixel_aucs, rate_curve
+
+Box = Tuple[float, float, float, float]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ScoredMap:
+    """The probability map with its validity (nodata, NaN and outside the study area excluded)."""
+
+    prob: np.ndarray
+    valid: np.ndarray
+    transform: Tuple[float, ...]
+    weights: Optional[np.ndarray]
+
+
+def read_probability(path: str, info: Any, log: LogFn) -> Tuple[np.ndarray, np.ndarray]:
+    """Band 1 of the map as float32 and where it holds a probability."""
+    import rasterio
+
+    if info.count != 1:
+        log(f"note: {path} has {info.count} bands; scoring band 1")
+    with rasterio.open(path) as src:
+        prob = src.read(1).astype(np.float32)
+        nodata = src.nodata
+    valid = np.isfinite(prob)
+    if nodata is not None and np.isfinite(nodata):
+        valid &= prob != np.float32(nodata)
+    if valid.any():
+        lo, hi = float(prob[valid].min()), float(prob[valid].max())
+        if lo < 0.0 or hi > 1.0:
+            log(f"note: {path} holds values {lo:g}..{hi:g}, not probabilities in 0..1; ranking them as they are")
+    return prob, valid
+
+
+def is_geographic(crs_wkt: Optional[str]) -> bool:
+    """Whether pixels shrink with latitude (then metrics weight pixels by their area)."""
+    if not crs_wkt:
+        return False
+    from rasterio.crs import CRS
+
+    try:
+        return bool(CRS.from_user_input(crs_wkt).is_geographic)
+    except Exception:  # noqa: BLE001 - unknown CRS: treat pixels as equal
+        return False
+
+
+def deposit_pixels(points: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Integer (row, col) of each deposit and whether it lies on the grid."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    rc = np.floor(pts).astype(np.int64)
+    inside = (rc[:, 0] >= 0) & (rc[:, 0] < height) & (rc[:, 1] >= 0) & (rc[:, 1] < width)
+    return rc, inside
+
+
+def deposit_scores(
+    prob: np.ndarray, valid: np.ndarray, labels: np.ndarray, points: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """One score per deposit: the best valid probability over the labelled patch holding it.
+
+    Returns (scores, usable) where ``usable`` is False for deposits off the grid or whose
+    patch has no valid probability (nodata / outside the mask).
+    """
+    from scipy import ndimage
+
+    patches, _ = ndimage.label((labels > 0) & valid)
+    rc, inside = deposit_pixels(points, *prob.shape)
+    best = ndimage.maximum(prob, labels=patches, index=np.arange(1, patches.max() + 1)) if patches.max() else []
+    scores = np.full(len(rc), np.nan)
+    for i, ((r, c), ok) in enumerate(zip(rc, inside)):
+        if not ok:
+            continue
+        patch = patches[r, c]
+        if patch > 0:
+            scores[i] = best[patch - 1]
+        elif valid[r, c]:
+            scores[i] = prob[r, c]
+    return scores, np.isfinite(scores)
+
+
+def pixel_centres(rc: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """Map (x, y) of pixel centres (row, col) under an affine transform (a, b, c, d, e, f)."""
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    rows = rc[:, 0] + 0.5
+    cols = rc[:, 1] + 0.5
+    return np.stack([c + a * cols + b * rows, f + d * cols + e * rows], axis=1)
+
+
+def normalise_box(box: Any) -> Box:
+    """A map box as (xmin, ymin, xmax, ymax) from a 4-sequence or a dict, in any corner order."""
+    if isinstance(box, dict):
+        vals = [box.get(k) for k in ("left", "bottom", "right", "top")]
+        if None in vals:
+            vals = [box.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+    else:
+        vals = list(box)[:4]
+    x0, y0, x1, y1 = (float(v) for v in vals)  # type: ignore[arg-type]
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def in_boxes(xy: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """Which map points fall inside any of the boxes (edges included)."""
+    inside = np.zeros(len(xy), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    return inside
+
+
+def block_mask(shape: Tuple[int, int], transform: Sequence[float], boxes: Sequence[Box]) -> np.ndarray:
+    """Pixels whose centre lies inside a validation block (row by row: no grid of coordinates)."""
+    h, w = shape
+    out = np.zeros(shape, dtype=bool)
+    cols = np.arange(w)
+    for r in range(h):
+        rc = np.stack([np.full(w, r), cols], axis=1)
+        out[r] = in_boxes(pixel_centres(rc, transform), boxes)
+    return out
+
+
+def validation_boxes(checkpoint_path: str) -> List[Box]:
+    """The held-out blocks of a checkpoint, in map coordinates."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    boxes = ckpt.get("validation_blocks_map")
+    if boxes is None:
+        raise DataError(
+            f"the checkpoint {checkpoint_path} holds no validation blocks (validation_blocks_map); "
+            "evaluate without --checkpoint, or use a checkpoint written by our training"
+        )
+    return [normalise_box(b) for b in boxes]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Writes through a temporary file in the same folder, then renames it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_json(data: Dict[str, Any]) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    return write
+
+
+def _write_csv(header: Sequence[str], rows: Iterator[Sequence[Any]]) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            out = csv.writer(fh)
+            out.writerow(header)
+            out.writerows(rows)
+
+    return write
+
+
+def _curve_rows(curves: Dict[str, RateCurve]) -> Iterator[Sequence[Any]]:
+    for name, curve in curves.items():
+        for x, y, t in zip(curve.area, curve.captured, curve.thresholds):
+            yield (name, f"{100 * x:.6g}", f"{100 * y:.6g}", "" if not np.isfinite(t) else f"{t:.6g}")
+
+
+def _thin(n: int, most: int = 2000) -> np.ndarray:
+    """Indices that keep at most ``most`` points of a long curve (ends included)."""
+    if n <= most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, most).round().astype(int))
+
+
+def pixel_curves(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+    """ROC and precision-recall curves of the pixels (thinned for the CSV and the plot)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    precision, recall, _ = precision_recall_curve(labels, scores, sample_weight=weights)
+    i, j = _thin(len(fpr)), _thin(len(recall))
+    return {"fpr": fpr[i], "tpr": tpr[i], "recall": recall[j], "precision": precision[j]}
+
+
+LABELS = {
+    "all": "all deposits (success rate)",
+    "train": "training-area deposits (success rate)",
+    "validation": "held-out validation deposits (prediction rate)",
+}
+
+
+def plot_rate_curves(curves: Dict[str, RateCurve], title: str) -> Callable[[Path], None]:
+    """Deposits captured vs. area ranked by probability, with the random-ranking diagonal."""
+
+    def write(tmp: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+        for name, curve in curves.items():
+            if curve.auc is None:
+                continue
+            label = f"{LABELS.get(name, name)}, AUC {curve.auc:.3f}, n = {curve.n_deposits}"
+            ax.plot(100 * curve.area, 100 * curve.captured, label=label, lw=2)
+        ax.plot([0, 100], [0, 100], ls="--", color="grey", label="random ranking (AUC 0.5)")
+        ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="% of area (ranked by probability, highest first)",
+               ylabel="% of deposits captured", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    return write
+
+
+def plot_pixel_curves(curves: Dict[str, np.ndarray], aucs: Dict[str, Any], prevalence: float,
+                      title: str) -> Callable[[Path], None]:
+    """ROC (with the diagonal) and precision-recall (with the prevalence baseline) side by side."""
+
+    def write(tmp: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5), dpi=120)
+        roc.plot(curves["fpr"], curves["tpr"], lw=2, label=f"map, ROC AUC {aucs['roc_auc']:.3f}")
+        roc.plot([0, 1], [0, 1], ls="--", color="grey", label="random (0.5)")
+        roc.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
+                title="ROC, pixels")
+        pr.plot(curves["recall"], curves["precision"], lw=2, label=f"map, PR AUC {aucs['pr_auc']:.3f}")
+        pr.axhline(prevalence, ls="--", color="grey", label=f"random ({prevalence:.3g})")
+        pr.set(xlim=(0, 1), ylim=(0, 1), xlabel="recall", ylabel="precision", title="precision-recall, pixels")
+        for ax in (roc, pr):
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right" if ax is roc else "upper right", fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    return write
+
+
+# ----------------------------------------------------------------------------- evaluate()
+
+
+def _curve_metrics(prefix: str, auc_name: str, curve: RateCurve) -> Dict[str, Any]:
+    out: Dict[str, Any] = {auc_name: finite_or_none(curve.auc), f"{prefix}n_deposits": curve.n_deposits}
+    out.update({f"{prefix}{k}": finite_or_none(v) for k, v in curve.top.items()})
+    return out
+
+
+def split_metrics(
+    scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, rc: np.ndarray, boxes: Sequence[Box],
+    area_scores: np.ndarray, area_weights: Optional[np.ndarray], labels: np.ndarray,
+) -> Tuple[Dict[str, Any], Dict[str, RateCurve]]:
+    """Success rate of training-area deposits, prediction rate of held-out ones."""
+    held_out = in_boxes(pixel_centres(rc, scored.transform), boxes)
+    train_curve = rate_curve(area_scores, scores[usable & ~held_out], area_weights)
+    val_curve = rate_curve(area_scores, scores[usable & held_out], area_weights)
+    metrics = _curve_metrics("train_", "train_success_rate_auc", train_curve)
+    metrics.update(_curve_metrics("val_", "prediction_rate_auc", val_curve))
+    blocks = block_mask(scored.prob.shape, scored.transform, boxes) & scored.valid
+    w = scored.weights[blocks] if scored.weights is not None else None
+    in_blocks = rate_curve(scored.prob[blocks], scores[usable & held_out], w)
+    metrics["prediction_rate_auc_in_blocks"] = finite_or_none(in_blocks.auc)
+    val_pix = pixel_aucs(scored.prob[blocks], labels[blocks], w)
+    metrics["val_blocks_roc_auc"] = finite_or_none(val_pix["roc_auc"])
+    metrics["val_blocks_pr_auc"] = finite_or_none(val_pix["pr_auc"])
+    metrics["n_validation_blocks"] = len(boxes)
+    return metrics, {"train": train_curve, "validation": val_curve}
+
+
+def evaluate(
+    config: EvaluateConfig,
+    *,
+    progress: Optional[ProgressFn] = None,
+    should_stop: Optional[StopFn] = None,
+    log: Optional[LogFn] = None,
+) -> Dict[str, Any]:
+    """Scores ``config.probability_map`` against ``config.labels``; writes files into output_dir.
+
+    Returns ``{"metrics": {...}, "files": {"metrics_json", "curves_csv", ...}}`` (see
+    docs/ARCHITECTURE.md).
+    """
+    from .labels import rasterize_labels
+    from .raster import read_info
+
+    cb = Callbacks.of(progress, should_stop, log)
+    info = read_info(config.probability_map)
+    boxes = validation_boxes(config.checkpoint) if config.checkpoint else None
+    out_dir = _prepare_dir(config.output_dir)
+    label_raster = rasterize_labels(config.labels, info, cb.log)
+    cb.progress(0.2)
+    cb.check_stop("evaluation stopped")
+    prob, valid = read_probability(config.probability_map, info, cb.log)
+    if label_raster.study_mask is not None:
+        valid &= label_raster.study_mask
+    if not valid.any():
+        raise DataError(f"{config.probability_map} has no valid pixel inside the study area; check the map and the mask")
+    weights = latitude_weights(info.transform, info.height, info.width) if is_geographic(info.crs_wkt) else None
+    scored = ScoredMap(prob, valid, tuple(info.transform), weights)
+    labels = np.asarray(label_raster.labels)
+    area_scores = prob[valid]
+    area_weights = weights[valid] if weights is not None else None
+    pix = pixel_aucs(area_scores, labels[valid], area_weights)
+    cb.progress(0.4)
+    cb.check_stop("evaluation stopped")
+
+    rc, _ = deposit_pixels(label_raster.positive_points, info.height, info.width)
+    scores, usable = deposit_scores(prob, valid, labels, label_raster.positive_points)
+    skipped = int((~usable).sum())
+    if skipped:
+        cb.log(f"note: {skipped} deposit(s) lie off the map, on nodata or outside the mask and are not ranked")
+    curves: Dict[str, RateCurve] = {"all": rate_curve(area_scores, scores[usable], area_weights)}
+    metrics: Dict[str, Any] = {
+        "roc_auc": finite_or_none(pix["roc_auc"]),
+        "pr_auc": finite_or_none(pix["pr_auc"]),
+        "n_positive_pixels": pix["n_positive_pixels"],
+        "n_pixels": pix["n_pixels"],
+        "n_deposits_skipped": skipped,
+        "area_weighted": weights is not None,
+    }
+    metrics.update(_curve_metrics("", "success_rate_auc", curves["all"]))
+    if boxes is not None:
+        more, split = split_metrics(scored, scores, usable, rc, boxes, area_scores, area_weights, labels)
+        metrics.update(more)
+        curves.update(split)
+    cb.progress(0.7)
+    cb.check_stop("evaluation stopped")
+
+    files = _write_outputs(out_dir, metrics, curves, area_scores, labels[valid], area_weights, config)
+    cb.progress(1.0)
+    _log_summary(metrics, cb.log)
+    return {"metrics": metrics, "files": files}
+
+
+def _prepare_dir(path: str) -> Path:
+    out = Path(path).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"cannot write into {out} ({exc.strerror or exc}); choose a folder you can write to "
+                        "for --output_dir") from None
+    return out
+
+
+def _write_outputs(
+    out_dir: Path, metrics: Dict[str, Any], curves: Dict[str, RateCurve], area_scores: np.ndarray,
+    pixel_labels: np.ndarray, area_weights: Optional[np.ndarray], config: EvaluateConfig,
+) -> Dict[str, str]:
+    name = Path(config.probability_map).name
+    files: Dict[str, Path] = {}
+    files["curves_csv"] = write_atomic(out_dir / "success_rate.csv", _write_csv(
+        ("curve", "area_percent", "deposits_percent", "threshold"), _curve_rows(curves)))
+    files["success_rate_png"] = write_atomic(
+        out_dir / "success_rate.png", plot_rate_curves(curves, f"Success / prediction rate: {name}"))
+    if metrics["roc_auc"] is not None:
+        pc = pixel_curves(area_scores, pixel_labels, area_weights)
+        files["roc_csv"] = write_atomic(out_dir / "roc.csv", _write_csv(
+            ("false_positive_rate", "true_positive_rate"), zip(pc["fpr"], pc["tpr"])))
+        files["pr_csv"] = write_atomic(out_dir / "precision_recall.csv", _write_csv(
+            ("recall", "precision"), zip(pc["recall"], pc["precision"])))
+        prevalence = float(pixel_labels.mean()) if pixel_labels.size else 0.0
+        files["roc_pr_png"] = write_atomic(
+            out_dir / "roc_pr.png", plot_pixel_curves(pc, metrics, prevalence, f"Pixel scores: {name}"))
+    files["metrics_json"] = out_dir / "metrics.json"
+    summary = {
+        "probability_map": str(Path(config.probability_map).resolve()),
+        "labels": config.labels.to_dict(),
+        "checkpoint": config.checkpoint,
+        "metrics": metrics,
+        "files": {k: v.name for k, v in files.items()},
+    }
+    write_atomic(files["metrics_json"], _write_json(summary))
+    return {k: str(v) for k, v in files.items()}
+
+
+def _log_summary(metrics: Dict[str, Any], log: LogFn) -> None:
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    log(f"pixels: ROC AUC {f(metrics['roc_auc'])}, PR AUC {f(metrics['pr_auc'])}; "
+        f"deposits ({metrics['n_deposits']}): success-rate AUC {f(metrics['success_rate_auc'])}, "
+        f"top 5 % of area {f(metrics.get('top5'))} %, top 20 % {f(metrics.get('top20'))} %")
+    if "prediction_rate_auc" in metrics:
+        log(f"held-out deposits ({metrics['val_n_deposits']}): prediction-rate AUC "
+            f"{f(metrics['prediction_rate_auc'])}; training-area deposits ({metrics['train_n_deposits']}): "
+            f"success-rate AUC {f(metrics['train_success_rate_auc'])}")
