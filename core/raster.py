@@ -238,6 +238,16 @@ def chunks(height: int, width: int, size: int = CHUNK) -> List[Box]:
             for r in range(0, height, size) for c in range(0, width, size)]
 
 
+def coverage_mask(shape: tuple[int, int], windows: Sequence[Box], mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """bool (H, W): pixels inside any window (and inside ``mask`` when given)."""
+    cover = np.zeros(shape, dtype=bool)
+    for r0, c0, r1, c1 in windows:
+        cover[max(r0, 0):r1, max(c0, 0):c1] = True
+    if mask is not None:
+        cover &= mask
+    return cover
+
+
 def read_valid_mask(path: str | Path) -> np.ndarray:
     """The validity mask of the whole raster (bool (H, W)), read chunk by chunk.
 

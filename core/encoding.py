@@ -1,0 +1,255 @@
+"""Band encoding: robust standardisation of numeric bands, one-hot codes for class bands.
+
+The statistics come from the TRAINING AREA only (training windows, inside the study mask,
+valid pixels) and travel in the checkpoint as JSON-able primitives, so prediction encodes
+a new raster exactly as training did. A class code never seen in training encodes as all
+zeros ("other"), never as an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .raster import Box, chunks, coverage_mask, open_raster, read_window
+
+LogFn = Callable[[str], None]
+
+FORMAT = "stack_segmenter.encoder/1"
+MAX_CATEGORIES = 64
+"""Most distinct codes a categorical band may hold (each becomes one input channel)."""
+MAX_SAMPLES = 100_000
+"""Most pixels kept (uniform random subsample) to estimate the numeric statistics."""
+CLIP_PERCENTILES = (0.5, 99.5)
+"""Values are winsorised to these percentiles before mean/std, so outliers do not dominate."""
+Z_CLIP = 10.0
+"""Standardised values are clipped to [-Z_CLIP, Z_CLIP] (protects the model from outliers)."""
+
+
+def _noop(_msg: str) -> None:
+    return None
+
+
+def _code(value: float) -> float | int:
+    """Integral codes stored as int (readable JSON), others as float."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+@dataclass
+class BandEncoder:
+    """Per-band encoding of a raster stack, stored in the checkpoint.
+
+    Attributes:
+        band_names: names of the raw bands (descriptions or band_N).
+        mean, std: per raw band; unused (0, 1) for categorical bands.
+        categories: 1-based band number (as str, JSON keys) -> sorted list of codes.
+        z_clip: standardised values are clipped to [-z_clip, z_clip].
+    """
+
+    band_names: List[str]
+    mean: List[float]
+    std: List[float]
+    categories: Dict[str, List[float | int]] = field(default_factory=dict)
+    z_clip: float = Z_CLIP
+
+    def __post_init__(self) -> None:
+        n = len(self.band_names)
+        if len(self.mean) != n or len(self.std) != n:
+            raise DataError(f"encoder holds {n} band names but {len(self.mean)} means and {len(self.std)} stds")
+        self.categories = {str(k): list(v) for k, v in self.categories.items()}
+
+    @property
+    def band_count(self) -> int:
+        """Raw band count (the model's input before encoding)."""
+        return len(self.band_names)
+
+    @property
+    def categorical_bands(self) -> List[int]:
+        """1-based numbers of the one-hot encoded bands."""
+        return sorted(int(k) for k in self.categories)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels after encoding: one per numeric band, one per category of a class band."""
+        return sum(len(self.categories[str(b)]) if str(b) in self.categories else 1
+                   for b in range(1, self.band_count + 1))
+
+    @property
+    def channel_names(self) -> List[str]:
+        """Name of each encoded channel (``name`` or ``name=code``)."""
+        out: List[str] = []
+        for b, name in enumerate(self.band_names, start=1):
+            cats = self.categories.get(str(b))
+            out.extend([f"{name}={c}" for c in cats] if cats is not None else [name])
+        return out
+
+    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Encodes a window: (C, h, w) raw values + bool (h, w) -> float32 (C_out, h, w).
+
+        Invalid pixels encode as 0 in every channel (the mean of a numeric band).
+        """
+        if data.shape[0] != self.band_count:
+            raise DataError(
+                f"the raster has {data.shape[0]} bands but the model was trained on {self.band_count}; "
+                "use the same band stack as in training"
+            )
+        out = np.zeros((self.out_channels,) + data.shape[1:], dtype=np.float32)
+        ch = 0
+        for b in range(self.band_count):
+            cats = self.categories.get(str(b + 1))
+            if cats is None:
+                z = (data[b].astype(np.float32) - np.float32(self.mean[b])) / np.float32(self.std[b])
+                out[ch] = np.clip(z, -self.z_clip, self.z_clip)
+                ch += 1
+            else:
+                for k, code in enumerate(cats):
+                    out[ch + k] = data[b] == np.float32(code)
+                ch += len(cats)
+        out[:, ~valid] = 0.0
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able primitives only (it lives in the checkpoint, loaded with weights_only=True)."""
+        return {
+            "format": FORMAT,
+            "band_names": [str(n) for n in self.band_names],
+            "band_count": int(self.band_count),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "categories": {str(k): [_code(c) for c in v] for k, v in self.categories.items()},
+            "z_clip": float(self.z_clip),
+            "out_channels": int(self.out_channels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BandEncoder":
+        """Rebuilds an encoder written by ``to_dict``.
+
+        Raises:
+            DataError: the dict is not an encoder of this format.
+        """
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DataError(f"band statistics in the checkpoint are not in format {FORMAT!r}; retrain the model")
+        return cls(
+            band_names=list(d["band_names"]),
+            mean=[float(v) for v in d["mean"]],
+            std=[float(v) for v in d["std"]],
+            categories={str(k): list(v) for k, v in d.get("categories", {}).items()},
+            z_clip=float(d.get("z_clip", Z_CLIP)),
+        )
+
+
+class _Reservoir:
+    """A uniform random subsample of at most ``size`` pixel vectors, in bounded memory.
+
+    Each pixel gets a random key; the ``size`` smallest keys are kept. The result is a
+    uniform sample of everything offered, whatever the order and chunking.
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self.rng = rng
+        self.keys = np.zeros(0, dtype=np.float64)
+        self.values: Optional[np.ndarray] = None
+        self.seen = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Offers (C, n) pixel vectors."""
+        n = values.shape[1]
+        if n == 0:
+            return
+        self.seen += n
+        keys = self.rng.random(n)
+        merged_keys = np.concatenate([self.keys, keys])
+        merged = values if self.values is None else np.concatenate([self.values, values], axis=1)
+        if merged_keys.size > self.size:
+            keep = np.argpartition(merged_keys, self.size - 1)[: self.size]
+            merged_keys, merged = merged_keys[keep], merged[:, keep]
+        self.keys, self.values = merged_keys, merged
+
+
+def robust_mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and std after winsorising to CLIP_PERCENTILES; std 1 for a constant band."""
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, CLIP_PERCENTILES)
+    clipped = np.clip(values.astype(np.float64), lo, hi)
+    mean, std = float(clipped.mean()), float(clipped.std())
+    if not std > 1e-12:
+        std = float(values.astype(np.float64).std())
+    return mean, std if std > 1e-12 else 1.0
+
+
+def _check_bands(categorical_bands: Sequence[int], count: int) -> List[int]:
+    bands = sorted({int(b) for b in categorical_bands})
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise ConfigError(f"categorical band(s) {bad} do not exist; the raster has bands 1..{count} (--categorical_bands)")
+    return bands
+
+
+def _add_codes(found: Dict[int, Set[float]], data: np.ndarray, sel: np.ndarray, bands: List[int],
+               names: List[str], max_categories: int) -> None:
+    for b in bands:
+        found[b].update(np.unique(data[b - 1][sel]).tolist())
+        if len(found[b]) > max_categories:
+            raise DataError(
+                f"categorical band {b} ({names[b - 1]}) holds more than {max_categories} distinct codes; "
+                "it looks continuous: drop it from --categorical_bands, or reclassify it to fewer classes"
+            )
+
+
+def fit_encoder(
+    raster_path: str | Path,
+    windows: Sequence[Box],
+    categorical_bands: Sequence[int] = (),
+    *,
+    mask: Optional[np.ndarray] = None,
+    max_samples: int = MAX_SAMPLES,
+    max_categories: int = MAX_CATEGORIES,
+    seed: int = 0,
+    log: Optional[LogFn] = None,
+) -> BandEncoder:
+    """Fits the encoder on the valid pixels covered by ``windows`` (inside ``mask``).
+
+    Reads chunk by chunk (each pixel once, however much the windows overlap); memory is
+    bounded by ``max_samples`` pixels. ``windows`` are (row0, col0, row1, col1) boxes.
+
+    Raises:
+        ConfigError: a categorical band number outside the raster.
+        DataError: no valid pixel in the training area, or too many categories.
+    """
+    log = log or _noop
+    rng = np.random.default_rng(seed)
+    with open_raster(raster_path) as src:
+        names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
+        bands = _check_bands(categorical_bands, src.count)
+        cover = coverage_mask((src.height, src.width), windows, mask)
+        reservoir = _Reservoir(max_samples, rng)
+        found: Dict[int, Set[float]] = {b: set() for b in bands}
+        for r0, c0, r1, c1 in chunks(src.height, src.width):
+            inside = cover[r0:r1, c0:c1]
+            if not inside.any():
+                continue
+            data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
+            sel = valid & inside
+            reservoir.add(data[:, sel])
+            _add_codes(found, data, sel, bands, names, max_categories)
+    if reservoir.seen == 0 or reservoir.values is None:
+        raise DataError(
+            "the training area holds no valid pixel (all nodata or outside the study mask); "
+            "check the raster's nodata, the mask (--mask_path) and the tile size"
+        )
+    means, stds = zip(*(robust_mean_std(reservoir.values[b]) for b in range(len(names))))
+    encoder = BandEncoder(
+        band_names=names, mean=list(means), std=list(stds),
+        categories={str(b): sorted(_code(c) for c in found[b]) for b in bands},
+    )
+    log(f"band statistics from {reservoir.seen} valid training pixel(s) (sample of {reservoir.values.shape[1]}); "
+        f"{encoder.band_count} band(s) -> {encoder.out_channels} input channel(s)")
+    for b in bands:
+        log(f"categorical band {b} ({names[b - 1]}): {len(found[b])} code(s) {encoder.categories[str(b)]}")
+    return encoder
