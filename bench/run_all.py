@@ -179,9 +179,16 @@ class Bench:
 
     def predict(self, paths: Dict[str, Path]) -> None:
         a = self.args
-        out: Dict[str, Any] = {"model": a.predict_model}
+        ckpt = self.work / "checkpoint.pt"
+        made = self.child("predict_memory", {"mode": "checkpoint", "path": str(paths["none"]),
+                                             "model": a.predict_model, "checkpoint": str(ckpt)},
+                          f"checkpoint of {a.predict_model} (random weights, fitted band statistics)")
+        out: Dict[str, Any] = {"model": a.predict_model, "checkpoint": made}
+        if made.get("status") != "ok":
+            self.results["predict"] = out
+            return
         for key in ("none", "double"):
-            params = {"path": str(paths[key]), "model": a.predict_model, "batch": a.batch, "device": a.device,
+            params = {"path": str(paths[key]), "checkpoint": str(ckpt), "batch": a.batch, "device": a.device,
                       "work": str(self.work / f"predict_{key}")}
             out[key] = self.child("predict_memory", params, f"prediction over the {key} stack")
         self.results["predict"] = out

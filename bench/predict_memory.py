@@ -1,0 +1,109 @@
+"""Benchmark 2: prediction over the whole stack with the core's predict().
+
+Two subprocess kinds: ``make_checkpoint`` builds a real checkpoint (random weights, band
+statistics fitted by the core's encoder on a few windows) once; ``predict`` runs
+``core.predict`` on a cold stack and records its wall time and peak resident memory at
+once, then times the model's forward pass alone over exactly the windows predict() ran
+(same tile, overlap, batch; the same strip plan from core.predict), on random input.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from .common import child_main, evict_from_page_cache, gpu_peak_mb, peak_rss_mb, resolve_device, sync_device
+
+TILE = (256, 256)
+
+
+def make_checkpoint(stack: Path, model_name: str, out: Path, tile: Tuple[int, int] = TILE) -> Dict[str, Any]:
+    """Saves a self-describing checkpoint with random weights for ``model_name`` on ``stack``."""
+    import torch
+
+    from core.checkpoint import new_checkpoint, save_checkpoint
+    from core.encoding import fit_encoder
+    from core.models.registry import build_model
+    from core.raster import read_info
+
+    info = read_info(stack)
+    boxes = [(0, 0, min(tile[0] * 2, info.height), min(tile[1] * 2, info.width))]
+    encoder = fit_encoder(stack, boxes)
+    torch.manual_seed(0)
+    model = build_model(model_name, in_channels=encoder.out_channels, num_classes=2, img_size=tile)
+    ckpt = new_checkpoint(model_name=model_name, model=model, encoder=encoder, info=info, tile_size=tile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, ckpt)
+    return {"checkpoint": str(out), "in_channels": encoder.out_channels}
+
+
+def forward_only(checkpoint: Path, height: int, width: int, tile: Tuple[int, int], overlap: float, batch: int,
+                 device: str) -> Dict[str, Any]:
+    """Times the model alone over the windows predict() runs (its own strip plan and batching)."""
+    import torch
+
+    from core.checkpoint import build_model_from_checkpoint, encoder_from_checkpoint, load_checkpoint
+    from core.predict import plan_strips, stride_for
+
+    ckpt = load_checkpoint(str(checkpoint))
+    model = build_model_from_checkpoint(ckpt).to(device).eval()
+    channels = encoder_from_checkpoint(ckpt).out_channels
+    batches: List[int] = []
+    for strip in plan_strips(height, width, tile, stride_for(tile, overlap)):
+        n = len(strip.cols)
+        batches += [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    inputs = {b: torch.randn(b, channels, tile[0], tile[1], device=device) for b in set(batches)}
+    with torch.inference_mode():
+        model(inputs[batches[0]])  # warm-up, as predict()'s first batch also pays it
+        sync_device(device)
+        start = time.perf_counter()
+        for b in batches:
+            model(inputs[b])
+        sync_device(device)
+    return {"forward_s": round(time.perf_counter() - start, 3), "forward_windows": sum(batches)}
+
+
+def run_predict(params: Dict[str, Any]) -> Dict[str, Any]:
+    """predict() on a cold stack: wall time and peak memory; then forward-only time."""
+    from core import PredictConfig, predict
+    from core.raster import read_info
+
+    device = resolve_device(params.get("device", "cpu"))
+    stack = Path(params["path"])
+    out = Path(params["work"]) / "probability.tif"
+    info = read_info(stack)
+    config = PredictConfig(checkpoint=params["checkpoint"], raster_path=str(stack), output_path=str(out),
+                           batch_size=int(params["batch"]), device=device)
+    evict_from_page_cache(stack)
+    start = time.perf_counter()
+    result = predict(config)
+    sync_device(device)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    gpu = gpu_peak_mb(device)
+    tile = tuple(result.get("tile_size") or TILE)
+    fwd = forward_only(Path(params["checkpoint"]), info.height, info.width, tile, config.overlap,  # type: ignore[arg-type]
+                       config.batch_size, device)
+    return {
+        "shape": [info.count, info.height, info.width],
+        "device": device,
+        "tile": list(tile),
+        "overlap": config.overlap,
+        "windows": result.get("windows"),
+        "predict_s": round(seconds, 3),
+        "peak_rss_mb": round(peak, 1),
+        "gpu_peak_mb": gpu,
+        "output_mb": round(out.stat().st_size / 1024 ** 2, 1),
+        **fwd,
+    }
+
+
+def run(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Child: ``mode`` 'checkpoint' builds the checkpoint, anything else predicts."""
+    if params.get("mode") == "checkpoint":
+        return make_checkpoint(Path(params["path"]), params["model"], Path(params["checkpoint"]))
+    return run_predict(params)
+
+
+if __name__ == "__main__":
+    child_main(run)
