@@ -291,7 +291,7 @@ def _polygon_layers(path: str) -> List[str]:
     return out
 
 
-def _mask_source(mask_path: str, log: LogFn) -> str:
+def mask_source(mask_path: str, log: LogFn = _noop) -> str:
     """Picks the polygon layer of a multi-layer mask file when no layer is named."""
     base, layer = split_source(mask_path)
     if layer is not None or not Path(base).exists() or len(_list_layers(base)) < 2:
@@ -306,13 +306,16 @@ def _mask_source(mask_path: str, log: LogFn) -> str:
     )
 
 
+_mask_source = mask_source  # the name predict.py first imported
+
+
 def rasterize_mask(mask_path: str, info: RasterInfo, log: LogFn = _noop) -> np.ndarray:
     """Study-area polygons -> bool (H, W), True inside.
 
     Raises:
         DataError: unreadable file, no polygons, or no overlap with the raster.
     """
-    gdf = read_vector(_mask_source(mask_path, log), what="study-area mask")
+    gdf = read_vector(mask_source(mask_path, log), what="study-area mask")
     gdf, _ = _clean(gdf, "mask", log)
     gdf = gdf[gdf.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     if len(gdf) == 0:

@@ -121,9 +121,11 @@ def read_info(path: str | Path) -> RasterInfo:
         ) from None
 
 
-@contextlib.contextmanager
-def open_raster(path: str | Path) -> Iterator["rasterio.io.DatasetReader"]:
-    """Opens a raster for windowed reading inside a bounded-cache GDAL environment.
+def open_dataset(path: str | Path) -> "rasterio.io.DatasetReader":
+    """Opens a raster and returns the handle (the caller closes it); see also ``open_raster``.
+
+    For handles kept open across calls (one per DataLoader worker): wrap each read in
+    ``gdal_env()`` so the block cache stays bounded.
 
     Raises:
         DataError: the file is missing or unreadable.
@@ -131,15 +133,25 @@ def open_raster(path: str | Path) -> Iterator["rasterio.io.DatasetReader"]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"raster {str(p)!r} does not exist; check the path (--raster_path)")
-    with gdal_env():
-        try:
-            src = rasterio.open(p)
-        except RasterioIOError as exc:
-            raise DataError(
-                f"cannot read {str(p)!r} as a raster ({exc}); give a GDAL-readable raster such as a GeoTIFF"
-            ) from None
-        with src:
-            yield src
+    try:
+        with gdal_env():
+            return rasterio.open(p)
+    except RasterioIOError as exc:
+        raise DataError(
+            f"cannot read {str(p)!r} as a raster ({exc}); give a GDAL-readable raster such as a GeoTIFF"
+        ) from None
+
+
+@contextlib.contextmanager
+def open_raster(path: str | Path) -> Iterator["rasterio.io.DatasetReader"]:
+    """Opens a raster for windowed reading inside a bounded-cache GDAL environment.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    src = open_dataset(path)
+    with gdal_env(), src:
+        yield src
 
 
 def _has_internal_mask(src: "rasterio.io.DatasetReader") -> bool:
