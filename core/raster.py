@@ -87,7 +87,7 @@ def _as_float(value: Optional[float]) -> Optional[float]:
 
 def gdal_env() -> "rasterio.Env":
     """A rasterio environment whose GDAL block cache is bounded (memory must not grow with the raster)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def read_info(path: str | Path) -> RasterInfo:
