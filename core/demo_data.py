@@ -74,9 +74,11 @@ class DemoSpec:
         for name, lo, hi in (("width", MIN_SIDE, MAX_SIDE), ("height", MIN_SIDE, MAX_SIDE),
                              ("bands", MIN_BANDS, MAX_BANDS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not is_int or not lo <= value <= hi:
+                example = hi if is_int and value > hi else lo
                 raise ConfigError(f"demo data {name} must be an integer from {lo} to {hi}, got {value!r}; "
-                                  f"e.g. --{name} {lo if value is None or value < lo else hi}")
+                                  f"e.g. --{name} {example}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"demo data seed must be a non-negative integer, got {self.seed!r}; e.g. --seed 42")
         stack_bytes = 4 * self.width * self.height * self.bands

@@ -235,6 +235,8 @@ def test_rerun_overwrites_cleanly_without_leftovers(tmp_path: Path) -> None:
     ({"bands": 3}, "--bands"),
     ({"width": 10}, "--width"),
     ({"height": 0}, "--height"),
+    ({"width": "wide"}, "--width 32"),
+    ({"bands": 5000}, "--bands 1000"),
     ({"seed": -1}, "--seed"),
     ({"n_deposits": 0}, "fewer deposits"),
     ({"n_deposits": 10_000}, "larger grid"),
