@@ -1,0 +1,139 @@
+"""dataset.py: windows as tensors, validity, augmentation, lazy per-process raster handles."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from core.config import LabelOptions
+from core.dataset import TileDataset, augment_planar, augment_spherical
+from core.encoding import fit_encoder
+from core.errors import DataError
+from core.labels import rasterize_labels
+from core.raster import open_raster, read_info, read_window
+
+WINDOWS = [(0, 0, 32, 32), (32, 32, 64, 64), (64, 96, 96, 128), (80, 120, 112, 152)]  # last reaches outside
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_stack, tiny_points, tiny_mask):
+    info = read_info(tiny_stack.path)
+    lr = rasterize_labels(LabelOptions(labels_path=str(tiny_points.path), mask_path=str(tiny_mask)), info)
+    enc = fit_encoder(tiny_stack.path, [(0, 0, 96, 128)], categorical_bands=[5], mask=lr.study_mask)
+    return lr, enc
+
+
+def test_items_hold_encoded_x_labels_and_valid(tiny_stack, parts):
+    lr, enc = parts
+    ds = TileDataset(str(tiny_stack.path), WINDOWS, lr.labels, enc, lr.study_mask)
+    assert len(ds) == 4
+    for i, (r0, c0, r1, c1) in enumerate(WINDOWS):
+        item = ds[i]
+        assert item["x"].dtype == torch.float32 and item["x"].shape == (enc.out_channels, 32, 32)
+        assert item["y"].dtype == torch.int64 and item["valid"].dtype == torch.bool
+        with open_raster(tiny_stack.path) as src:
+            data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
+        mask = np.zeros((32, 32), dtype=bool)
+        h, w = min(r1, 96) - r0, min(c1, 128) - c0
+        mask[:h, :w] = lr.study_mask[r0:r0 + h, c0:c0 + w]
+        expected_valid = valid & mask
+        np.testing.assert_array_equal(item["valid"].numpy(), expected_valid)
+        np.testing.assert_array_equal(item["x"].numpy(), enc.encode(data, expected_valid))
+        y = np.zeros((32, 32), dtype=np.int64)
+        y[:h, :w] = lr.labels[r0:r0 + h, c0:c0 + w]
+        np.testing.assert_array_equal(item["y"].numpy(), y)
+    assert not ds[2]["valid"].any()  # right quarter is outside the study mask
+    assert not ds[3]["valid"][:, 8:].any()  # padding outside the raster is invalid
+
+
+def test_positives_reach_y(tiny_stack, parts):
+    lr, enc = parts
+    r, c = next((r, c) for r, c in tiny_stack.positives if c < 96)
+    ds = TileDataset(str(tiny_stack.path), [(r - 8, c - 8, r + 8, c + 8)], lr.labels, enc, lr.study_mask)
+    assert ds[0]["y"][8, 8] == 1
+
+
+def _probe(h: int, w: int):
+    """x whose channel 0 equals y and channel 1 equals valid, so any mismatch shows."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (h, w), generator=g)
+    valid = torch.rand(h, w, generator=g) > 0.3
+    x = torch.stack([y.float(), valid.float(), torch.arange(h * w, dtype=torch.float32).reshape(h, w)])
+    return x, y, valid
+
+
+def test_planar_augmentation_moves_x_y_valid_together():
+    x, y, valid = _probe(16, 16)
+    seen = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        ax, ay, av = augment_planar(x, y, valid, g)
+        assert torch.equal(ax[0].long(), ay) and torch.equal(ax[1].bool(), av)
+        assert sorted(ax[2].flatten().tolist()) == sorted(x[2].flatten().tolist())  # a permutation of pixels
+        seen.add(tuple(ax[2, 0, :2].tolist()))
+    assert len(seen) == 8  # the 8 flips/rotations of a square all occur
+
+
+def test_planar_augmentation_never_rotates_non_square_tiles():
+    x, y, valid = _probe(8, 16)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ax, ay, av = augment_planar(x, y, valid, g)
+        assert ax.shape == x.shape and ay.shape == (8, 16)
+        assert torch.equal(ax[0].long(), ay) and torch.equal(ax[1].bool(), av)
+
+
+def test_spherical_augmentation_rolls_longitude_and_keeps_latitudes():
+    x, y, valid = _probe(8, 16)
+    g = torch.Generator().manual_seed(0)
+    shifted = 0
+    for _ in range(20):
+        ax, ay, av = augment_spherical(x, y, valid, g)
+        assert torch.equal(ax[0].long(), ay) and torch.equal(ax[1].bool(), av)
+        for r in range(8):  # each row (latitude) keeps its own values
+            assert sorted(ax[2, r].tolist()) == sorted(x[2, r].tolist())
+        shifted += int(not torch.equal(ax, x))
+    assert shifted > 10
+
+
+def test_dataset_augments_when_asked(tiny_stack, parts):
+    lr, enc = parts
+    ds = TileDataset(str(tiny_stack.path), [(0, 0, 32, 32)], lr.labels, enc, lr.study_mask, augment=True)
+    plain = TileDataset(str(tiny_stack.path), [(0, 0, 32, 32)], lr.labels, enc, lr.study_mask)[0]
+    torch.manual_seed(0)
+    items = [ds[0] for _ in range(12)]
+    assert any(not torch.equal(it["x"], plain["x"]) for it in items)
+    for it in items:  # same pixels, just moved
+        assert it["valid"].sum() == plain["valid"].sum() and it["y"].sum() == plain["y"].sum()
+
+
+def test_lazy_handle_pickles_and_works_in_worker_processes(tiny_stack, parts):
+    lr, enc = parts
+    ds = TileDataset(str(tiny_stack.path), WINDOWS[:3] * 2, lr.labels, enc, lr.study_mask)
+    assert ds._src is None  # nothing opened before the first item
+    first = ds[0]
+    assert ds._src is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._src is None and torch.equal(clone[0]["x"], first["x"])
+    loader = DataLoader(ds, batch_size=3, num_workers=2)
+    batches = list(loader)
+    assert [b["x"].shape for b in batches] == [(3, enc.out_channels, 32, 32)] * 2
+    assert torch.equal(batches[0]["x"][0], first["x"])
+    ds.close()
+    assert ds._src is None
+
+
+def test_mismatched_study_mask_is_an_error(tiny_stack, parts):
+    lr, enc = parts
+    with pytest.raises(DataError, match="differ in shape"):
+        TileDataset(str(tiny_stack.path), WINDOWS, lr.labels, enc, np.ones((4, 4), dtype=bool))
+
+
+def test_missing_raster_is_a_data_error(tmp_path, parts):
+    lr, enc = parts
+    ds = TileDataset(str(tmp_path / "gone.tif"), WINDOWS, lr.labels, enc)
+    with pytest.raises(DataError, match="does not exist"):
+        ds[0]
