@@ -18,21 +18,42 @@ TILE = (256, 256)
 
 
 def make_checkpoint(stack: Path, model_name: str, out: Path, tile: Tuple[int, int] = TILE) -> Dict[str, Any]:
-    """Saves a self-describing checkpoint with random weights for ``model_name`` on ``stack``."""
+    """Saves a self-describing checkpoint with random weights for ``model_name`` on ``stack``.
+
+    Same keys as training writes (docs/ARCHITECTURE.md); band statistics are fitted by the
+    core's encoder on the top-left 2 x 2 tiles (prediction speed does not depend on them).
+    """
     import torch
 
-    from core.checkpoint import new_checkpoint, save_checkpoint
+    from core.checkpoint import save_checkpoint
     from core.encoding import fit_encoder
-    from core.models.registry import build_model
+    from core.models.registry import build_model, model_kwargs
     from core.raster import read_info
 
     info = read_info(stack)
-    boxes = [(0, 0, min(tile[0] * 2, info.height), min(tile[1] * 2, info.width))]
-    encoder = fit_encoder(stack, boxes)
+    encoder = fit_encoder(stack, [(0, 0, min(tile[0] * 2, info.height), min(tile[1] * 2, info.width))])
     torch.manual_seed(0)
     model = build_model(model_name, in_channels=encoder.out_channels, num_classes=2, img_size=tile)
-    ckpt = new_checkpoint(model_name=model_name, model=model, encoder=encoder, info=info, tile_size=tile)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model_name": model_name,
+        "model_kwargs": model_kwargs(model_name, encoder.out_channels, 2, tile),
+        "in_channels": info.count,
+        "num_classes": 2,
+        "band_names": list(info.band_names),
+        "band_count": info.count,
+        "encoder": encoder.to_dict(),
+        "nodata": list(info.nodata),
+        "crs_wkt": info.crs_wkt,
+        "transform": list(info.transform),
+        "pixel_size": list(info.res),
+        "raster_shape": [info.height, info.width],
+        "tile_size": list(tile),
+        "validation_blocks": [],
+        "seed": 0,
+        "state_dict": model.state_dict(),
+        "epoch": 0,
+        "history": [],
+    }
     save_checkpoint(out, ckpt)
     return {"checkpoint": str(out), "in_channels": encoder.out_channels}
 
@@ -101,7 +122,8 @@ def run_predict(params: Dict[str, Any]) -> Dict[str, Any]:
 def run(params: Dict[str, Any]) -> Dict[str, Any]:
     """Child: ``mode`` 'checkpoint' builds the checkpoint, anything else predicts."""
     if params.get("mode") == "checkpoint":
-        return make_checkpoint(Path(params["path"]), params["model"], Path(params["checkpoint"]))
+        tile = int(params.get("tile", TILE[0]))
+        return make_checkpoint(Path(params["path"]), params["model"], Path(params["checkpoint"]), (tile, tile))
     return run_predict(params)
 
 

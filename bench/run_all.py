@@ -58,6 +58,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one benchmark subprocess may take")
     p.add_argument("--mem-limit-gb", type=float, default=16.0,
                    help="a subprocess using more resident memory is stopped and reported 'out of memory'")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="also write the report (tables and targets) as Markdown to this file, e.g. bench/RESULTS.md")
     p.add_argument("--pipeline-workers", type=int, nargs="+", default=[0, 2],
                    help="DataLoader num_workers values measured for the pipeline (default 0 2)")
     args = p.parse_args(argv)
@@ -181,7 +183,8 @@ class Bench:
         a = self.args
         ckpt = self.work / "checkpoint.pt"
         made = self.child("predict_memory", {"mode": "checkpoint", "path": str(paths["none"]),
-                                             "model": a.predict_model, "checkpoint": str(ckpt)},
+                                             "model": a.predict_model, "checkpoint": str(ckpt),
+                                             "tile": self.pipeline_tile()},
                           f"checkpoint of {a.predict_model} (random weights, fitted band statistics)")
         out: Dict[str, Any] = {"model": a.predict_model, "checkpoint": made}
         if made.get("status") != "ok":
@@ -238,7 +241,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     bench = Bench(args)
     results = bench.run()
     path = write_results(results, args.results_dir)
-    print(render_report(results))
+    report = render_report(results)
+    print(report)
+    if args.markdown is not None:
+        args.markdown.write_text(f"# Benchmark results\n\n{report}\n")
     print(f"\nresults: {path} (and {args.results_dir / 'latest.json'})")
     return results
 

@@ -1,0 +1,168 @@
+"""Smoke version of every benchmark (bench/), so they cannot rot.
+
+One tiny end-to-end ``bench/run_all.py`` run (a 4-band 96 x 160 stack, a tiny U-Net) in
+real subprocesses, then checks that each section of the JSON has the expected keys and
+sane positive numbers, that the table is printed, and that the generated files are gone.
+Plus the runner's own guards: disk-space check, memory limit, timeout.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import pytest
+
+from bench.common import ChildLimits, check_disk_space, run_child
+from bench.report import evaluate_targets
+
+TINY_MODEL = "unet_sc2_layers2_e8"
+BANDS, HEIGHT, WIDTH, TILE = 4, 96, 160, 64
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Dict[str, Any]:
+    """Runs ``bench/run_all.py`` once at a tiny size as `make bench` would (a subprocess)."""
+    base = tmp_path_factory.mktemp("bench")
+    cmd = [
+        sys.executable, str(repo_root / "bench" / "run_all.py"),
+        "--bands", str(BANDS), "--height", str(HEIGHT), "--width", str(WIDTH), "--sizes", str(TILE),
+        "--models", TINY_MODEL, "--predict-model", TINY_MODEL, "--steps", "1", "--pipeline-workers", "0",
+        "--out-dir", str(base / "work"), "--results-dir", str(base / "results"), "--timeout", "240",
+    ]
+    proc = subprocess.run(cmd, cwd=str(base), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = base / "results" / "latest.json"
+    return {"results": json.loads(latest.read_text()), "stdout": proc.stdout, "base": base}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
+
+
+def test_results_written_and_table_printed(bench_run: Dict[str, Any]) -> None:
+    base: Path = bench_run["base"]
+    stamped = [p for p in (base / "results").glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1
+    assert json.loads(stamped[0].read_text()) == bench_run["results"]
+    out = bench_run["stdout"]
+    for title in ("I/O floor", "Prediction", "Training data pipeline", "Per-model training cost", "Targets"):
+        assert title in out
+    assert "| unet_sc2_layers2_e8 | 64x64" in out
+    # Generated stacks are removed without --keep.
+    assert not any((base / "work").glob("stack_segmenter_bench_*"))
+
+
+def test_meta_describes_machine_and_stack(bench_run: Dict[str, Any]) -> None:
+    meta = bench_run["results"]["meta"]
+    assert meta["stack"]["bands"] == BANDS and meta["stack"]["height"] == HEIGHT and meta["stack"]["width"] == WIDTH
+    assert meta["machine"]["cpu_count"] >= 1 and meta["machine"]["torch"]
+    assert _positive(meta["total_s"])
+
+
+def test_generated_stacks_and_io_floor(bench_run: Dict[str, Any]) -> None:
+    res = bench_run["results"]
+    raw_mb = 4 * BANDS * HEIGHT * WIDTH / 1024 ** 2
+    for key in ("none", "deflate"):
+        gen = res["generate"][key]
+        assert gen["status"] == "ok" and _positive(gen["write_s"]) and _positive(gen["file_mb"])
+        io = res["io_floor"][key]
+        assert io["status"] == "ok"
+        assert io["windows"] == 1 * 1  # a 96 x 160 stack is one 256 x 256 block
+        assert io["read_mb"] == pytest.approx(raw_mb, abs=0.1)
+        for k in ("cold_s", "warm_s", "cold_mb_per_s", "peak_rss_mb"):
+            assert _positive(io[k]), k
+    assert res["generate"]["double"]["shape"] == [BANDS, 2 * HEIGHT, WIDTH]
+
+
+def test_baseline_loads_whole_stack(bench_run: Dict[str, Any]) -> None:
+    base = bench_run["results"]["baseline"]
+    assert base["status"] == "ok"
+    assert base["tiles"] == 2 * 3  # 96 x 160 in 64 x 64 tiles (edge tiles included)
+    for k in ("load_s", "total_s", "tiles_per_s", "peak_rss_mb"):
+        assert _positive(base[k]), k
+
+
+def test_model_cost(bench_run: Dict[str, Any]) -> None:
+    rows = bench_run["results"]["model_cost"]
+    assert [(r["model"], r["tile"]) for r in rows] == [(TINY_MODEL, TILE)]
+    row = rows[0]
+    assert row["status"] == "ok"
+    for k in ("params", "step_s", "s_per_tile", "tiles_per_s", "peak_rss_mb"):
+        assert _positive(row[k]), k
+    assert row["tiles_per_s"] == pytest.approx(row["batch"] / row["step_s"], rel=0.01)
+
+
+def test_pipeline_throughput(bench_run: Dict[str, Any]) -> None:
+    pipe = bench_run["results"]["pipeline"]
+    assert pipe["tile"] == TILE
+    runs = {r["compress"]: r for r in pipe["runs"]}
+    assert set(runs) == {"none", "deflate"}
+    for run in runs.values():
+        assert run["status"] == "ok", run
+        assert run["tiles"] >= 6
+        for k in ("seconds", "tiles_per_s", "peak_rss_mb"):
+            assert _positive(run[k]), k
+
+
+def test_prediction(bench_run: Dict[str, Any]) -> None:
+    pred = bench_run["results"]["predict"]
+    one, two = pred["none"], pred["double"]
+    assert one["status"] == "ok", one
+    assert two["status"] == "ok", two
+    assert one["shape"] == [BANDS, HEIGHT, WIDTH] and two["shape"] == [BANDS, 2 * HEIGHT, WIDTH]
+    assert two["windows"] > one["windows"] >= 1
+    assert one["forward_windows"] == one["windows"]
+    for r in (one, two):
+        for k in ("predict_s", "forward_s", "peak_rss_mb", "output_mb"):
+            assert _positive(r[k]), k
+
+
+def test_targets_listed_with_verdicts(bench_run: Dict[str, Any]) -> None:
+    targets = {t["name"]: t for t in bench_run["results"]["targets"]}
+    for name in ("prediction peak memory", "prediction memory growth, 2x raster",
+                 "prediction wall vs forward + I/O floor", "pipeline vs fastest model (uncompressed)"):
+        assert targets[name]["met"] in (True, False), targets[name]
+    assert "smaller stack" in targets["prediction peak memory"]["note"]
+
+
+def test_targets_report_failures_honestly() -> None:
+    """A 20 % memory growth and a slow pipeline are 'NOT met'; missing numbers are never 'met'."""
+    results = {
+        "meta": {"stack": {"bands": 99, "height": 2000, "width": 4000, "raw_gib": 2.95}},
+        "io_floor": {"none": {"status": "ok", "cold_s": 10.0}},
+        "predict": {"none": {"status": "ok", "peak_rss_mb": 1000.0, "predict_s": 30.0, "forward_s": 10.0},
+                    "double": {"status": "ok", "peak_rss_mb": 1200.0}},
+        "model_cost": [{"status": "ok", "model": "a", "tile": 256, "tiles_per_s": 10.0},
+                       {"status": "ok", "model": "b", "tile": 256, "tiles_per_s": 1.0}],
+        "pipeline": {"tile": 256, "runs": [{"status": "ok", "compress": "none", "workers": 0,
+                                            "tiles_per_s": 20.0, "peak_rss_mb": 500.0}]},
+    }
+    t = {x["name"]: x for x in evaluate_targets(results)}
+    assert t["prediction peak memory"]["met"] is True and t["prediction peak memory"]["note"] == ""
+    assert t["prediction memory growth, 2x raster"]["met"] is False
+    assert t["prediction wall vs forward + I/O floor"]["met"] is False  # 30 / (10 + 10) = 1.5
+    assert t["pipeline vs fastest model (uncompressed)"]["met"] is False  # 20 / 10 = 2 < 3
+    assert t["pipeline vs fastest model (deflate)"]["met"] is None
+    assert t["pipeline never loads the stack"]["met"] is True
+
+
+def test_disk_check_stops_with_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"not enough disk space.*--out-dir"):
+        check_disk_space(tmp_path, 1 << 60, "a huge stack")
+    check_disk_space(tmp_path, 1, "a tiny file")  # enough: no error
+
+
+def test_child_over_memory_limit_is_reported_not_fatal(tmp_path: Path) -> None:
+    params = {"path": str(tmp_path / "s.tif"), "bands": 64, "height": 2048, "width": 2048}
+    result = run_child("stack", params, ChildLimits(timeout_s=120, mem_limit_mb=40))
+    assert result["status"] == "out of memory"
+
+
+def test_child_over_time_limit_is_reported_not_fatal(tmp_path: Path) -> None:
+    params = {"path": str(tmp_path / "s.tif"), "bands": 64, "height": 4096, "width": 4096}
+    result = run_child("stack", params, ChildLimits(timeout_s=1.0, mem_limit_mb=1e6))
+    assert result["status"] == "timeout"
