@@ -160,6 +160,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--width", type=int, default=None, help="columns (default: the generator's)")
     p.add_argument("--height", type=int, default=None, help="rows (default: the generator's)")
     p.add_argument("--bands", type=int, default=None, help="band count (default: the generator's, 99)")
+    p.add_argument("--n_deposits", type=int, default=None, help="deposits to sample (default: the generator's)")
     _add_events(p)
 
 
@@ -416,7 +417,7 @@ def _run_evaluate(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
 def _run_demo(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     from .demo_data import make_demo_data
 
-    sizes = {k: getattr(a, k) for k in ("width", "height", "bands") if getattr(a, k) is not None}
+    sizes = {k: getattr(a, k) for k in ("width", "height", "bands", "n_deposits") if getattr(a, k) is not None}
     return make_demo_data(a.output_dir, seed=a.seed, log=cb.log, **sizes)
 
 
