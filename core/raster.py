@@ -86,8 +86,11 @@ def _as_float(value: Optional[float]) -> Optional[float]:
 
 
 def gdal_env() -> "rasterio.Env":
-    """A rasterio environment whose GDAL block cache is bounded (memory must not grow with the raster)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    """A rasterio environment whose GDAL block cache is bounded (memory must not grow with the raster).
+
+    rasterio hands GDAL_CACHEMAX to GDALSetCacheMax, which counts bytes (not megabytes).
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)
 
 
 def read_info(path: str | Path) -> RasterInfo:
