@@ -137,3 +137,28 @@ def test_missing_raster_is_a_data_error(tmp_path, parts):
     ds = TileDataset(str(tmp_path / "gone.tif"), WINDOWS, lr.labels, enc)
     with pytest.raises(DataError, match="does not exist"):
         ds[0]
+
+
+def test_real_ecuador_pipeline_feeds_positive_batches(shared_data):
+    """labels -> valid mask -> split -> statistics on training windows -> weighted batches."""
+    from torch.utils.data import WeightedRandomSampler
+
+    from core.raster import read_valid_mask
+    from core.sampling import make_split
+
+    d = shared_data / "ecuador_landslides"
+    info = read_info(d / "ecuador_ta_stack.tif")
+    lr = rasterize_labels(LabelOptions(labels_path=str(d / "landslide_points.shp"),
+                                       mask_path=str(d / "ecuador_landslides.gpkg")), info)
+    usable = read_valid_mask(info.path) & lr.study_mask
+    split = make_split(lr.labels, usable, (64, 64), positive_points=lr.positive_points, seed=0)
+    enc = fit_encoder(info.path, split.train_windows, mask=lr.study_mask)
+    ds = TileDataset(info.path, split.train_windows, lr.labels, enc, lr.study_mask, augment=True)
+    torch.manual_seed(0)
+    sampler = WeightedRandomSampler(split.train_weights, 16, replacement=True)
+    batch = next(iter(DataLoader(ds, batch_size=16, sampler=sampler)))
+    assert batch["x"].shape == (16, 5, 64, 64)
+    assert int(batch["y"].sum()) > 0  # positives are drawn
+    x = batch["x"].permute(1, 0, 2, 3)[:, batch["valid"]]
+    assert x.abs().max() <= enc.z_clip and 0.3 < float(x.std()) < 3.0  # standardised
+    assert not batch["valid"].all()  # outside the study mask / nodata is not valid
