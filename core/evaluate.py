@@ -23,6 +23,7 @@ from .config import EvaluateConfig
 from .errors import DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
 from .metrics import RateCurve, finite_or_none, latitude_weights, pixel_aucs, rate_curve
+from .predict import give_default_permissions
 
 Box = Tuple[float, float, float, float]
 
@@ -167,6 +168,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        give_default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

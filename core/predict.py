@@ -405,6 +405,13 @@ def prepare_output(output_path: str, raster_path: str) -> Path:
     return out
 
 
+def give_default_permissions(path: Path) -> None:
+    """mkstemp files are private (0600); a finished output gets the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def file_sha256(path: str) -> str:
     """Hex SHA-256 of a file (the checkpoint digest written into the map's tags)."""
     h = hashlib.sha256()
@@ -430,9 +437,9 @@ class StudyArea:
         """Reads the polygons (labels.py's reader), reprojected to the raster's CRS."""
         from shapely.geometry import box
 
-        from .labels import _mask_source, read_vector, to_raster_crs
+        from .labels import mask_source, read_vector, to_raster_crs
 
-        gdf = read_vector(_mask_source(path, log), what="study-area mask")
+        gdf = read_vector(mask_source(path, log), what="study-area mask")
         gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
         if gdf.empty:
             raise DataError(f"the mask {path} holds no polygons; --mask_path needs study-area polygons")
@@ -620,6 +627,7 @@ def predict(
                                       info.height, info.width, tile, stride, config.batch_size, cb)
             dst.set_band_description(1, f"probability of class 1 ({spec.name})")
             dst.update_tags(**_tags(config, ckpt, tile, config.spherical))
+        give_default_permissions(tmp)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
