@@ -52,6 +52,8 @@ class Split:
         train_weights: one sampling weight per training window (WeightedRandomSampler):
             windows holding positives are drawn about POSITIVE_SHARE of the time.
         summary: counts (positives on each side, windows, fractions), JSON-able.
+        train_mask, val_mask: bool (H, W) pixel masks, set only by ``make_globe_split``
+            (one whole-raster window serves both sides; AND them into the study mask).
     """
 
     tile: Pair
@@ -62,6 +64,8 @@ class Split:
     val_windows: List[Box]
     train_weights: List[float]
     summary: Dict[str, Any] = field(default_factory=dict)
+    train_mask: Optional[np.ndarray] = None
+    val_mask: Optional[np.ndarray] = None
 
     def val_blocks_map(self, info: RasterInfo) -> List[Tuple[float, float, float, float]]:
         """Validation blocks as map boxes (left, bottom, right, top) in the raster's CRS."""
@@ -360,3 +364,72 @@ def write_blocks_gpkg(blocks: Sequence[Box], info: RasterInfo, path: str | Path)
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _paint_wrapped(shape: Pair, boxes: Sequence[Box], grow: Pair) -> np.ndarray:
+    """bool (H, W) of boxes grown by ``grow``; columns wrap around (longitude is periodic)."""
+    h, w = shape
+    out = np.zeros(shape, dtype=bool)
+    for r0, c0, r1, c1 in boxes:
+        rows = slice(max(r0 - grow[0], 0), min(r1 + grow[0], h))
+        cols = np.arange(c0 - grow[1], c1 + grow[1]) % w
+        out[rows, cols] = True
+    return out
+
+
+def make_globe_split(
+    labels: np.ndarray,
+    usable: np.ndarray,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    buffer: Optional[Pair] = None,
+    positive_points: Optional[np.ndarray] = None,
+    attempts: int = ATTEMPTS,
+    log: Optional[LogFn] = None,
+) -> Split:
+    """Split for spherical models that see the whole globe as ONE window.
+
+    Validation blocks become pixel masks instead of windows: ``train_mask`` excludes the
+    blocks grown by ``buffer`` (default 1/16 of the grid; columns wrap around),
+    ``val_mask`` is the blocks themselves. Both window lists hold the whole raster.
+    """
+    log = log or _noop
+    h, w = labels.shape
+    if labels.shape != usable.shape or not usable.any():
+        raise DataError("no valid pixel in the raster (inside the study mask); check nodata and --mask_path")
+    buf = buffer if buffer is not None else (max(1, h // 16), max(1, w // 16))
+    pos = labels.astype(bool) & usable
+    points = np.zeros((0, 2)) if positive_points is None else np.asarray(positive_points, dtype=float).reshape(-1, 2)
+    usable_s = _integral(usable)
+    side = max(4, int(math.sqrt(float(usable.sum()) * val_fraction / BLOCKS_TARGET)))
+    blocks = block_grid(h, w, (max(2, side // 2), max(2, side // 2)), int(usable.sum()), val_fraction, side)
+    target = val_fraction * float(usable.sum())
+    best: Optional[Tuple[Tuple[bool, int], List[Box], np.ndarray, np.ndarray]] = None
+    for k in range(attempts):
+        chosen = _choose_blocks(blocks, usable_s, target, np.random.default_rng([seed, k]))
+        val_mask = _paint_wrapped((h, w), chosen, (0, 0)) & usable
+        train_mask = ~_paint_wrapped((h, w), chosen, buf) & usable
+        both = bool((pos & val_mask).any() and (pos & train_mask).any()) and bool(train_mask.any())
+        key = (both, -int(round(abs(val_mask.sum() / usable.sum() - val_fraction) / 0.05)))
+        if best is None or key > best[0]:
+            best = (key, chosen, train_mask, val_mask)
+    assert best is not None
+    _, chosen, train_mask, val_mask = best
+    if not train_mask.any():
+        raise DataError("no training pixel is left outside the validation blocks; lower --val_fraction")
+    rows, cols = points[:, 0].astype(int), points[:, 1].astype(int)
+    total = float(usable.sum())
+    stats = {
+        "val_positive_pixels": int((pos & val_mask).sum()),
+        "train_positive_pixels": int((pos & train_mask).sum()),
+        "val_positive_points": int(val_mask[rows, cols].sum()) if len(points) else 0,
+        "train_positive_points": int(train_mask[rows, cols].sum()) if len(points) else 0,
+        "val_area_fraction": float(val_mask.sum() / total),
+        "train_area_fraction": float(train_mask.sum() / total),
+    }
+    whole = [(0, 0, h, w)]
+    lay = _Layout(chosen, whole, whole, stats)
+    split = _finish(lay, buf, (h, w), (h, w), _integral(pos), val_fraction, log)
+    split.train_mask, split.val_mask = train_mask, val_mask
+    return split
