@@ -289,3 +289,24 @@ def test_spherical_refuses_a_projected_raster(globe: Dict[str, Path], setup: Dic
         predict(PredictConfig(checkpoint=str(globe["ckpt"]), raster_path=str(half),
                               output_path=str(tmp_path / "x.tif"), spherical=True, device="cpu"))
     assert not (tmp_path / "x.tif").exists()
+
+
+def _traced_peak(setup: Dict[str, Path], raster: Path, out: Path) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        predict(cfg(setup, out, raster_path=str(raster)))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_does_not_grow_with_raster_height(setup: Dict[str, Path], tmp_path: Path) -> None:
+    short = write_stack(tmp_path / "short.tif", height=64, width=64)
+    tall = write_stack(tmp_path / "tall.tif", height=1024, width=64)
+    _traced_peak(setup, short, tmp_path / "warm.tif")  # first-call imports and caches
+    small = _traced_peak(setup, short, tmp_path / "a.tif")
+    big = _traced_peak(setup, tall, tmp_path / "b.tif")
+    # 16x the pixels; a whole-raster float32 band alone would be 1024 * 64 * 4 = 256 KiB more.
+    assert big < small + 128 * 1024, (small, big)
