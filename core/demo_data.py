@@ -406,7 +406,7 @@ def write_geotiff(path: Path, data: np.ndarray, names: Sequence[str], tags: Dict
                    crs=CRS.from_epsg(CRS_EPSG), transform=_transform(), nodata=NODATA,
                    tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", zlevel=1,
                    predictor=3, interleave="pixel", bigtiff="IF_SAFER")
-    with rasterio.Env(GDAL_CACHEMAX=512 * 1024 * 1024)  # bytes: rasterio calls GDALSetCacheMax:
+    with rasterio.Env(GDAL_CACHEMAX=512 * 1024 * 1024):  # bytes: rasterio calls GDALSetCacheMax
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
             for band, name in enumerate(names, start=1):
