@@ -1,0 +1,769 @@
+"""The training loop: raster stack + vector labels -> one trained checkpoint per model.
+
+Read it top to bottom: ``train()`` prepares the data once (labels, usable pixels), then
+for each model in turn ``train_model()`` builds the split, the encoder, the datasets, the
+model and the optimiser, runs ``run_epoch()`` / ``evaluate()`` per epoch, saves the
+checkpoint atomically at the end of every epoch, and finally writes the report files
+(``reports``: figures, metrics.pkl, metrics.json).
+
+Decisions:
+- Every epoch re-seeds the RNGs from (seed, epoch), so a resumed run continues exactly as
+  an uninterrupted one would (and two CPU runs with the same seed give the same metrics).
+- The checkpoint's ``state_dict`` holds the last epoch's weights (resume), ``best`` the
+  best validation epoch's (prediction); see checkpoint.py.
+- Early stopping and "best" follow the validation ROC AUC when validation has both
+  classes, else the validation loss.
+- DDP (torchrun): every rank trains on its share of the sampled windows; every rank
+  validates all validation windows (identical numbers, no communication needed for early
+  stopping); only rank 0 writes files and speaks.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .dataset import TileDataset
+from .encoding import BandEncoder, fit_encoder
+from .errors import ConfigError, DataError, ResourceError, TrainingError
+from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
+from .labels import LabelRaster, rasterize_labels
+from .losses import make_loss, positive_weight
+from .models.catalog import ModelSpec, parse_model_name
+from .models.registry import build_model, count_parameters, model_kwargs
+from .raster import Box, RasterInfo, box_to_map, coverage_mask, read_info, read_valid_mask
+from .sampling import Split, make_split, resolve_tile, write_blocks_gpkg
+
+WARMUP_FRACTION = 0.05
+"""Share of the optimiser steps spent warming the learning rate up (at least one step)."""
+WEIGHT_DECAY = 1e-2
+MAX_FIGURES = 4
+"""validation_<i>.png images written per model."""
+MAX_VAL_PIXELS = 2_000_000
+"""Validation pixels kept for the AUCs (a seeded subsample beyond that)."""
+METRIC_KEYS = ("val_loss", "val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc")
+
+
+# ----------------------------------------------------------------------------- run context
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly) distributed run."""
+
+    enabled: bool = False
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class RunLog:
+    """Log lines go to the caller and, once a model folder exists, to its train.log."""
+
+    def __init__(self, log: LogFn, speak: bool) -> None:
+        self._log = log
+        self._speak = speak
+        self.lines: List[str] = []
+        self._file: Optional[Path] = None
+
+    def __call__(self, message: str) -> None:
+        if not self._speak:
+            return
+        self.lines.append(message)
+        self._log(message)
+        if self._file is not None:
+            with open(self._file, "a", encoding="utf-8") as fh:
+                fh.write(message + "\n")
+
+    def attach(self, path: Path, backlog: List[str]) -> None:
+        """Starts a model's train.log with the shared preparation lines (backlog)."""
+        if not self._speak:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in backlog), encoding="utf-8")
+        self._file = path
+
+
+def init_distributed(config: TrainConfig, log: LogFn) -> Dist:
+    """Joins the torchrun process group when DDP is asked for (gloo on CPU, nccl on CUDA)."""
+    if not config.ddp:
+        return Dist()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2 or "RANK" not in os.environ:
+        log("note: --enable_ddp without torchrun (WORLD_SIZE < 2); training in a single process. "
+            "Launch with: torchrun --nproc_per_node=N train_raster.py ... --enable_ddp")
+        return Dist()
+    import torch.distributed as tdist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = config.device != "cpu" and torch.cuda.is_available()
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(True, rank, world, local_rank)
+
+
+def pick_device(name: str, dist: Dist) -> torch.device:
+    """auto -> cuda when usable, else cpu; cuda asked for but missing is a ConfigError."""
+    from .predict import resolve_device
+
+    device = resolve_device(name)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def make_autocast(amp_mode: str, device: torch.device) -> Callable[[], Any]:
+    """Autocast contexts for the AMP mode (bf16 on CPU and GPU; fp16 needs CUDA)."""
+    if amp_mode == "fp16" and device.type != "cuda":
+        raise ConfigError("amp mode fp16 needs a CUDA GPU; on CPU use --amp_mode bf16 (or none)")
+    if amp_mode == "none":
+        return contextlib.nullcontext
+    dtype = torch.float16 if amp_mode == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class RasterData:
+    """What every model shares: the raster's metadata, labels and usable pixels."""
+
+    info: RasterInfo
+    labels: LabelRaster
+    usable: np.ndarray
+    is_global: bool
+
+
+@dataclass
+class TileData:
+    """Split, encoder and datasets for one tile size (shared by models with that tile)."""
+
+    tile: Tuple[int, int]
+    split: Split
+    encoder: BandEncoder
+    train_set: TileDataset
+    val_set: TileDataset
+    pos_fraction: float
+    whole_globe: bool
+    area: Optional[torch.Tensor] = None
+
+
+def is_global_raster(info: RasterInfo) -> bool:
+    """A whole-globe EPSG:4326-like grid (what spherical models are made for)."""
+    from .predict import check_global
+
+    try:
+        check_global(info)
+    except DataError:
+        return False
+    return True
+
+
+def prepare_raster(config: TrainConfig, log: LogFn) -> RasterData:
+    """Reads the raster's metadata, burns the labels and finds the usable pixels."""
+    info = read_info(config.raster_path)
+    labels = rasterize_labels(config.labels, info, log)
+    usable = read_valid_mask(config.raster_path)
+    if labels.study_mask is not None:
+        usable &= labels.study_mask
+    if not usable.any():
+        raise DataError("no usable pixel: the raster is all nodata inside the study area; check nodata and --mask_path")
+    log(f"raster {info.width} x {info.height} px, {info.count} band(s); {int(usable.sum())} usable pixel(s), "
+        f"{int((labels.labels.astype(bool) & usable).sum())} positive")
+    return RasterData(info, labels, usable, is_global_raster(info))
+
+
+def tile_for(config: TrainConfig, spec: ModelSpec, data: RasterData, log: LogFn) -> Tuple[Tuple[int, int], bool]:
+    """(tile, whole_globe): spherical models on a global raster take the whole globe."""
+    if spec.spherical and data.is_global:
+        return data.info.shape, True
+    if spec.spherical:
+        log(f"warning: {spec.name} is a spherical model but this raster is not a global EPSG:4326 grid; "
+            "each tile is treated as a whole sphere, so the geometry is approximate (a planar model such as "
+            "unet_sc2_layers4_e32 suits local rasters)")
+    return resolve_tile(config.tile_size, data.info.height, data.info.width, log), False
+
+
+def _grown_mask(shape: Tuple[int, int], boxes: List[Box], buffer: Tuple[int, int]) -> np.ndarray:
+    grown = [(b[0] - buffer[0], b[1] - buffer[1], b[2] + buffer[0], b[3] + buffer[1]) for b in boxes]
+    return coverage_mask(shape, grown)
+
+
+def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], whole_globe: bool,
+                  encoder: Optional[BandEncoder], log: LogFn) -> TileData:
+    """Spatial split, band encoder (training area only) and the two datasets for a tile size.
+
+    For the whole globe, the split uses the automatic planar tile to place validation
+    blocks; the single globe sample then counts only training pixels (validation blocks
+    and their buffer masked out) in training, and only validation pixels in validation.
+    """
+    lab = data.labels
+    split_tile = resolve_tile(config.tile_size, *data.info.shape, log) if whole_globe else tile
+    split = make_split(lab.labels, data.usable, split_tile, config.stride, val_fraction=config.val_fraction,
+                       seed=config.seed, positive_points=lab.positive_points, log=log)
+    train_mask = data.usable.copy()
+    if whole_globe:
+        train_mask &= ~_grown_mask(data.info.shape, split.val_blocks, split.buffer)
+        train_windows: List[Box] = [(0, 0, tile[0], tile[1])]
+        val_windows: List[Box] = [(0, 0, tile[0], tile[1])]
+        val_mask = data.usable & coverage_mask(data.info.shape, split.val_blocks)
+    else:
+        train_windows, val_windows, val_mask = split.train_windows, split.val_windows, lab.study_mask
+    if encoder is None:
+        encoder = fit_encoder(config.raster_path, train_windows, config.categorical_bands,
+                              mask=train_mask, seed=config.seed, log=log)
+    pos_fraction = _positive_fraction(lab.labels, coverage_mask(data.info.shape, train_windows, train_mask))
+    train_set = TileDataset(config.raster_path, train_windows, lab.labels, encoder,
+                            train_mask if whole_globe else lab.study_mask, augment=config.augment,
+                            spherical=whole_globe)
+    val_set = TileDataset(config.raster_path, val_windows, lab.labels, encoder, val_mask)
+    area = None
+    if whole_globe:
+        from .metrics import latitude_weights
+
+        area = torch.from_numpy(latitude_weights(data.info.transform, *data.info.shape).astype(np.float32))
+    return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area)
+
+
+def _positive_fraction(labels: np.ndarray, area: np.ndarray) -> float:
+    n = int(area.sum())
+    return float((labels.astype(bool) & area).sum() / n) if n else 0.0
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, repeatable seed for each (seed, epoch, rank)."""
+    return (int(seed) * 1_000_003 + epoch * 9_973 + rank * 131) % 2**31
+
+
+def rng_state() -> Dict[str, Any]:
+    """RNG states as tensors / JSON-able lists (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "python": [int(version), [int(v) for v in internal], gauss],
+    }
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    """Restores what ``rng_state`` saved (missing parts are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def epoch_indices(weights: List[float], seed: int, epoch: int, dist: Dist) -> List[int]:
+    """This rank's training windows for an epoch: positive-aware draws, split over the ranks.
+
+    As many draws as there are windows (with replacement, by ``weights``); every rank
+    gets the same number of windows, so DDP ranks run the same number of steps.
+    """
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    n = len(weights)
+    drawn = torch.multinomial(torch.tensor(weights, dtype=torch.double), n, replacement=True, generator=g).tolist()
+    per_rank = math.ceil(n / dist.world)
+    drawn = (drawn * dist.world)[: per_rank * dist.world]
+    return drawn[dist.rank::dist.world]
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the base learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimiser(model: nn.Module, config: TrainConfig, steps_per_epoch: int
+                   ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a per-step warm-up + cosine schedule over all epochs."""
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=WEIGHT_DECAY)
+    total = max(1, config.num_epochs * steps_per_epoch)
+    warmup = max(1, int(WARMUP_FRACTION * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
+    return opt, sched
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+# ----------------------------------------------------------------------------- epochs
+
+
+@dataclass
+class Step:
+    """What one training step needs, bundled so the loop reads as prose."""
+
+    model: nn.Module
+    loss_fn: Callable[..., torch.Tensor]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any
+    autocast: Callable[[], Any]
+    device: torch.device
+    max_grad_norm: float
+    area: Optional[torch.Tensor]
+
+
+def run_epoch(step: Step, loader: DataLoader, cb: Callbacks, where: str,
+              on_batch: Callable[[float], None]) -> float:
+    """One pass over this rank's training windows; returns the mean training loss."""
+    step.model.train()
+    total, count = 0.0, 0
+    n = max(1, len(loader))
+    area = None if step.area is None else step.area.to(step.device)
+    for i, batch in enumerate(loader):
+        cb.check_stop(where)
+        x, y, valid = (batch[k].to(step.device, non_blocking=True) for k in ("x", "y", "valid"))
+        with step.autocast():
+            logits = step.model(x)
+        loss = step.loss_fn(logits.float(), y, valid, area)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss.item()} ({where}, batch {i + 1}); lower --learning_rate "
+                "(e.g. by 10x), try --amp_mode none, and check the raster's nodata value (huge or NaN values "
+                "that are not declared as nodata)"
+            )
+        step.opt.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        step.scaler.unscale_(step.opt)
+        nn.utils.clip_grad_norm_(step.model.parameters(), step.max_grad_norm)
+        step.scaler.step(step.opt)
+        step.scaler.update()
+        step.sched.step()
+        total += float(loss.item())
+        count += 1
+        on_batch((i + 1) / n)
+    return total / max(1, count)
+
+
+@dataclass
+class Evaluation:
+    """Validation numbers plus the material for the report."""
+
+    metrics: Dict[str, float]
+    tile_stats: Dict[str, List[float]] = field(default_factory=dict)
+    examples: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def _iou_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int = 2) -> Tuple[float, float]:
+    """Mean IoU over classes present in prediction or label, and pixel accuracy."""
+    if pred.size == 0:
+        return float("nan"), float("nan")
+    ious = []
+    for k in range(num_classes):
+        inter = np.sum((pred == k) & (y == k))
+        union = np.sum((pred == k) | (y == k))
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious)) if ious else float("nan"), float(np.mean(pred == y))
+
+
+def _aucs(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray]) -> Tuple[float, float]:
+    from .metrics import pixel_aucs
+
+    out = pixel_aucs(scores, labels, weights)
+    nan = float("nan")
+    return (nan if out["roc_auc"] is None else out["roc_auc"], nan if out["pr_auc"] is None else out["pr_auc"])
+
+
+@torch.no_grad()
+def evaluate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_examples: int = 0) -> Evaluation:
+    """Validation loss, mean IoU, accuracy and ROC/PR AUC over the valid validation pixels."""
+    step.model.eval()
+    losses, weights_sum = 0.0, 0.0
+    probs: List[np.ndarray] = []
+    labels: List[np.ndarray] = []
+    areas: List[np.ndarray] = []
+    stats: Dict[str, List[float]] = {"loss": [], "iou": [], "accuracy": []}
+    examples: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    area = None if step.area is None else step.area.to(step.device)
+    for batch in loader:
+        cb.check_stop("validation")
+        x, y, valid = (batch[k].to(step.device) for k in ("x", "y", "valid"))
+        with step.autocast():
+            logits = step.model(x)
+        logits = logits.float()
+        prob = torch.softmax(logits, dim=1)[:, 1]
+        for b in range(x.shape[0]):
+            v = valid[b]
+            if not v.any():
+                continue
+            one = step.loss_fn(logits[b:b + 1], y[b:b + 1], v[None], area)
+            n = float(v.sum())
+            losses += float(one) * n
+            weights_sum += n
+            p, t = prob[b][v].cpu().numpy(), y[b][v].cpu().numpy()
+            iou, acc = _iou_accuracy((p >= 0.5).astype(np.int64), t)
+            stats["loss"].append(float(one))
+            stats["iou"].append(iou)
+            stats["accuracy"].append(acc)
+            probs.append(p)
+            labels.append(t)
+            if area is not None:
+                areas.append(area.expand_as(v)[v].cpu().numpy())
+            if len(examples) < keep_examples:
+                examples.append((prob[b].cpu().numpy(), y[b].cpu().numpy(), v.cpu().numpy(), x[b, :3].cpu().numpy()))
+    if not probs:
+        nan = float("nan")
+        return Evaluation({k: nan for k in METRIC_KEYS}, stats, examples)
+    p, t = np.concatenate(probs), np.concatenate(labels)
+    w = np.concatenate(areas) if areas else None
+    if p.size > MAX_VAL_PIXELS:
+        keep = np.random.default_rng(seed).choice(p.size, MAX_VAL_PIXELS, replace=False)
+        p, t, w = p[keep], t[keep], (None if w is None else w[keep])
+    iou, acc = _iou_accuracy((p >= 0.5).astype(np.int64), t)
+    roc, pr = _aucs(p, t, w)
+    metrics = {"val_loss": losses / max(weights_sum, 1e-12), "val_iou": iou, "val_accuracy": acc,
+               "val_roc_auc": roc, "val_pr_auc": pr}
+    return Evaluation(metrics, stats, examples)
+
+
+# ----------------------------------------------------------------------------- checkpoint content
+
+
+def _versions() -> Dict[str, str]:
+    from . import __version__
+
+    out = {"stack_segmenter": __version__, "torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("torch_harmonics", "rasterio"):
+        try:
+            out[mod] = str(__import__(mod).__version__)
+        except Exception:  # noqa: BLE001 - a missing optional library is just not listed
+            pass
+    return out
+
+
+def checkpoint_payload(config: TrainConfig, spec: ModelSpec, kwargs: Dict[str, Any], data: RasterData,
+                       td: TileData, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int,
+                       history: List[Dict[str, Any]], best: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The self-describing checkpoint dict (keys listed in docs/ARCHITECTURE.md)."""
+    info = data.info
+    return {
+        "model_name": spec.name,
+        "model_kwargs": kwargs,
+        "in_channels": int(info.count),
+        "num_classes": 2,
+        "band_names": list(info.band_names),
+        "band_count": int(info.count),
+        "encoder": td.encoder.to_dict(),
+        "nodata": [None if v is None else float(v) for v in info.nodata],
+        "crs_wkt": info.crs_wkt,
+        "transform": [float(v) for v in info.transform],
+        "pixel_size": [float(v) for v in info.res],
+        "raster_shape": [int(info.height), int(info.width)],
+        "tile_size": [int(td.tile[0]), int(td.tile[1])],
+        "whole_globe": bool(td.whole_globe),
+        "validation_blocks": [[int(v) for v in b] for b in td.split.val_blocks],
+        "validation_blocks_map": [[float(v) for v in box_to_map(b, info)] for b in td.split.val_blocks],
+        "split_summary": json.loads(json.dumps(td.split.summary, default=str)),
+        "seed": int(config.seed),
+        "versions": _versions(),
+        "config": json.loads(config.to_json()),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": int(epoch),
+        "rng": rng_state(),
+        "history": history,
+        "best": best,
+    }
+
+
+def _json_safe(values: Dict[str, Any]) -> Dict[str, Any]:
+    """NaN / inf become None (JSON has no NaN)."""
+    from .metrics import finite_or_none
+
+    return {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in values.items()}
+
+
+def monitor_score(metrics: Dict[str, float]) -> Tuple[str, float]:
+    """(name, score to maximise): ROC AUC when defined, else minus the validation loss."""
+    auc = metrics.get("val_roc_auc", float("nan"))
+    if auc is not None and math.isfinite(auc):
+        return "val_roc_auc", float(auc)
+    return "val_loss", -float(metrics.get("val_loss", float("inf")))
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+@dataclass
+class ModelRun:
+    """The outcome of training one model (what the result and the reports need)."""
+
+    name: str
+    checkpoint: Path
+    output_dir: Path
+    epochs_run: int
+    epoch: int
+    final: Evaluation
+    history: List[Dict[str, Any]]
+    num_params: int
+    training_time: float
+
+
+def _loader(dataset: TileDataset, batch_size: int, config: TrainConfig, indices: Optional[List[int]] = None,
+             seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, shuffle=False,
+                      num_workers=config.num_workers, generator=g, persistent_workers=False)
+
+
+def _resume_state(config: TrainConfig, spec: ModelSpec, path: Path, log: LogFn) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue from, when --resume is set and one exists."""
+    if not config.resume:
+        return None
+    if not path.exists():
+        log(f"--resume: no checkpoint at {path} yet; starting {spec.name} from scratch")
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["model_name"] != spec.name:
+        raise ConfigError(
+            f"--resume: {path} holds model {ckpt['model_name']}, not {spec.name}; "
+            "use another --output_path or train the same model"
+        )
+    log(f"resuming {spec.name} from {path} (after epoch {ckpt.get('epoch', 0)})")
+    return ckpt
+
+
+def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
+                dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
+                backlog: List[str], progress: Callable[[float], None]) -> ModelRun:
+    """Trains (or, with 0 epochs, only validates) one model and writes its files."""
+    out_dir = config.model_dir(spec.name)
+    ckpt_path = config.checkpoint_file(spec.name)
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runlog.attach(out_dir / "train.log", backlog)
+    log = runlog
+    resumed = _resume_state(config, spec, ckpt_path, log)
+    tile, whole_globe = tile_for(config, spec, data, log)
+    if resumed is not None:  # the statistics the weights were trained with
+        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
+    else:
+        if (tile, whole_globe) not in tiles:
+            tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
+        td = tiles[(tile, whole_globe)]
+    if dist.main:
+        write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
+        (out_dir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
+
+    seed_everything(epoch_seed(config.seed, 0))
+    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=tile)
+    model = build_model(**kwargs).to(device)
+    num_params = count_parameters(model)
+    train_model_ = model
+    if dist.enabled:
+        train_model_ = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps = math.ceil(math.ceil(len(td.train_set) / dist.world) / config.batch_size)
+    opt, sched = make_optimiser(model, config, steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
+    pos_w = positive_weight(td.pos_fraction)
+    loss_fn = make_loss(config.loss, pos_weight=pos_w, label_smoothing=config.label_smoothing)
+    step = Step(train_model_, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area)
+    log(f"{spec.name}: {num_params} parameters, tile {tile[0]} x {tile[1]}, {td.encoder.out_channels} input "
+        f"channel(s), loss {config.loss} (positive weight {pos_w:.1f}, {100 * td.pos_fraction:.3f}% positive "
+        f"pixels in the training area), device {device}, AMP {config.amp_mode}"
+        + (f", DDP x{dist.world}" if dist.enabled else ""))
+
+    history: List[Dict[str, Any]] = []
+    best: Optional[Dict[str, Any]] = None
+    start = 0
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        if resumed.get("optimizer") and config.num_epochs > 0:
+            opt.load_state_dict(resumed["optimizer"])
+            sched.load_state_dict(resumed["scheduler"])
+        if resumed.get("rng"):
+            restore_rng(resumed["rng"])
+        history, best, start = list(resumed.get("history") or []), resumed.get("best"), int(resumed.get("epoch", 0))
+
+    val_loader = _loader(td.val_set, config.batch_size, config)
+    eval_step = replace(step, model=model)  # validation runs on the unwrapped model (no DDP sync)
+    t0 = time.time()
+    stale = 0
+    epochs_run = 0
+    if config.num_epochs > 0 and start >= config.num_epochs:
+        log(f"{spec.name} already trained {start} epoch(s) (--num_epochs {config.num_epochs}); nothing to train")
+    for epoch in range(start + 1, config.num_epochs + 1):
+        seed_everything(epoch_seed(config.seed, epoch, dist.rank))
+        indices = epoch_indices(td.split.train_weights if not whole_globe else [1.0], config.seed, epoch, dist)
+        loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(config.seed, epoch, dist.rank))
+        if dist.enabled and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        where = f"{spec.name} epoch {epoch}/{config.num_epochs}"
+
+        def on_batch(frac: float, epoch: int = epoch) -> None:
+            progress((epoch - 1 - start + frac * 0.9) / max(1, config.num_epochs - start))
+
+        train_loss = run_epoch(step, loader, cb, where, on_batch)
+        ev = evaluate(eval_step, val_loader, cb, config.seed)
+        lr = float(sched.get_last_lr()[0])
+        row = {"model": spec.name, "epoch": epoch, "train_loss": train_loss, **ev.metrics, "lr": lr}
+        history.append(_json_safe(row))
+        epochs_run += 1
+        name, score = monitor_score(ev.metrics)
+        improved = best is None or best.get("metric") != name or score > float(best["score"])
+        if improved:
+            best = {"epoch": epoch, "score": score, "metric": name,
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+        if dist.main:
+            save_checkpoint(ckpt_path, checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, epoch,
+                                                          history, best))
+        cb.metric(_json_safe(row))
+        log(_epoch_line(row, improved))
+        progress((epoch - start) / max(1, config.num_epochs - start))
+        if config.patience and stale >= config.patience:
+            log(f"early stopping: {name} has not improved for {stale} epoch(s) (best epoch {best['epoch']})")
+            break
+    training_time = time.time() - t0
+    final_epoch = history[-1]["epoch"] if history else start
+    if best is not None and best.get("state_dict"):
+        model.load_state_dict(best["state_dict"])
+    if config.num_epochs == 0 or epochs_run == 0:
+        if resumed is None:
+            log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
+        if dist.main and (resumed is None or not ckpt_path.exists()):
+            save_checkpoint(ckpt_path, checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched,
+                                                          start, history, best))
+    final = evaluate(eval_step, val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
+    for key_name in ("val_roc_auc", "val_pr_auc"):
+        if not math.isfinite(final.metrics[key_name]):
+            log(f"note: {key_name} is undefined (validation pixels hold a single class); reported as NaN")
+            break
+    log(_final_line(spec.name, final.metrics))
+    return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, final_epoch, final, history, num_params, training_time)
+
+
+def _fmt(v: Any) -> str:
+    return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def _epoch_line(row: Dict[str, Any], improved: bool) -> str:
+    return (f"{row['model']} epoch {row['epoch']}: train_loss {_fmt(row['train_loss'])}, val_loss "
+            f"{_fmt(row['val_loss'])}, val_iou {_fmt(row['val_iou'])}, val_accuracy {_fmt(row['val_accuracy'])}, "
+            f"val_roc_auc {_fmt(row['val_roc_auc'])}, val_pr_auc {_fmt(row['val_pr_auc'])}, lr {row['lr']:.2e}"
+            + (" (best so far)" if improved else ""))
+
+
+def _final_line(name: str, m: Dict[str, float]) -> str:
+    return (f"{name} final validation (best weights): loss {_fmt(m['val_loss'])}, mean IoU {_fmt(m['val_iou'])}, "
+            f"accuracy {_fmt(m['val_accuracy'])}, ROC AUC {_fmt(m['val_roc_auc'])}, PR AUC {_fmt(m['val_pr_auc'])}")
+
+
+# ----------------------------------------------------------------------------- train()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: Optional[ProgressFn] = None,
+    should_stop: Optional[StopFn] = None,
+    log: Optional[LogFn] = None,
+    metric: Optional[MetricFn] = None,
+) -> Dict[str, Any]:
+    """Trains every model of ``config.models`` in turn.
+
+    Returns ``{"models": {name: {"checkpoint", "output_dir", "epochs_run", "epoch",
+    "metrics": {val_loss, val_iou, val_accuracy, val_roc_auc, val_pr_auc}}}}`` (undefined
+    metrics are None).
+
+    Raises:
+        ConfigError: impossible device / AMP combination (before any data is read).
+        DataError: unusable inputs. ResourceError: out of memory. TrainingError: NaN loss.
+        Cancelled: ``should_stop`` said so; the last finished epoch's checkpoint is on disk.
+    """
+    from .reports import write_reports
+
+    specs = [parse_model_name(m) for m in config.models]
+    dist = init_distributed(config, log or (lambda _m: None))
+    cb = Callbacks.of(progress if dist.main else None, should_stop,
+                      log if dist.main else None, metric if dist.main else None)
+    runlog = RunLog(cb.log, dist.main)
+    try:
+        device = pick_device(config.device, dist)
+        autocast = make_autocast(config.amp_mode, device)
+        data = prepare_raster(config, runlog)
+        backlog = list(runlog.lines)
+        tiles: Dict[Any, TileData] = {}
+        runs: List[ModelRun] = []
+        for i, spec in enumerate(specs):
+            def model_progress(frac: float, i: int = i) -> None:
+                cb.progress(min(1.0, (i + max(0.0, min(1.0, frac))) / len(specs)))
+
+            try:
+                run = train_model(config, spec, data, tiles, dist, device, autocast, cb, runlog, backlog,
+                                  model_progress)
+            except (RuntimeError, MemoryError) as exc:
+                if _is_oom(exc):
+                    raise ResourceError(
+                        f"out of memory while training {spec.name} (batch {config.batch_size}, tile "
+                        f"{config.tile_size or 'automatic'}); use a smaller --tile_size or --batch_size, or a "
+                        "smaller model"
+                    ) from None
+                raise
+            runs.append(run)
+            if dist.main:
+                write_reports(runs, runlog)
+            model_progress(1.0)
+        return {"models": {r.name: _result(r) for r in runs}}
+    finally:
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+
+
+def _result(run: ModelRun) -> Dict[str, Any]:
+    return {
+        "checkpoint": str(run.checkpoint),
+        "output_dir": str(run.output_dir),
+        "epochs_run": run.epochs_run,
+        "epoch": run.epoch,
+        "metrics": _json_safe({k: run.final.metrics[k] for k in METRIC_KEYS}),
+    }
