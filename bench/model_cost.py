@@ -2,11 +2,12 @@
 
 One model at one tile size per subprocess (so the peak memory is that model's), built by
 the core's registry exactly as training builds it, fed random (B, C, H, W) batches. The
-first step is a warm-up and not timed. The s2 models are slow on CPU, so the number of
-timed steps is a parameter (1-2 is enough for them).
+first step is a warm-up and not timed; the median of the timed steps is reported. The s2
+models are slow on CPU, so the number of timed steps is a parameter.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Dict
 
@@ -34,14 +35,18 @@ def train_step_cost(name: str, bands: int, tile: int, batch: int, steps: int, de
         return float(loss.detach())
 
     step()  # warm-up: allocator, kernels, lazy initialisation
-    sync_device(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        sync_device(device)
+        start = time.perf_counter()
         step()
-    sync_device(device)
-    seconds = (time.perf_counter() - start) / steps
+        sync_device(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)  # robust to another process stealing a core for a while
     return {
         "params": int(sum(p.numel() for p in model.parameters())),
+        "steps": steps,
+        "step_min_s": round(min(times), 4),
         "step_s": round(seconds, 4),
         "s_per_tile": round(seconds / batch, 4),
         "tiles_per_s": round(batch / seconds, 3),
