@@ -118,16 +118,18 @@ class Bench:
         """Writes the stacks (window by window, each in its own subprocess) and the labels."""
         a = self.args
         paths = {"none": self.work / "stack_none.tif", "deflate": self.work / "stack_deflate.tif"}
-        jobs = [("none", a.height), ("deflate", a.height)]
+        # The twice-as-large stack is twice as WIDE: prediction buffers one strip of rows, so
+        # width is the direction in which its memory could grow (height is streamed).
+        jobs = [("none", a.width), ("deflate", a.width)]
         if "predict" in a.only:
             paths["double"] = self.work / "stack_double.tif"
-            jobs.append(("double", 2 * a.height))
+            jobs.append(("double", 2 * a.width))
         gen: Dict[str, Any] = {}
-        for key, height in jobs:
+        for key, width in jobs:
             compress = "deflate" if key == "deflate" else "none"
-            params = {"path": str(paths[key]), "bands": a.bands, "height": height, "width": a.width,
+            params = {"path": str(paths[key]), "bands": a.bands, "height": a.height, "width": width,
                       "compress": compress}
-            gen[key] = self.child("stack", params, f"writing the {key} stack {a.bands} x {height} x {a.width}")
+            gen[key] = self.child("stack", params, f"writing the {key} stack {a.bands} x {a.height} x {width}")
             if gen[key].get("status") != "ok":
                 raise SystemExit(f"could not generate the benchmark stack: {gen[key].get('error')}")
         self.results["generate"] = gen

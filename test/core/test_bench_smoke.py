@@ -75,7 +75,7 @@ def test_generated_stacks_and_io_floor(bench_run: Dict[str, Any]) -> None:
         assert io["read_mb"] == pytest.approx(raw_mb, abs=0.1)
         for k in ("cold_s", "warm_s", "cold_mb_per_s", "peak_rss_mb"):
             assert _positive(io[k]), k
-    assert res["generate"]["double"]["shape"] == [BANDS, 2 * HEIGHT, WIDTH]
+    assert res["generate"]["double"]["shape"] == [BANDS, HEIGHT, 2 * WIDTH]
 
 
 def test_baseline_loads_whole_stack(bench_run: Dict[str, Any]) -> None:
@@ -113,7 +113,7 @@ def test_prediction(bench_run: Dict[str, Any]) -> None:
     one, two = pred["none"], pred["double"]
     assert one["status"] == "ok", one
     assert two["status"] == "ok", two
-    assert one["shape"] == [BANDS, HEIGHT, WIDTH] and two["shape"] == [BANDS, 2 * HEIGHT, WIDTH]
+    assert one["shape"] == [BANDS, HEIGHT, WIDTH] and two["shape"] == [BANDS, HEIGHT, 2 * WIDTH]
     assert two["windows"] > one["windows"] >= 1
     assert one["forward_windows"] == one["windows"]
     for r in (one, two):
