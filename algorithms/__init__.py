@@ -1,0 +1,1 @@
+"""The Processing algorithms of Stack Segmenter (one per file) and their shared base."""

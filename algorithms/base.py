@@ -1,0 +1,172 @@
+"""What every Stack Segmenter algorithm shares: translation, help text, inputs as files, the worker.
+
+Algorithms only declare parameters and map them to the core's command line; this base
+turns layers into files the worker can read and runs the worker (see worker.py).
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingUtils,
+    QgsRasterFileWriter,
+    QgsRasterLayer,
+    QgsRasterPipe,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from . import worker
+
+HOMEPAGE = "https://github.com/stack-segmenter/stack_segmenter"
+#: Key of the provider setting "Worker Python" (Processing > Options > Providers).
+WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
+VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
+
+
+def configured_worker_python() -> Optional[str]:
+    """The provider setting "Worker Python" (None outside QGIS's processing framework)."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return None
+    value = ProcessingConfig.getSetting(WORKER_PYTHON_SETTING)
+    return str(value) if value else None
+
+
+class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
+    """Base class: tr(), createInstance(), group, help built from each parameter's help text."""
+
+    #: Shown first in the help panel (subclasses set it, already in English; tr() applies).
+    SUMMARY = ""
+
+    def tr(self, text: str) -> str:  # noqa: D401 - Qt convention
+        """Translates user-visible text (context: the plugin)."""
+        return QCoreApplication.translate("StackSegmenter", text)
+
+    def createInstance(self) -> "StackSegmenterAlgorithm":  # noqa: N802 (Qt API)
+        return type(self)()
+
+    def group(self) -> str:
+        return self.tr("Deep learning")
+
+    def groupId(self) -> str:  # noqa: N802 (Qt API)
+        return "deeplearning"
+
+    def helpUrl(self) -> str:  # noqa: N802 (Qt API)
+        return f"{HOMEPAGE}#{self.name()}"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (Qt API)
+        """The summary, then every parameter with its help text (QGIS 3.22 shows no per-parameter help)."""
+        rows = []
+        for p in self.parameterDefinitions():
+            if p.flags() & QgsProcessingParameterDefinition.Flag.FlagHidden:
+                continue
+            rows.append(f"<dt><b>{html.escape(p.description())}</b> ({p.name()})</dt><dd>{html.escape(p.help())}</dd>")
+        outputs = [f"<dt><b>{html.escape(o.description())}</b> ({o.name()})</dt>" for o in self.outputDefinitions()]
+        text = f"<p>{self.tr(self.SUMMARY)}</p>"
+        if rows:
+            text += f"<h3>{self.tr('Parameters')}</h3><dl>{''.join(rows)}</dl>"
+        if outputs:
+            text += f"<h3>{self.tr('Outputs')}</h3><dl>{''.join(outputs)}</dl>"
+        return text
+
+    # ------------------------------------------------------------------ declaring
+
+    def add(self, param: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> None:
+        """Adds a parameter with its help text; advanced ones go under "Advanced parameters"."""
+        param.setHelp(self.tr(help_text))
+        if advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(param)
+
+    # ------------------------------------------------------------------ inputs as files
+
+    def raster_file(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback) -> str:
+        """A path GDAL/rasterio can open: the layer's own file, or a temporary GeoTIFF copy."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(self.invalidRasterError(parameters, name))
+        if layer.providerType() == "gdal" and layer.source():
+            return layer.source()
+        feedback.pushInfo(self.tr("Writing {} to a temporary GeoTIFF for the worker").format(layer.name()))
+        return self._write_raster_copy(layer, context, feedback)
+
+    def _write_raster_copy(self, layer: QgsRasterLayer, context: QgsProcessingContext,
+                           feedback: QgsProcessingFeedback) -> str:
+        path = QgsProcessingUtils.generateTempFilename("input_raster.tif")
+        provider = layer.dataProvider()
+        pipe = QgsRasterPipe()
+        if not pipe.set(provider.clone()):
+            raise QgsProcessingException(self.tr("Cannot read the raster layer {}").format(layer.name()))
+        writer = QgsRasterFileWriter(path)
+        writer.setOutputFormat("GTiff")
+        error = writer.writeRaster(pipe, provider.xSize(), provider.ySize(), provider.extent(), provider.crs(),
+                                   context.transformContext(), feedback)
+        if error != QgsRasterFileWriter.WriterError.NoError:
+            raise QgsProcessingException(
+                self.tr("Could not write {} to a temporary GeoTIFF (error {}); save it as a GeoTIFF and use that")
+                .format(layer.name(), int(error)))
+        return path
+
+    def vector_file(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback) -> Optional[Tuple[str, str]]:
+        """(path, layer name) of a vector input the worker can read; None when an optional one is empty.
+
+        Memory layers, selected features only and non-file sources are written to a
+        temporary GeoPackage first.
+        """
+        if parameters.get(name) in (None, ""):
+            return None
+        if self.parameterAsSource(parameters, name, context) is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, name))
+        path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
+        if not path:
+            raise QgsProcessingException(self.invalidSourceError(parameters, name))
+        return path, layer_name or ""
+
+    @staticmethod
+    def vector_uri(source: Tuple[str, str]) -> str:
+        """QGIS's ``path|layername=NAME`` form, which the core reads for masks."""
+        path, layer = source
+        return f"{path}|layername={layer}" if layer else path
+
+    def output_folder(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext) -> str:
+        """The folder destination (a temporary folder when left empty), created."""
+        folder = self.parameterAsFileOutput(parameters, name, context)
+        if not folder or folder == QgsProcessing.TEMPORARY_OUTPUT:
+            folder = QgsProcessingUtils.generateTempFilename(name.lower())
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def split_values(text: str) -> List[str]:
+        """'a, b c' -> ['a', 'b', 'c'] (commas or spaces)."""
+        return [v for v in text.replace(",", " ").split() if v]
+
+    # ------------------------------------------------------------------ the worker
+
+    def worker_python(self, require_torch: bool = True) -> str:
+        """The worker's Python; with require_torch, fails early (with the fix) when torch is missing."""
+        python = worker.resolve_python(configured_worker_python())
+        if require_torch:
+            worker.ensure_torch(python)
+        return python
+
+    def run_core(self, command: str, args: Sequence[str], feedback: Optional[QgsProcessingFeedback],
+                 python: Optional[str] = None,
+                 on_metric: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+        """Runs the core's command in the worker process; returns its result."""
+        feedback = feedback or QgsProcessingFeedback()
+        python = python or self.worker_python()
+        feedback.pushInfo(self.tr("Worker Python: {}").format(python))
+        return worker.run_worker(python, command, args, feedback, on_metric)

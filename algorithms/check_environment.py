@@ -1,0 +1,107 @@
+"""Processing algorithm "Check environment": which Python runs the worker and what it lacks."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputHtml,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterFileDestination,
+)
+
+from . import worker
+from .base import StackSegmenterAlgorithm
+
+#: Packages the worker cannot run without (the others only limit features).
+REQUIRED = ("torch", "rasterio", "geopandas", "numpy")
+
+
+class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
+    """Runs the core's check-env (which works without torch) in the worker Python."""
+
+    OUTPUT_HTML = "OUTPUT_HTML"
+    PYTHON = "PYTHON"
+    TORCH_VERSION = "TORCH_VERSION"
+    TORCH_HARMONICS_VERSION = "TORCH_HARMONICS_VERSION"
+    CUDA_AVAILABLE = "CUDA_AVAILABLE"
+    PROBLEMS = "PROBLEMS"
+
+    SUMMARY = (
+        "Tells which Python runs the Stack Segmenter worker (the setting 'Worker Python', else the variable "
+        "STACK_SEGMENTER_PYTHON, else the Python QGIS runs in), the versions of torch, torch-harmonics, "
+        "rasterio, geopandas and numpy there, whether a GPU is usable, and, when something is missing, the "
+        "commands that fix it on Linux, Windows (OSGeo4W) and macOS."
+    )
+
+    def name(self) -> str:
+        return "checkenvironment"
+
+    def displayName(self) -> str:  # noqa: N802 (Qt API)
+        return self.tr("Check environment")
+
+    def group(self) -> str:
+        return self.tr("Utilities")
+
+    def groupId(self) -> str:  # noqa: N802 (Qt API)
+        return "utilities"
+
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802 (Qt API)
+        self.add(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, self.tr("Report"),
+                                                       fileFilter=self.tr("HTML files (*.html)"), optional=True,
+                                                       createByDefault=True),
+                 "An HTML report of the check (a temporary file by default).")
+        self.addOutput(QgsProcessingOutputString(self.PYTHON, self.tr("Worker Python")))
+        self.addOutput(QgsProcessingOutputString(self.TORCH_VERSION, self.tr("torch version")))
+        self.addOutput(QgsProcessingOutputString(self.TORCH_HARMONICS_VERSION, self.tr("torch-harmonics version")))
+        self.addOutput(QgsProcessingOutputBoolean(self.CUDA_AVAILABLE, self.tr("GPU usable")))
+        self.addOutput(QgsProcessingOutputNumber(self.PROBLEMS, self.tr("Problems found")))
+
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        python = self.worker_python(require_torch=False)
+        report = self.run_core("check-env", [], feedback, python)
+        packages: Dict[str, Optional[str]] = report.get("packages") or {}
+        problems: List[str] = list(report.get("problems") or [])
+        fix = worker.install_instructions(python) if any(not packages.get(p) for p in REQUIRED + ("torch_harmonics",)) else ""
+        for line in problems:
+            feedback.pushWarning(line)
+        if fix:
+            feedback.pushWarning(fix)
+        else:
+            feedback.pushInfo(self.tr("Everything the worker needs is installed."))
+        page = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        if page:
+            write_report_html(Path(page), python, report, problems, fix)
+        return {
+            self.OUTPUT_HTML: page or None,
+            self.PYTHON: str(report.get("python") or python),
+            self.TORCH_VERSION: packages.get("torch") or "",
+            self.TORCH_HARMONICS_VERSION: packages.get("torch_harmonics") or "",
+            self.CUDA_AVAILABLE: bool(report.get("cuda_available")),
+            self.PROBLEMS: len(problems),
+        }
+
+
+def write_report_html(path: Path, python: str, report: Dict[str, Any], problems: List[str], fix: str) -> None:
+    """A short HTML page for the results viewer."""
+    packages = report.get("packages") or {}
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(version or 'MISSING')}</td></tr>"
+                   for name, version in packages.items())
+    gpus = ", ".join(report.get("gpus") or []) or "none usable"
+    body = (f"<h2>Stack Segmenter environment</h2><p>Worker Python: <code>{html.escape(python)}</code> "
+            f"(Python {html.escape(str(report.get('python_version', '?')))})</p>"
+            f"<table border='1' cellpadding='4' cellspacing='0'><tr><th>package</th><th>version</th></tr>{rows}"
+            f"</table><p>GPU: {html.escape(gpus)}</p>")
+    if problems:
+        body += "<h3>Problems</h3><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>"
+    if fix:
+        body += f"<pre>{html.escape(fix)}</pre>"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'></head><body>{body}</body></html>\n",
+                    encoding="utf-8")

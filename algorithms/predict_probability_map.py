@@ -1,0 +1,109 @@
+"""Processing algorithm "Predict probability map": trained model + raster stack -> styled GeoTIFF."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from . import styling
+from .base import StackSegmenterAlgorithm
+
+Integer = QgsProcessingParameterNumber.Type.Integer
+Double = QgsProcessingParameterNumber.Type.Double
+
+
+class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
+    """Sliding-window prediction in the worker; the result loads styled on [0, 1]."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    MASK = "MASK"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    SPHERICAL = "SPHERICAL"
+    OUTPUT = "OUTPUT"
+
+    SUMMARY = (
+        "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "
+        "the positive-class probability (0 to 1) on the input raster's grid, predicted with overlapping "
+        "windows and blended without seams. The raster must have the same bands as in training. Nodata "
+        "(and pixels outside the mask) stay nodata. The map is loaded with a viridis colour ramp on [0, 1]."
+    )
+
+    def name(self) -> str:
+        return "predictprobabilitymap"
+
+    def displayName(self) -> str:  # noqa: N802 (Qt API)
+        return self.tr("Predict probability map")
+
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802 (Qt API)
+        self.add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster stack")),
+                 "The raster to predict; the same bands, in the same order, as the model was trained on.")
+        self.add(QgsProcessingParameterFile(self.MODEL, self.tr("Trained model"), extension="pt"),
+                 "The .pt file written by 'Train segmenter'.")
+        self.add(QgsProcessingParameterFeatureSource(
+            self.MASK, self.tr("Study area mask"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True),
+            "Polygons: pixels outside are written as nodata.")
+        self.add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Window size (pixels, 0 = as trained)"),
+                                              Integer, 0, minValue=0),
+                 "Side of the prediction windows; 0 uses the tile size the model was trained with.", advanced=True)
+        self.add(QgsProcessingParameterNumber(self.OVERLAP, self.tr("Window overlap"), Double, 0.25,
+                                              minValue=0.0, maxValue=0.9),
+                 "Fraction of a window shared with its neighbours; blended so no seams show.", advanced=True)
+        self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, 4, minValue=1),
+                 "Windows per forward pass; lower it when memory runs out.", advanced=True)
+        self.add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"), defaultValue="auto"),
+                 "auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N.", advanced=True)
+        self.add(QgsProcessingParameterBoolean(self.SPHERICAL, self.tr("Whole globe (spherical model)"),
+                                               defaultValue=False),
+                 "For global EPSG:4326 rasters and spherical models: the whole globe at once.", advanced=True)
+        self.add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Probability map")),
+                 "The probability GeoTIFF (0 to 1, nodata where the input is nodata).")
+
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        python = self.worker_python()
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        args = self._args(parameters, context, feedback, output)
+        result = self.run_core("predict", args, feedback, python)
+        written = str(result.get("output_path") or output)
+        name = styling.layer_name(result.get("model_name"))
+        if styling.write_style_sidecar(written):
+            feedback.pushInfo(self.tr("Style written beside the map (.qml)"))
+        if context.willLoadLayerOnCompletion(output):
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.name = name
+            details.setPostProcessor(styling.make_styler(name))
+        return {self.OUTPUT: written}
+
+    def _args(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+              output: str) -> List[str]:
+        p = parameters
+        args = ["--checkpoint", self.parameterAsFile(p, self.MODEL, context),
+                "--raster_path", self.raster_file(p, self.INPUT, context, feedback),
+                "--output_path", output,
+                "--overlap", repr(self.parameterAsDouble(p, self.OVERLAP, context)),
+                "--batch_size", str(self.parameterAsInt(p, self.BATCH_SIZE, context)),
+                "--device", self.parameterAsString(p, self.DEVICE, context).strip() or "auto"]
+        tile = self.parameterAsInt(p, self.TILE_SIZE, context)
+        if tile > 0:
+            args += ["--tile_size", str(tile)]
+        if self.parameterAsBoolean(p, self.SPHERICAL, context):
+            args.append("--spherical")
+        mask = self.vector_file(p, self.MASK, context, feedback)
+        if mask is not None:
+            args += ["--mask_path", self.vector_uri(mask)]
+        return args

@@ -1,0 +1,88 @@
+"""The Processing provider: the explicit list of tools, the icon, the "Worker Python" setting and
+the shipped graphical-modeler model (processing_models/*.model3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from .algorithms.base import WORKER_PYTHON_SETTING
+from .algorithms.check_environment import CheckEnvironmentAlgorithm
+from .algorithms.evaluate_probability_map import EvaluateProbabilityMapAlgorithm
+from .algorithms.predict_probability_map import PredictProbabilityMapAlgorithm
+from .algorithms.train_segmenter import TrainSegmenterAlgorithm
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+ICON_PATH = PLUGIN_DIR / "icons" / "stack_segmenter.svg"
+MODELS_DIR = PLUGIN_DIR / "processing_models"
+
+ALGORITHMS = (
+    TrainSegmenterAlgorithm,
+    PredictProbabilityMapAlgorithm,
+    EvaluateProbabilityMapAlgorithm,
+    CheckEnvironmentAlgorithm,
+)
+
+
+def _tr(text: str) -> str:
+    return QCoreApplication.translate("StackSegmenter", text)
+
+
+class StackSegmenterProvider(QgsProcessingProvider):
+    """Provider ``stacksegmenter``: train, predict, evaluate, check environment, and the shipped model."""
+
+    def id(self) -> str:
+        return "stacksegmenter"
+
+    def name(self) -> str:
+        return "Stack Segmenter"
+
+    def longName(self) -> str:  # noqa: N802 (Qt API)
+        return _tr("Stack Segmenter: deep-learning segmentation of raster stacks")
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:  # noqa: N802 (Qt API)
+        return str(ICON_PATH)
+
+    def supportedOutputRasterLayerExtensions(self) -> List[str]:  # noqa: N802 (Qt API)
+        """The worker writes GeoTIFF only."""
+        return ["tif"]
+
+    def load(self) -> bool:
+        """Registers the "Worker Python" setting (Processing > Options > Providers), then the tools."""
+        self._add_settings()
+        self.refreshAlgorithms()
+        return True
+
+    def unload(self) -> None:
+        try:
+            from processing.core.ProcessingConfig import ProcessingConfig
+        except ImportError:
+            return
+        if WORKER_PYTHON_SETTING in ProcessingConfig.settings:
+            ProcessingConfig.removeSetting(WORKER_PYTHON_SETTING)
+
+    def _add_settings(self) -> None:
+        try:
+            from processing.core.ProcessingConfig import ProcessingConfig, Setting
+        except ImportError:  # outside QGIS's Processing framework: the variable and the default still work
+            return
+        ProcessingConfig.settingIcons[self.name()] = self.icon()
+        ProcessingConfig.addSetting(Setting(
+            self.name(), WORKER_PYTHON_SETTING,
+            _tr("Worker Python (a python executable with torch; empty = the Python QGIS runs in)"),
+            "", valuetype=Setting.FILE))
+        ProcessingConfig.readSettings()
+
+    def loadAlgorithms(self) -> None:  # noqa: N802 (Qt API)
+        for algorithm in ALGORITHMS:
+            self.addAlgorithm(algorithm())
+        for path in sorted(MODELS_DIR.glob("*.model3")):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(str(path)):
+                self.addAlgorithm(model)
