@@ -81,28 +81,39 @@ def deposit_pixels(points: np.ndarray, height: int, width: int) -> Tuple[np.ndar
 
 
 def deposit_scores(
-    prob: np.ndarray, valid: np.ndarray, labels: np.ndarray, points: np.ndarray
+    prob: np.ndarray, valid: np.ndarray, labels: np.ndarray, points: np.ndarray, patches: bool
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """One score per deposit: the best valid probability over the labelled patch holding it.
+    """One score per deposit: the probability at its pixel, or the best over its patch.
 
-    Returns (scores, usable) where ``usable`` is False for deposits off the grid or whose
-    patch has no valid probability (nodata / outside the mask).
+    Points score at their own pixel: the max over a buffer disk would rank a deposit above
+    single area pixels even on a random map. Polygon deposits (``patches``) score the best
+    valid probability over the labelled patch that holds their representative point.
+
+    Returns (scores, usable) where ``usable`` is False for deposits off the grid or without
+    a valid probability (nodata / outside the mask).
     """
+    rc, inside = deposit_pixels(points, *prob.shape)
+    scores = np.full(len(rc), np.nan)
+    ok = inside.copy()
+    ok[inside] = valid[rc[inside, 0], rc[inside, 1]]
+    scores[ok] = prob[rc[ok, 0], rc[ok, 1]]
+    if not patches:
+        return scores, np.isfinite(scores)
     from scipy import ndimage
 
-    patches, _ = ndimage.label((labels > 0) & valid)
-    rc, inside = deposit_pixels(points, *prob.shape)
-    best = ndimage.maximum(prob, labels=patches, index=np.arange(1, patches.max() + 1)) if patches.max() else []
-    scores = np.full(len(rc), np.nan)
-    for i, ((r, c), ok) in enumerate(zip(rc, inside)):
-        if not ok:
-            continue
-        patch = patches[r, c]
-        if patch > 0:
-            scores[i] = best[patch - 1]
-        elif valid[r, c]:
-            scores[i] = prob[r, c]
+    labelled, n = ndimage.label((labels > 0) & valid)
+    if n:
+        best = np.asarray(ndimage.maximum(prob, labels=labelled, index=np.arange(1, n + 1)))
+        patch = np.zeros(len(rc), dtype=np.int64)
+        patch[inside] = labelled[rc[inside, 0], rc[inside, 1]]
+        scores[patch > 0] = best[patch[patch > 0] - 1]
     return scores, np.isfinite(scores)
+
+
+def only_points(summary: Dict[str, Any]) -> bool:
+    """Whether the label layer holds only points (then deposits score at their pixel)."""
+    types = summary.get("geometry_types") or []
+    return bool(types) and all(t in ("Point", "MultiPoint") for t in types)
 
 
 def pixel_centres(rc: np.ndarray, transform: Sequence[float]) -> np.ndarray:
@@ -346,7 +357,8 @@ def evaluate(
     cb.check_stop("evaluation stopped")
 
     rc, _ = deposit_pixels(label_raster.positive_points, info.height, info.width)
-    scores, usable = deposit_scores(prob, valid, labels, label_raster.positive_points)
+    patches = not only_points(label_raster.summary)
+    scores, usable = deposit_scores(prob, valid, labels, label_raster.positive_points, patches)
     skipped = int((~usable).sum())
     if skipped:
         cb.log(f"note: {skipped} deposit(s) lie off the map, on nodata or outside the mask and are not ranked")

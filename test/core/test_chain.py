@@ -23,12 +23,12 @@ UNET = "unet_sc2_layers2_e8"
 
 
 def run_chain(tmp: Path, raster: str, labels: LabelOptions, *, tile: int, epochs: int, seed: int = 0,
-              categorical: tuple = ()) -> Dict[str, Any]:
+              categorical: tuple = (), val_fraction: float = 0.2) -> Dict[str, Any]:
     """train -> predict -> evaluate (with the checkpoint's held-out blocks)."""
     trained = train(TrainConfig(
         raster_path=raster, labels=labels, models=[UNET], tile_size=(tile, tile), num_epochs=epochs,
         batch_size=8, learning_rate=3e-3, output_path=str(tmp / "run"), seed=seed, device="cpu",
-        patience=0, categorical_bands=list(categorical),
+        patience=0, categorical_bands=list(categorical), val_fraction=val_fraction,
     ))
     ckpt = trained["models"][UNET]["checkpoint"]
     predicted = predict(PredictConfig(checkpoint=ckpt, raster_path=raster, output_path=str(tmp / "map.tif"),
@@ -46,9 +46,10 @@ def read(path: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def demo_chain(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     tmp = tmp_path_factory.mktemp("demo_chain")
-    demo = make_demo_data(tmp / "demo", seed=7, width=192, height=160, bands=8, n_deposits=150)
+    demo = make_demo_data(tmp / "demo", seed=7, width=192, height=160, bands=8, n_deposits=300)
     labels = LabelOptions(labels_path=str(demo["deposits"]), point_buffer="1.5")
-    out = run_chain(tmp, str(demo["raster"]), labels, tile=64, epochs=10, categorical=(demo["categorical_band"],))
+    out = run_chain(tmp, str(demo["raster"]), labels, tile=64, epochs=10, categorical=(demo["categorical_band"],),
+                    val_fraction=0.3)
     out["demo"] = demo
     out["tmp"] = tmp
     return out
@@ -56,11 +57,12 @@ def demo_chain(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 
 def test_demo_held_out_deposits_beat_random(demo_chain: Dict[str, Any]) -> None:
     m = demo_chain["evaluate"]["metrics"]
-    # Measured with this seed: prediction rate 0.79 (11 held-out deposits), success rate 0.88,
-    # pixel ROC AUC 0.82; random ranking scores 0.5.
-    assert m["val_n_deposits"] >= 8, m
+    # Measured with this seed: prediction rate 0.73 on 99 held-out deposits (random ranking
+    # scores 0.5, with a standard error of about 0.03 at this count), success rate 0.74,
+    # pixel ROC AUC 0.73.
+    assert m["val_n_deposits"] >= 50, m
     assert m["prediction_rate_auc"] > 0.65, m
-    assert m["success_rate_auc"] > 0.7, m
+    assert m["success_rate_auc"] > 0.65, m
     assert m["roc_auc"] > 0.65, m
     for key in ("metrics_json", "curves_csv", "success_rate_png", "roc_pr_png"):
         assert Path(demo_chain["evaluate"]["files"][key]).stat().st_size > 0
@@ -73,7 +75,7 @@ def test_demo_map_correlates_with_the_truth(demo_chain: Dict[str, Any]) -> None:
     truth = read(str(demo_chain["demo"]["truth"]))
     valid = (pred != NODATA) & np.isfinite(truth) & (truth >= 0)
     rho = spearmanr(pred[valid], truth[valid]).correlation
-    assert rho > 0.3, rho  # measured 0.46 with this seed
+    assert rho > 0.3, rho  # measured 0.43 with this seed
 
 
 @pytest.mark.xfail(reason="core/models/unet.py normalises with GroupNorm (statistics per window), so a window's "

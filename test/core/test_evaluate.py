@@ -117,6 +117,15 @@ def test_polygon_deposit_scores_its_best_pixel(tmp_path: Path) -> None:
     assert res["success_rate_auc"] == pytest.approx(1 - 0.5 / 100)
 
 
+def test_buffered_points_score_at_their_own_pixel(tmp_path: Path) -> None:
+    # A wide buffer burns neighbours with higher values; the deposit still scores its pixel
+    # (the max over the disk would flatter any map, even a random one).
+    m = write_map(tmp_path / "p.tif", RAMP)
+    res = run(tmp_path, m, write_points(tmp_path / "d.shp", [44]), point_buffer="2")["metrics"]
+    assert res["n_positive_pixels"] > 1
+    assert res["success_rate_auc"] == pytest.approx(1 - 55.5 / 100)
+
+
 def test_geographic_maps_weight_pixels_by_area(tmp_path: Path) -> None:
     t = Affine(36.0, 0.0, -180.0, 0.0, -18.0, 90.0)  # 10 x 10 over the globe
     m = write_map(tmp_path / "g.tif", RAMP, crs="EPSG:4326", transform=t)
