@@ -20,6 +20,7 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -345,6 +346,14 @@ class Step:
     area: Optional[torch.Tensor]
 
 
+def diverged(what: str) -> TrainingError:
+    """The error for NaN / inf losses or outputs, with what to try."""
+    return TrainingError(
+        f"{what}; lower --learning_rate (e.g. by 10x), try --amp_mode none, and check the raster's nodata "
+        "value (huge or NaN values that are not declared as nodata)"
+    )
+
+
 def run_epoch(step: Step, loader: DataLoader, cb: Callbacks, where: str,
               on_batch: Callable[[float], None]) -> float:
     """One pass over this rank's training windows; returns the mean training loss."""
@@ -359,11 +368,7 @@ def run_epoch(step: Step, loader: DataLoader, cb: Callbacks, where: str,
             logits = step.model(x)
         loss = step.loss_fn(logits.float(), y, valid, area)
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss.item()} ({where}, batch {i + 1}); lower --learning_rate "
-                "(e.g. by 10x), try --amp_mode none, and check the raster's nodata value (huge or NaN values "
-                "that are not declared as nodata)"
-            )
+            raise diverged(f"the training loss became {loss.item()} ({where}, batch {i + 1})")
         step.opt.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
         step.scaler.unscale_(step.opt)
@@ -434,6 +439,8 @@ def evaluate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_exam
             losses += float(one) * n
             weights_sum += n
             p, t = prob[b][v].cpu().numpy(), y[b][v].cpu().numpy()
+            if not (math.isfinite(float(one)) and np.isfinite(p).all()):
+                raise diverged("the model's validation outputs became NaN or infinite")
             iou, acc = _iou_accuracy((p >= 0.5).astype(np.int64), t)
             stats["loss"].append(float(one))
             stats["iou"].append(iou)
@@ -465,11 +472,11 @@ def evaluate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_exam
 def _versions() -> Dict[str, str]:
     from . import __version__
 
-    out = {"stack_segmenter": __version__, "torch": torch.__version__, "numpy": np.__version__}
-    for mod in ("torch_harmonics", "rasterio"):
-        try:
-            out[mod] = str(__import__(mod).__version__)
-        except Exception:  # noqa: BLE001 - a missing optional library is just not listed
+    out = {"stack_segmenter": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__)}
+    for dist_name in ("torch-harmonics", "rasterio", "geopandas"):
+        try:  # metadata only: importing torch-harmonics here would break "imported only when used"
+            out[dist_name] = importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 

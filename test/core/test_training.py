@@ -1,0 +1,313 @@
+"""Training end to end on generated rasters (seeded fixtures) and the real shared datasets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import build_model_from_checkpoint, encoder_from_checkpoint, load_checkpoint
+from core.config import LabelOptions, TrainConfig
+from core.errors import Cancelled, ConfigError, DataError, TrainingError
+from core.training import train
+
+TINY = "unet_sc2_layers2_e8"
+METRIC_KEYS = {"model", "epoch", "train_loss", "val_loss", "val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc", "lr"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and parallel test runs share 2 cores (20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(stack: Any, points: Any, out: Path, **kw: Any) -> TrainConfig:
+    base: Dict[str, Any] = dict(
+        raster_path=str(stack.path), labels=LabelOptions(labels_path=str(points.path)), models=[TINY],
+        tile_size=(32, 32), num_epochs=2, batch_size=4, learning_rate=3e-3, output_path=str(out), seed=0,
+        device="cpu", patience=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Recorder:
+    """Collects the callbacks of one train() call."""
+
+    def __init__(self) -> None:
+        self.progress: List[float] = []
+        self.logs: List[str] = []
+        self.metrics: List[Dict[str, Any]] = []
+
+    def kwargs(self) -> Dict[str, Any]:
+        return {"progress": self.progress.append, "log": self.logs.append, "metric": self.metrics.append}
+
+
+def test_train_writes_every_output_and_a_loadable_checkpoint(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    rec = Recorder()
+    result = train(_config(tiny_stack, tiny_points, tmp_path), **rec.kwargs())
+    info = result["models"][TINY]
+    folder = tmp_path / TINY
+    assert info["output_dir"] == str(folder) and info["epochs_run"] == 2
+    assert all(math.isfinite(info["metrics"][k]) for k in ("val_loss", "val_iou", "val_accuracy"))
+    for rel in ("checkpoint.pt", "config.json", "metrics.json", "train.log", "validation_blocks.gpkg",
+                "output_data/metrics.pkl", "figures/curves.png", "figures/validation_0.png"):
+        assert (folder / rel).is_file(), rel
+    assert (folder / "figures" / "validation_0.png").read_bytes()[:4] == b"\x89PNG"
+
+    ckpt = load_checkpoint(folder / "checkpoint.pt")
+    raw = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert raw["epoch"] == 2
+    assert ckpt["band_names"] == tiny_stack.band_names and ckpt["band_count"] == 5
+    assert ckpt["tile_size"] == [32, 32] and ckpt["seed"] == 0 and ckpt["model_name"] == TINY
+    assert len(ckpt["validation_blocks"]) == len(ckpt["validation_blocks_map"]) >= 1
+    assert ckpt["nodata"] == [tiny_stack.nodata] * 5 and "torch" in ckpt["versions"]
+    assert ckpt["config"]["models"] == [TINY] and ckpt["best"]["epoch"] in (1, 2)
+    model = build_model_from_checkpoint(ckpt)
+    enc = encoder_from_checkpoint(ckpt)
+    x = torch.zeros(1, enc.out_channels, 40, 40)
+    assert model(x).shape == (1, 2, 40, 40)
+
+    assert [m["epoch"] for m in rec.metrics] == [1, 2]
+    assert all(METRIC_KEYS <= set(m) for m in rec.metrics)
+    assert rec.progress == sorted(rec.progress) and rec.progress[-1] == pytest.approx(1.0)
+    log_text = (folder / "train.log").read_text()
+    assert "validation split" in log_text and f"{TINY} epoch 2" in log_text
+
+    import geopandas as gpd
+    import pandas as pd
+
+    frame = pd.read_pickle(folder / "output_data" / "metrics.pkl")
+    assert list(frame.columns) == [TINY]
+    for row in ("num_params", "loss mean", "loss std", "mean IoU mean", "mean IoU std", "mean Accuracy mean",
+                "mean Accuracy std", "training_time", "roc_auc", "pr_auc"):
+        assert row in frame.index
+    assert frame.loc["num_params", TINY] > 0
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    blocks = gpd.read_file(folder / "validation_blocks.gpkg")
+    assert len(blocks) == len(ckpt["validation_blocks"])
+
+
+def test_rare_positives_are_ranked_above_background(make_tiny_stack_fn, make_points_fn, tmp_path: Path) -> None:
+    """12 single-pixel positives in ~20k pixels: the trained model must rank them high (no collapse)."""
+    stack = make_tiny_stack_fn(tmp_path, height=128, width=160, n_positive=16, n_negative=8, seed=3)
+    points = make_points_fn(stack, tmp_path)
+    cfg = _config(stack, points, tmp_path / "out", num_epochs=6, tile_size=(32, 32), learning_rate=5e-3)
+    metrics = train(cfg)["models"][TINY]["metrics"]
+    ckpt = load_checkpoint(tmp_path / "out" / TINY / "checkpoint.pt")
+    summary = ckpt["split_summary"]
+    assert summary["val_positive_pixels"] > 0
+    assert metrics["val_roc_auc"] > 0.85
+    # PR AUC of a collapsed / random model is about the positive share (< 0.5 %); demand far more
+    assert metrics["val_pr_auc"] > 0.1
+
+
+def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    a = train(_config(tiny_stack, tiny_points, tmp_path / "a", augment=True))["models"][TINY]["metrics"]
+    b = train(_config(tiny_stack, tiny_points, tmp_path / "b", augment=True))["models"][TINY]["metrics"]
+    assert a == b
+    c = train(_config(tiny_stack, tiny_points, tmp_path / "c", augment=True, seed=1))["models"][TINY]["metrics"]
+    assert c != a
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    """Stop in epoch 3 of 4, resume: the result equals an uninterrupted 4-epoch run."""
+    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4))["models"][TINY]
+
+    out = tmp_path / "cut"
+    epochs_done: List[int] = []
+
+    def stop_in_epoch_3() -> bool:
+        return len(epochs_done) >= 2
+
+    with pytest.raises(Cancelled):
+        train(_config(tiny_stack, tiny_points, out, num_epochs=4), should_stop=stop_in_epoch_3,
+              metric=lambda m: epochs_done.append(m["epoch"]))
+    assert load_checkpoint(out / TINY / "checkpoint.pt")["epoch"] == 2
+
+    rec = Recorder()
+    resumed = train(_config(tiny_stack, tiny_points, out, num_epochs=4, resume=True), **rec.kwargs())["models"][TINY]
+    assert [m["epoch"] for m in rec.metrics] == [3, 4]
+    assert resumed["epochs_run"] == 2 and resumed["epoch"] == 4
+    ckpt = load_checkpoint(out / TINY / "checkpoint.pt")
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2, 3, 4]
+    assert ckpt["optimizer"]["state"], "optimiser moments must be carried over"
+    for key in full["metrics"]:
+        assert resumed["metrics"][key] == pytest.approx(full["metrics"][key], rel=1e-5, abs=1e-6)
+
+
+def test_zero_epochs_with_resume_only_validates_the_checkpoint(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    first = train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=1))["models"][TINY]
+    path = tmp_path / TINY / "checkpoint.pt"
+    before = path.read_bytes()
+    rec = Recorder()
+    again = train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=0, resume=True), **rec.kwargs())["models"][TINY]
+    assert again["epochs_run"] == 0 and rec.metrics == []
+    assert path.read_bytes() == before
+    assert again["metrics"]["val_loss"] == pytest.approx(first["metrics"]["val_loss"], rel=1e-6)
+
+
+def test_zero_epochs_without_checkpoint_validates_an_untrained_model(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    rec = Recorder()
+    res = train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=0), **rec.kwargs())["models"][TINY]
+    assert res["epochs_run"] == 0 and math.isfinite(res["metrics"]["val_loss"])
+    assert any("untrained" in line for line in rec.logs)
+    assert load_checkpoint(tmp_path / TINY / "checkpoint.pt")["epoch"] == 0
+
+
+def test_cancel_before_any_epoch_raises_cancelled_and_writes_no_checkpoint(tiny_stack, tiny_points, tmp_path) -> None:
+    with pytest.raises(Cancelled):
+        train(_config(tiny_stack, tiny_points, tmp_path), should_stop=lambda: True)
+    assert not (tmp_path / TINY / "checkpoint.pt").exists()
+
+
+def test_fp16_on_cpu_is_a_config_error_before_data_is_read(tmp_path: Path) -> None:
+    cfg = TrainConfig(raster_path=str(tmp_path / "missing.tif"), labels=LabelOptions(labels_path="x.shp"),
+                      models=[TINY], amp_mode="fp16", device="cpu", output_path=str(tmp_path))
+    with pytest.raises(ConfigError, match="bf16"):
+        train(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda_is_a_config_error(tmp_path: Path) -> None:
+    cfg = TrainConfig(raster_path=str(tmp_path / "missing.tif"), labels=LabelOptions(labels_path="x.shp"),
+                      models=[TINY], device="cuda", output_path=str(tmp_path))
+    with pytest.raises(ConfigError, match="CUDA"):
+        train(cfg)
+
+
+def test_missing_raster_is_a_data_error(tmp_path: Path) -> None:
+    cfg = TrainConfig(raster_path=str(tmp_path / "missing.tif"), labels=LabelOptions(labels_path="x.shp"),
+                      models=[TINY], device="cpu", output_path=str(tmp_path))
+    with pytest.raises(DataError, match="does not exist"):
+        train(cfg)
+
+
+def test_tile_larger_than_raster_is_a_data_error(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="larger than the raster"):
+        train(_config(tiny_stack, tiny_points, tmp_path, tile_size=(512, 512)))
+
+
+def test_exploding_loss_is_a_training_error(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="learning_rate"):
+        train(_config(tiny_stack, tiny_points, tmp_path, learning_rate=1e30, max_grad_norm=1e30, num_epochs=3))
+
+
+def test_early_stopping_stops_when_nothing_improves(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    res = train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=8, patience=1, learning_rate=1e-12))
+    assert res["models"][TINY]["epochs_run"] < 8
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    res = train(_config(tiny_stack, tiny_points, tmp_path, amp_mode="bf16", num_epochs=1))["models"][TINY]
+    assert math.isfinite(res["metrics"]["val_loss"])
+
+
+def test_two_models_in_one_run_share_metrics_pkl_columns(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    import pandas as pd
+
+    models = [TINY, "transformer_sc2_layers1_e16"]
+    res = train(_config(tiny_stack, tiny_points, tmp_path, models=models, num_epochs=1))
+    assert set(res["models"]) == set(models)
+    frame = pd.read_pickle(tmp_path / models[1] / "output_data" / "metrics.pkl")
+    assert list(frame.columns) == models
+
+
+def test_spherical_model_on_a_local_raster_warns_and_trains(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    rec = Recorder()
+    name = "s2unet_sc2_layers2_e8"
+    res = train(_config(tiny_stack, tiny_points, tmp_path, models=[name], num_epochs=1), **rec.kwargs())
+    assert math.isfinite(res["models"][name]["metrics"]["val_loss"])
+    assert any("geometry is approximate" in line for line in rec.logs)
+    ckpt = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    assert ckpt["model_kwargs"]["img_size"] == [32, 32]
+
+
+def _global_stack(folder: Path) -> tuple:
+    """A whole-globe EPSG:4326 raster (32 x 64) with a planted signal and point labels."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import Point
+
+    rng = np.random.default_rng(7)
+    h, w = 32, 64
+    sites = [(int(r), int(c)) for r, c in zip(rng.integers(4, h - 4, 24), rng.integers(0, w, 24))]
+    bands = rng.normal(0, 0.3, (3, h, w)).astype("float32")
+    for r, c in sites:
+        bands[0, r, c] += 4.0
+    path = folder / "globe.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=3, dtype="float32", crs="EPSG:4326",
+                       transform=from_origin(-180, 90, 360 / w, 180 / h), nodata=-9999) as dst:
+        dst.write(bands)
+    pts = gpd.GeoDataFrame({"label": [1] * len(sites)},
+                           geometry=[Point(-180 + (c + 0.5) * 360 / w, 90 - (r + 0.5) * 180 / h) for r, c in sites],
+                           crs="EPSG:4326")
+    pts.to_file(folder / "globe_points.gpkg", driver="GPKG")
+    return path, folder / "globe_points.gpkg"
+
+
+def test_spherical_model_on_a_global_raster_takes_the_whole_globe(tmp_path: Path) -> None:
+    raster, labels = _global_stack(tmp_path)
+    name = "s2unet_sc2_layers2_e8"
+    rec = Recorder()
+    cfg = TrainConfig(raster_path=str(raster), labels=LabelOptions(labels_path=str(labels)), models=[name],
+                      tile_size=(8, 8), num_epochs=2, batch_size=1, learning_rate=3e-3, output_path=str(tmp_path / "o"),
+                      device="cpu", augment=True, patience=0)
+    res = train(cfg, **rec.kwargs())["models"][name]
+    assert math.isfinite(res["metrics"]["val_loss"])
+    assert not any("geometry is approximate" in line for line in rec.logs)
+    ckpt = load_checkpoint(tmp_path / "o" / name / "checkpoint.pt")
+    assert ckpt["whole_globe"] is True and ckpt["tile_size"] == [32, 64]
+    assert ckpt["model_kwargs"]["img_size"] == [32, 64] and ckpt["validation_blocks"]
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def _real(shared_data: Path, tmp_path: Path, raster: str, labels: LabelOptions, **kw: Any) -> Dict[str, Any]:
+    cfg = TrainConfig(raster_path=str(shared_data / raster), labels=labels, models=[TINY], tile_size=(64, 64),
+                      num_epochs=1, batch_size=4, learning_rate=3e-3, output_path=str(tmp_path), device="cpu",
+                      patience=0, **kw)
+    res = train(cfg)["models"][TINY]
+    ckpt = load_checkpoint(tmp_path / TINY / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and (tmp_path / TINY / "output_data" / "metrics.pkl").is_file()
+    assert math.isfinite(res["metrics"]["val_loss"]) and math.isfinite(res["metrics"]["val_accuracy"])
+    return ckpt
+
+
+def test_real_ecuador_landslides_with_study_mask(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "ecuador_landslides"
+    ckpt = _real(shared_data, tmp_path, "ecuador_landslides/ecuador_ta_stack.tif",
+                 LabelOptions(labels_path=str(folder / "landslide_points.shp"), label_column="label",
+                              mask_path=f"{folder / 'ecuador_landslides.gpkg'}|layername=study_mask"))
+    assert ckpt["band_count"] == 5 and ckpt["split_summary"]["train_positive_pixels"] > 0
+
+
+def test_real_cloncurry_without_label_column_and_reprojected(shared_data: Path, tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    folder = shared_data / "cloncurry_iocg"
+    gdf = gpd.read_file(folder / "cloncurry_iocg.gpkg", layer="iocg_deposits").to_crs("EPSG:4326")
+    reproj = tmp_path / "deposits_4326.gpkg"
+    gdf[["geometry"]].to_file(reproj, driver="GPKG")
+    ckpt = _real(shared_data, tmp_path / "run", "cloncurry_iocg/cloncurry_stack.tif",
+                 LabelOptions(labels_path=str(reproj)), categorical_bands=[2])
+    assert ckpt["split_summary"]["train_positive_points"] + ckpt["split_summary"]["val_positive_points"] > 200
+    assert "2" in ckpt["encoder"]["categories"]
+
+
+def test_real_landsat_water_string_classes(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "landsat_water"
+    ckpt = _real(shared_data, tmp_path, "landsat_water/landsat_tm_stack.tif",
+                 LabelOptions(labels_path=str(folder / "training_polygons.shp"), label_column="class",
+                              positive_values=["water"]))
+    assert ckpt["band_count"] == 7
