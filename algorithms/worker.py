@@ -162,6 +162,9 @@ class WorkerRun:
         code = proc.wait()
         for t in readers:
             t.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         return self._finish(code)
 
     def _start(self) -> "subprocess.Popen[str]":
