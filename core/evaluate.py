@@ -116,12 +116,17 @@ def only_points(summary: Dict[str, Any]) -> bool:
     return bool(types) and all(t in ("Point", "MultiPoint") for t in types)
 
 
-def pixel_centres(rc: np.ndarray, transform: Sequence[float]) -> np.ndarray:
-    """Map (x, y) of pixel centres (row, col) under an affine transform (a, b, c, d, e, f)."""
+def to_map(points: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """Map (x, y) of fractional pixel coordinates (row, col) under (a, b, c, d, e, f)."""
     a, b, c, d, e, f = (float(v) for v in transform[:6])
-    rows = rc[:, 0] + 0.5
-    cols = rc[:, 1] + 0.5
+    rows = np.asarray(points, dtype=np.float64)[:, 0]
+    cols = np.asarray(points, dtype=np.float64)[:, 1]
     return np.stack([c + a * cols + b * rows, f + d * cols + e * rows], axis=1)
+
+
+def pixel_centres(rc: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """Map (x, y) of the centres of integer pixels (row, col)."""
+    return to_map(np.asarray(rc, dtype=np.float64) + 0.5, transform)
 
 
 def normalise_box(box: Any) -> Box:
@@ -300,11 +305,15 @@ def _curve_metrics(prefix: str, auc_name: str, curve: RateCurve) -> Dict[str, An
 
 
 def split_metrics(
-    scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, rc: np.ndarray, boxes: Sequence[Box],
+    scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, points: np.ndarray, boxes: Sequence[Box],
     area_scores: np.ndarray, area_weights: Optional[np.ndarray], labels: np.ndarray,
 ) -> Tuple[Dict[str, Any], Dict[str, RateCurve]]:
-    """Success rate of training-area deposits, prediction rate of held-out ones."""
-    held_out = in_boxes(pixel_centres(rc, scored.transform), boxes)
+    """Success rate of training-area deposits, prediction rate of held-out ones.
+
+    A deposit is held out when its own location (not its pixel's centre, so the map's grid
+    does not matter) lies in a validation block.
+    """
+    held_out = in_boxes(to_map(points, scored.transform), boxes)
     train_curve = rate_curve(area_scores, scores[usable & ~held_out], area_weights)
     val_curve = rate_curve(area_scores, scores[usable & held_out], area_weights)
     metrics = _curve_metrics("train_", "train_success_rate_auc", train_curve)
@@ -346,7 +355,8 @@ def evaluate(
     if label_raster.study_mask is not None:
         valid &= label_raster.study_mask
     if not valid.any():
-        raise DataError(f"{config.probability_map} has no valid pixel inside the study area; check the map and the mask")
+        raise DataError(f"{config.probability_map} has no valid pixel inside the study area; "
+                        "check the map's nodata and the mask")
     weights = latitude_weights(info.transform, info.height, info.width) if is_geographic(info.crs_wkt) else None
     scored = ScoredMap(prob, valid, tuple(info.transform), weights)
     labels = np.asarray(label_raster.labels)
@@ -356,7 +366,6 @@ def evaluate(
     cb.progress(0.4)
     cb.check_stop("evaluation stopped")
 
-    rc, _ = deposit_pixels(label_raster.positive_points, info.height, info.width)
     patches = not only_points(label_raster.summary)
     scores, usable = deposit_scores(prob, valid, labels, label_raster.positive_points, patches)
     skipped = int((~usable).sum())
@@ -373,7 +382,8 @@ def evaluate(
     }
     metrics.update(_curve_metrics("", "success_rate_auc", curves["all"]))
     if boxes is not None:
-        more, split = split_metrics(scored, scores, usable, rc, boxes, area_scores, area_weights, labels)
+        more, split = split_metrics(scored, scores, usable, label_raster.positive_points, boxes, area_scores,
+                                    area_weights, labels)
         metrics.update(more)
         curves.update(split)
     cb.progress(0.7)

@@ -505,16 +505,41 @@ def resample_periodic(x: Any, size: Tuple[int, int]) -> Any:
     return F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
-    """Runs the whole globe through the model at its grid and brings the probability back."""
+def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid: Optional[Tuple[int, int]]
+                  ) -> np.ndarray:
+    """Runs the whole globe through the model at once and brings the probability back.
+
+    A spherical model gets its own ``grid`` (resampled there and back, periodic in
+    longitude). A planar model (``grid`` None) sees the globe at its own size with a
+    circular margin in longitude, so the antimeridian is not an edge for it either.
+    """
     import torch
+    import torch.nn.functional as F
 
     x = torch.from_numpy(runner.encode(data[None], valid[None]))
     h, w = x.shape[-2:]
     with torch.inference_mode(), runner.amp():
-        x = resample_periodic(x, grid).to(runner.device)
-        prob = class1_probability(runner.model(x))[:, None].float().cpu()
-    return resample_periodic(prob, (h, w))[0, 0].clamp(0, 1).numpy()
+        if grid is not None:
+            logits = runner.model(resample_periodic(x, grid).to(runner.device))
+            prob = resample_periodic(class1_probability(logits)[:, None].float().cpu(), (h, w))
+        else:
+            margin = min(w, max(runner.multiple, w // 8))
+            padded = F.pad(x, (margin, margin, 0, 0), mode="circular")
+            prob = class1_probability(runner.model(padded.to(runner.device)))[:, None, :, margin:margin + w]
+    return prob[0, 0].float().cpu().clamp(0, 1).numpy()
+
+
+def globe_into(src: Any, info: Any, runner: TorchRunner, grid: Optional[Tuple[int, int]],
+               writer: BlockRowWriter, cb: Callbacks) -> Dict[str, int]:
+    """Reads the whole globe, predicts it in one pass and writes it."""
+    from .raster import read_window
+
+    cb.check_stop("prediction stopped; no probability map was written")
+    data, valid = read_window(src, 0, 0, info.height, info.width)
+    writer.write(0, predict_globe(runner, data, valid, grid), valid)
+    writer.close()
+    cb.progress(1.0)
+    return {"windows": 1, "strips": 1}
 
 
 # ----------------------------------------------------------------------------- predict()
@@ -566,7 +591,7 @@ def _tags(config: PredictConfig, ckpt: Dict[str, Any], tile: Tuple[int, int], sp
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stack_segmenter_version": __version__,
         "source_raster": str(Path(config.raster_path).name),
-        "mode": "spherical (whole globe)" if spherical else f"sliding windows {tile[0]}x{tile[1]}, overlap {config.overlap:g}",
+        "mode": "whole globe" if spherical else f"sliding windows {tile[0]}x{tile[1]}, overlap {config.overlap:g}",
         "value": "probability of class 1 (positive), 0..1",
     }
 
@@ -597,6 +622,9 @@ def predict(
     spec = parse_model_name(str(ckpt["model_name"]))
     if config.spherical:
         check_global(info)
+        if not spec.spherical:
+            cb.log(f"note: {spec.name} is planar: the whole globe goes through it at its own size, wrapped "
+                   "in longitude")
     elif spec.spherical:
         cb.log(f"warning: {spec.name} is a spherical model run on local windows; the geometry is approximate "
                "(use --spherical on a global EPSG:4326 raster)")
@@ -609,19 +637,15 @@ def predict(
     runner = TorchRunner(model, encoder_from_checkpoint(ckpt), device, amp, multiple)
     tile = _choose_tile(config, ckpt, info, spec.spherical, cb.log)
     stride = stride_for(tile, config.overlap)
-    cb.log(f"predicting {info.width} x {info.height} px with {spec.name} on {device}: "
-           + ("whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"))
+    how = "whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"
+    cb.log(f"predicting {info.width} x {info.height} px with {spec.name} on {device}: {how}")
     tmp = _temp_output(out)
     try:
         with open_raster(config.raster_path) as src, rasterio.open(tmp, "w", **_output_profile(info)) as dst:
             writer = BlockRowWriter(dst, BLOCK, study.rows if study is not None else None)
             if config.spherical:
-                cb.check_stop("prediction stopped; no probability map was written")
-                data, valid = read_window(src, 0, 0, info.height, info.width)
-                writer.write(0, predict_globe(runner, data, valid, _model_grid(ckpt) or (info.height, info.width)), valid)
-                writer.close()
-                cb.progress(1.0)
-                stats: Dict[str, int] = {"windows": 1, "strips": 1}
+                grid = _model_grid(ckpt) if spec.spherical else None
+                stats = globe_into(src, info, runner, grid, writer, cb)
             else:
                 stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w), runner, writer,
                                       info.height, info.width, tile, stride, config.batch_size, cb)

@@ -161,3 +161,35 @@ def test_boxes_match_points_in_map_coordinates() -> None:
     assert np.allclose(xy[0], (500005.0, 5999995.0))
     inside = in_boxes(xy, [(500000.0, 5999990.0, 500010.0, 6000000.0)])
     assert inside.tolist() == [True, False]
+
+
+def _checkpoint_with_blocks(path: Path, boxes: List[Tuple[float, float, float, float]]) -> Path:
+    from core.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, {"model_name": "unet_sc2_layers2_e8", "state_dict": {},
+                                  "model_kwargs": {"name": "unet_sc2_layers2_e8", "in_channels": 1, "num_classes": 2},
+                                  "validation_blocks_map": [list(b) for b in boxes]})
+
+
+def test_checkpoint_blocks_split_deposits_on_any_grid(tmp_path: Path) -> None:
+    # The held-out block is the right half of the map (columns 5-9), in map coordinates.
+    left, top = TRANSFORM * (5, 0)
+    right, bottom = TRANSFORM * (10, 10)
+    ckpt = _checkpoint_with_blocks(tmp_path / "c.pt", [(left, bottom, right, top)])
+    pts = write_points(tmp_path / "d.shp", [95, 80, 10, 47])  # columns 5, 0, 0, 7
+    cfg = EvaluateConfig(probability_map=str(write_map(tmp_path / "p.tif", RAMP)), checkpoint=str(ckpt),
+                         labels=LabelOptions(labels_path=str(pts)), output_dir=str(tmp_path / "e"))
+    m = evaluate(cfg)["metrics"]
+    assert (m["val_n_deposits"], m["train_n_deposits"], m["n_validation_blocks"]) == (2, 2, 1)
+    # Held out: 95 (4 above) and 47 (52 above) -> 1 - (4.5 + 52.5) / 200.
+    assert m["prediction_rate_auc"] == pytest.approx(1 - (4.5 + 52.5) / 200)
+    assert m["train_success_rate_auc"] == pytest.approx(1 - (19.5 + 89.5) / 200)
+    # The same map at half the resolution (5 x 5 pixels of 20 m): the split is the same.
+    coarse = TRANSFORM * Affine.scale(2)
+    small = write_map(tmp_path / "coarse.tif", RAMP[::2, ::2], transform=coarse)
+    cfg = EvaluateConfig(probability_map=str(small), labels=LabelOptions(labels_path=str(pts)), checkpoint=str(ckpt),
+                         output_dir=str(tmp_path / "e2"))
+    m2 = evaluate(cfg)["metrics"]
+    assert (m2["val_n_deposits"], m2["train_n_deposits"]) == (2, 2)
+    # The plot shows all three curves.
+    assert Path(evaluate(cfg)["files"]["success_rate_png"]).stat().st_size > 10_000

@@ -44,8 +44,8 @@ def write_stack(path: Path, height: int = 70, width: int = 90, names: Optional[L
                    transform=transform or Affine(10.0, 0.0, 700000.0, 0.0, -10.0, 9800000.0))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, [names[j] for j in range(3)][i - 1] if order == (0, 1, 2) else names[order[i - 1]])
+        for i in range(1, 4):
+            dst.set_band_description(i, names[order[i - 1]])
     return path
 
 
@@ -273,6 +273,16 @@ def test_spherical_whole_globe_is_periodic_in_longitude(globe: Dict[str, Path], 
                                         output_path=str(tmp_path / "r.tif"), spherical=True,
                                         device="cpu"))["output_path"]))
     np.testing.assert_allclose(b, np.roll(a, 4, axis=1), atol=2e-3)
+
+
+def test_planar_model_on_the_whole_globe(globe: Dict[str, Path], tmp_path: Path) -> None:
+    ckpt = make_checkpoint(globe["raster"], tmp_path / "planar.pt")
+    logs: List[str] = []
+    res = predict(PredictConfig(checkpoint=str(ckpt), raster_path=str(globe["raster"]), spherical=True,
+                                output_path=str(tmp_path / "p.tif"), device="cpu"), log=logs.append)
+    a = read(Path(res["output_path"]))
+    assert a.shape == (16, 32) and a.min() >= 0 and a.max() <= 1 and res["windows"] == 1
+    assert any("wrapped in longitude" in line for line in logs)
 
 
 def test_spherical_refuses_a_projected_raster(globe: Dict[str, Path], setup: Dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
-import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
