@@ -311,3 +311,11 @@ def test_real_landsat_water_string_classes(shared_data: Path, tmp_path: Path) ->
                  LabelOptions(labels_path=str(folder / "training_polygons.shp"), label_column="class",
                               positive_values=["water"]))
     assert ckpt["band_count"] == 7
+
+
+def test_out_of_memory_is_a_resource_error_suggesting_smaller_work(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    """A model far larger than the machine (terabytes of weights) fails with advice, not a traceback."""
+    from core.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="smaller --tile_size or --batch_size"):
+        train(_config(tiny_stack, tiny_points, tmp_path, models=["unet_sc1_layers1_e2000000"], num_epochs=1))
