@@ -43,6 +43,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_results_written_and_table_printed(bench_run: Dict[str, Any]) -> None:
     base: Path = bench_run["base"]
     stamped = [p for p in (base / "results").glob("*.json") if p.name != "latest.json"]
@@ -56,6 +57,7 @@ def test_results_written_and_table_printed(bench_run: Dict[str, Any]) -> None:
     assert not any((base / "work").glob("stack_segmenter_bench_*"))
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_meta_describes_machine_and_stack(bench_run: Dict[str, Any]) -> None:
     meta = bench_run["results"]["meta"]
     assert meta["stack"]["bands"] == BANDS and meta["stack"]["height"] == HEIGHT and meta["stack"]["width"] == WIDTH
@@ -63,6 +65,7 @@ def test_meta_describes_machine_and_stack(bench_run: Dict[str, Any]) -> None:
     assert _positive(meta["total_s"])
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_generated_stacks_and_io_floor(bench_run: Dict[str, Any]) -> None:
     res = bench_run["results"]
     raw_mb = 4 * BANDS * HEIGHT * WIDTH / 1024 ** 2
@@ -78,6 +81,7 @@ def test_generated_stacks_and_io_floor(bench_run: Dict[str, Any]) -> None:
     assert res["generate"]["double"]["shape"] == [BANDS, HEIGHT, 2 * WIDTH]
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_baseline_loads_whole_stack(bench_run: Dict[str, Any]) -> None:
     base = bench_run["results"]["baseline"]
     assert base["status"] == "ok"
@@ -86,6 +90,7 @@ def test_baseline_loads_whole_stack(bench_run: Dict[str, Any]) -> None:
         assert _positive(base[k]), k
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_model_cost(bench_run: Dict[str, Any]) -> None:
     rows = bench_run["results"]["model_cost"]
     assert [(r["model"], r["tile"]) for r in rows] == [(TINY_MODEL, TILE)]
@@ -96,6 +101,7 @@ def test_model_cost(bench_run: Dict[str, Any]) -> None:
     assert row["tiles_per_s"] == pytest.approx(row["batch"] / row["step_s"], rel=0.01)
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_pipeline_throughput(bench_run: Dict[str, Any]) -> None:
     pipe = bench_run["results"]["pipeline"]
     assert pipe["tile"] == TILE
@@ -108,6 +114,7 @@ def test_pipeline_throughput(bench_run: Dict[str, Any]) -> None:
             assert _positive(run[k]), k
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_prediction(bench_run: Dict[str, Any]) -> None:
     pred = bench_run["results"]["predict"]
     one, two = pred["none"], pred["double"]
@@ -121,6 +128,7 @@ def test_prediction(bench_run: Dict[str, Any]) -> None:
             assert _positive(r[k]), k
 
 
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_targets_listed_with_verdicts(bench_run: Dict[str, Any]) -> None:
     targets = {t["name"]: t for t in bench_run["results"]["targets"]}
     for name in ("prediction peak memory", "prediction memory growth, 2x raster",
