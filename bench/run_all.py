@@ -74,6 +74,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for key in ("bands", "height", "width", "batch", "steps", "s2_steps"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.device.startswith("cuda") or args.device == "auto":
+        import torch
+
+        if args.device == "auto":
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif not torch.cuda.is_available():
+            p.error(f"--device {args.device}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                    "use --device cpu, or run on a machine with a GPU and a CUDA build of torch")
     return args
 
 

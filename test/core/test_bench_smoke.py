@@ -174,3 +174,15 @@ def test_child_over_time_limit_is_reported_not_fatal(tmp_path: Path) -> None:
     params = {"path": str(tmp_path / "s.tif"), "bands": 64, "height": 4096, "width": 4096}
     result = run_child("stack", params, ChildLimits(timeout_s=1.0, mem_limit_mb=1e6))
     assert result["status"] == "timeout"
+
+
+def test_cuda_without_gpu_stops_before_any_work(repo_root: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    cmd = [sys.executable, str(repo_root / "bench" / "run_all.py"), "--device", "cuda", "--out-dir", str(tmp_path),
+           "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr and "--device cpu" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing generated, no results written
