@@ -112,8 +112,10 @@ def run_predict(params: Dict[str, Any]) -> Dict[str, Any]:
     peak = peak_rss_mb()
     gpu = gpu_peak_mb(device)
     tile = tuple(result.get("tile_size") or TILE)
-    fwd = forward_only(Path(params["checkpoint"]), info.height, info.width, tile, config.overlap,  # type: ignore[arg-type]
-                       config.batch_size, device)
+    fwd: Dict[str, Any] = {}
+    if params.get("forward", True):  # only the wall-time target needs it (skipped on the 2x stack)
+        fwd = forward_only(Path(params["checkpoint"]), info.height, info.width, tile,  # type: ignore[arg-type]
+                           config.overlap, config.batch_size, device)
     return {
         "shape": [info.count, info.height, info.width],
         "device": device,

@@ -202,7 +202,7 @@ class Bench:
             return
         for key in ("none", "double"):
             params = {"path": str(paths[key]), "checkpoint": str(ckpt), "batch": a.batch, "device": a.device,
-                      "work": str(self.work / f"predict_{key}")}
+                      "work": str(self.work / f"predict_{key}"), "forward": key == "none"}
             out[key] = self.child("predict_memory", params, f"prediction over the {key} stack")
         self.results["predict"] = out
 
