@@ -1,0 +1,356 @@
+"""The four Processing tools in real QGIS with the real worker (tiny dataset, tiny runs)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from qgis_helpers import SIZE, TinyData, pixel_xy, train_params
+
+EXPECTED_PARAMETERS = {
+    "stacksegmenter:trainsegmenter": [
+        "INPUT", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
+        "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE", "AMP_MODE",
+        "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS", "RESUME",
+        "OUTPUT_MODEL", "OUTPUT_FOLDER"],
+    "stacksegmenter:predictprobabilitymap": [
+        "INPUT", "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT"],
+    "stacksegmenter:evaluateprobabilitymap": [
+        "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
+    "stacksegmenter:checkenvironment": [],
+}
+ADVANCED = {
+    "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
+                                      "CATEGORICAL_BANDS", "RESUME"},
+    "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL"},
+}
+REQUIRED = {
+    "stacksegmenter:trainsegmenter": {"INPUT", "LABELS", "OUTPUT_MODEL"},
+    "stacksegmenter:predictprobabilitymap": {"INPUT", "MODEL", "OUTPUT"},
+    "stacksegmenter:evaluateprobabilitymap": {"PROBABILITY_MAP", "LABELS", "OUTPUT_FOLDER"},
+}
+
+
+def algorithm(alg_id: str) -> Any:
+    from qgis.core import QgsApplication
+
+    alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+    assert alg is not None, alg_id
+    return alg
+
+
+class RecordingFeedback:
+    """Builds a QgsProcessingFeedback that records what the worker reported (optionally cancels)."""
+
+    @staticmethod
+    def make(cancel_on_metric: bool = False) -> Any:
+        from qgis.core import QgsProcessingFeedback
+
+        class Feedback(QgsProcessingFeedback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.infos: List[str] = []
+                self.progress_values: List[float] = []
+                self.cancelled_at: float = 0.0
+
+            def pushInfo(self, info: str) -> None:  # noqa: N802 (Qt API)
+                self.infos.append(info)
+                if cancel_on_metric and "val_loss" in info and not self.isCanceled():
+                    self.cancelled_at = time.monotonic()
+                    self.cancel()
+                super().pushInfo(info)
+
+            def setProgress(self, progress: float) -> None:  # noqa: N802 (Qt API)
+                self.progress_values.append(progress)
+                super().setProgress(progress)
+
+        return Feedback()
+
+
+# ----------------------------------------------------------------------------- declarations
+
+
+@pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
+def test_parameter_ids_are_the_public_interface(plugin: Any, alg_id: str) -> None:
+    from qgis.core import QgsProcessingParameterDefinition
+
+    alg = algorithm(alg_id)
+    names = [p.name() for p in alg.parameterDefinitions()]
+    for expected in EXPECTED_PARAMETERS[alg_id]:
+        assert expected in names, f"{alg_id} lacks {expected}"
+    advanced = {p.name() for p in alg.parameterDefinitions()
+                if p.flags() & QgsProcessingParameterDefinition.Flag.FlagAdvanced}
+    assert ADVANCED.get(alg_id, set()) <= advanced
+    required = {p.name() for p in alg.parameterDefinitions()  # mandatory = not optional and no default
+                if not p.flags() & QgsProcessingParameterDefinition.Flag.FlagOptional and p.defaultValue() is None}
+    assert required == REQUIRED.get(alg_id, required), f"only the listed ids may be mandatory in {alg_id}"
+
+
+@pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
+def test_every_parameter_has_help_and_the_tool_a_help_string(plugin: Any, alg_id: str) -> None:
+    alg = algorithm(alg_id)
+    for p in alg.parameterDefinitions():
+        assert len(p.help()) > 15, f"{alg_id}:{p.name()} has no help text"
+        assert p.name() in alg.shortHelpString()
+    assert alg.displayName() and alg.group() and alg.helpUrl().startswith("https://")
+    assert alg.name() == alg.name().lower() and alg.name() in alg_id
+    assert alg.createInstance() is not alg and type(alg.createInstance()) is type(alg)
+
+
+def test_train_outputs_declared(plugin: Any) -> None:
+    alg = algorithm("stacksegmenter:trainsegmenter")
+    outputs = {o.name(): o.type() for o in alg.outputDefinitions()}
+    for name in ("VAL_LOSS", "VAL_IOU", "VAL_ACCURACY", "VAL_ROC_AUC", "VAL_PR_AUC"):
+        assert outputs[name] == "outputNumber"
+    evaluate = {o.name(): o.type() for o in algorithm("stacksegmenter:evaluateprobabilitymap").outputDefinitions()}
+    assert evaluate["OUTPUT_HTML"] == "outputHtml"
+    for name in ("ROC_AUC", "PR_AUC", "SUCCESS_RATE_AUC", "TOP1", "TOP5", "TOP10", "TOP20", "N_DEPOSITS"):
+        assert evaluate[name] == "outputNumber"
+
+
+def test_architecture_choices_come_from_the_catalog(plugin: Any) -> None:
+    from stack_segmenter.core.models.catalog import PRESET_MODELS
+
+    param = algorithm("stacksegmenter:trainsegmenter").parameterDefinition("ARCHITECTURE")
+    assert param.options() == list(PRESET_MODELS)
+    assert param.options()[param.defaultValue()] == "unet_sc2_layers4_e32"
+    assert "torch" not in sys.modules, "QGIS must never import torch (the worker does)"
+
+
+@pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
+def test_dialogs_open_offscreen(plugin: Any, qgis_iface: Any, alg_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from qgis.gui import QgsBrowserGuiModel
+
+    browser = QgsBrowserGuiModel()  # pytest-qgis's stub iface has no real browser model; the dialog needs one
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+
+    dialog = AlgorithmDialog(algorithm(alg_id).create(), parent=None)
+    try:
+        wrappers = dialog.mainWidget().wrappers
+        for name in EXPECTED_PARAMETERS[alg_id]:
+            if name not in ("OUTPUT", "OUTPUT_MODEL", "OUTPUT_FOLDER"):
+                assert name in wrappers, f"{alg_id}: no widget for {name}"
+        assert dialog.windowTitle()
+    finally:
+        dialog.deleteLater()
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def test_train_writes_model_and_scores(trained: Dict[str, Any]) -> None:
+    model = Path(trained["OUTPUT_MODEL"])
+    assert model.is_file() and model.suffix == ".pt" and model.stat().st_size > 10_000
+    folder = Path(trained["OUTPUT_FOLDER"])
+    assert (folder / "unet_sc2_layers4_e32" / "metrics.json").is_file()
+    assert trained["EPOCHS_RUN"] == 1
+    for key in ("VAL_LOSS", "VAL_IOU", "VAL_ACCURACY"):
+        assert isinstance(trained[key], float) and trained[key] == trained[key], key  # finite, not None/NaN
+    assert 0.0 <= trained["VAL_ACCURACY"] <= 1.0
+
+
+def test_predict_writes_the_probability_map_with_its_style(predicted: Dict[str, Any]) -> None:
+    from qgis.core import QgsRasterLayer
+
+    path = Path(predicted["OUTPUT"])
+    layer = QgsRasterLayer(str(path), "p", "gdal")  # picks up the .qml written beside the map
+    assert layer.isValid()
+    assert (layer.width(), layer.height(), layer.bandCount()) == (SIZE, SIZE, 1)
+    stats = layer.dataProvider().bandStatistics(1)
+    assert 0.0 <= stats.minimumValue <= stats.maximumValue <= 1.0
+    assert layer.dataProvider().sourceHasNoDataValue(1)
+    assert path.with_suffix(".qml").is_file()
+    assert_probability_renderer(layer)
+
+
+def assert_probability_renderer(layer: Any) -> None:
+    """Single-band pseudocolour on [0, 1] with a viridis-like ramp (dark purple -> yellow)."""
+    from qgis.core import QgsSingleBandPseudoColorRenderer
+
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer), type(renderer)
+    assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
+    items = renderer.shader().rasterShaderFunction().colorRampItemList()
+    assert items[0].value == 0.0 and items[-1].value == 1.0
+    assert items[0].color.name() == "#440154" and items[-1].color.name() == "#fde725"
+
+
+def test_run_and_load_results_styles_and_names_the_layer(plugin: Any, qgis_iface: Any, trained: Dict[str, Any],
+                                                       tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProject
+
+    out = tmp_path / "loaded.tif"
+    result = processing.runAndLoadResults("stacksegmenter:predictprobabilitymap", {
+        "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": str(out)})
+    try:
+        layers = [lyr for lyr in QgsProject.instance().mapLayers().values()
+                  if Path(lyr.source()).resolve() == out.resolve()]
+        assert len(layers) == 1, result
+        layer = layers[0]
+        assert layer.name() == "Probability (unet_sc2_layers4_e32)"
+        assert_probability_renderer(layer)
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
+def test_evaluate_returns_scores_and_an_html_summary(plugin: Any, trained: Dict[str, Any],
+                                                      predicted: Dict[str, Any], tiny_data: TinyData,
+                                                      tmp_path: Path) -> None:
+    import processing
+
+    feedback = RecordingFeedback.make()
+    result = processing.run("stacksegmenter:evaluateprobabilitymap", {
+        "PROBABILITY_MAP": predicted["OUTPUT"], "LABELS": str(tiny_data.labels_gpkg), "LABEL_FIELD": "label",
+        "MASK": str(tiny_data.mask), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT_FOLDER": str(tmp_path / "eval"),
+    }, feedback=feedback)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert result["ROC_AUC"] == pytest.approx(metrics["roc_auc"])
+    assert result["N_DEPOSITS"] == metrics["n_deposits"] > 0
+    assert 0.0 <= result["SUCCESS_RATE_AUC"] <= 1.0
+    assert result["PREDICTION_RATE_AUC"] is None or 0.0 <= result["PREDICTION_RATE_AUC"] <= 1.0
+    page = Path(result["OUTPUT_HTML"])
+    text = page.read_text(encoding="utf-8")
+    assert "<table" in text and "ROC AUC" in text and f"{metrics['roc_auc']:.3f}" in text
+    for png in ("success_rate.png", "roc_pr.png"):
+        assert f'src="{png}"' in text and (page.parent / png).is_file()
+    assert max(feedback.progress_values) == pytest.approx(100.0)
+    assert any("ROC AUC" in line for line in feedback.infos)
+
+
+def test_core_errors_become_processing_exceptions(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    params = train_params(tiny_data, tmp_path, LABELS=str(tiny_data.labels_gpkg), LABEL_FIELD="kind")
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("stacksegmenter:trainsegmenter", params)
+    message = str(info.value)
+    assert "positive" in message.lower() and "kind" in message
+    assert "Traceback" not in message
+
+
+def test_worker_exit_without_error_event_shows_stderr(plugin: Any) -> None:
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    from stack_segmenter.algorithms.worker import run_worker
+
+    with pytest.raises(QgsProcessingException) as info:
+        run_worker(sys.executable, "no-such-command", [], QgsProcessingFeedback())
+    assert "exit code 1" in str(info.value) and "invalid choice" in str(info.value)
+
+
+def test_cancel_stops_training_and_keeps_the_checkpoint(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    feedback = RecordingFeedback.make(cancel_on_metric=True)
+    params = train_params(tiny_data, tmp_path, EPOCHS=200, PATIENCE=0)
+    started = time.monotonic()
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("stacksegmenter:trainsegmenter", params, feedback=feedback)
+    stopped = time.monotonic()
+    assert feedback.cancelled_at > 0, "no epoch finished before the run ended"
+    assert stopped - feedback.cancelled_at < 12.0, "the worker did not stop within a few seconds"
+    assert "Cancelled" in str(info.value)
+    assert Path(params["OUTPUT_MODEL"]).is_file(), "the last good checkpoint must stay"
+    assert str(params["OUTPUT_MODEL"]) in str(info.value)
+    assert stopped - started < 120
+
+
+def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyData, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    bare = "/usr/bin/python3"
+    if subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip(f"{bare} has torch; this test needs a Python without it")
+    monkeypatch.setenv("STACK_SEGMENTER_PYTHON", bare)
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path))
+    message = str(info.value)
+    assert "torch is not installed" in message and bare in message
+    assert "pip install torch" in message and "OSGeo4W" in message
+    assert not (tmp_path / "model.pt").exists()
+
+    report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
+    assert report["PYTHON"] == bare or Path(report["PYTHON"]).resolve() == Path(bare).resolve()
+    assert report["TORCH_VERSION"] == "" and report["PROBLEMS"] >= 1
+    html = (tmp_path / "env.html").read_text(encoding="utf-8")
+    assert "MISSING" in html and "pip install torch" in html
+
+
+def test_check_environment_reports_the_venv(plugin: Any, tmp_path: Path) -> None:
+    import processing
+    import torch_harmonics  # noqa: F401 - only to know what the venv holds (not imported by the plugin)
+    from importlib import metadata
+
+    report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
+    assert Path(report["PYTHON"]).parent == Path(sys.executable).parent
+    assert report["TORCH_VERSION"] == metadata.version("torch")
+    assert report["TORCH_HARMONICS_VERSION"]
+    assert report["CUDA_AVAILABLE"] is False
+    assert report["PROBLEMS"] == 0
+
+
+def test_worker_python_resolution_order(plugin: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from processing.core.ProcessingConfig import ProcessingConfig
+    from qgis.core import QgsProcessingException
+
+    from stack_segmenter.algorithms import worker
+    from stack_segmenter.algorithms.base import WORKER_PYTHON_SETTING, configured_worker_python
+
+    monkeypatch.delenv(worker.ENV_VAR, raising=False)
+    assert Path(worker.resolve_python(None)).parent == Path(sys.executable).parent  # first python3 on PATH
+    monkeypatch.setenv(worker.ENV_VAR, "/usr/bin/python3")
+    assert worker.resolve_python(None) == "/usr/bin/python3"
+    assert worker.resolve_python(sys.executable) == sys.executable  # the setting wins
+    with pytest.raises(QgsProcessingException, match="Worker Python"):
+        worker.resolve_python(str(tmp_path / "no_python"))
+    old = ProcessingConfig.getSetting(WORKER_PYTHON_SETTING)
+    ProcessingConfig.setSettingValue(WORKER_PYTHON_SETTING, sys.executable)
+    try:
+        assert configured_worker_python() == sys.executable
+    finally:
+        ProcessingConfig.setSettingValue(WORKER_PYTHON_SETTING, old or "")
+
+
+def test_memory_layer_with_selected_features(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import (QgsFeature, QgsField, QgsGeometry, QgsPointXY, QgsProcessingFeatureSourceDefinition,
+                           QgsProject, QgsVectorLayer)
+    from qgis.PyQt.QtCore import QVariant
+
+
+
+    layer = QgsVectorLayer("Point?crs=EPSG:32633", "memory deposits", "memory")
+    layer.dataProvider().addAttributes([QgsField("label", QVariant.Int)])
+    layer.updateFields()
+    features = []
+    for value, sites in ((1, tiny_data.positives), (0, tiny_data.negatives)):
+        for r, c in sites:
+            f = QgsFeature(layer.fields())
+            f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(*pixel_xy(r, c))))
+            f.setAttribute("label", value)
+            features.append(f)
+    assert layer.dataProvider().addFeatures(features)[0]
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        layer.selectByIds([f.id() for f in layer.getFeatures() if f["label"] == 1][:8]
+                          + [f.id() for f in layer.getFeatures() if f["label"] == 0])
+        feedback = RecordingFeedback.make()
+        source = QgsProcessingFeatureSourceDefinition(layer.id(), selectedFeaturesOnly=True)
+        result = processing.run("stacksegmenter:trainsegmenter",
+                                train_params(tiny_data, tmp_path, LABELS=source), feedback=feedback)
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    assert Path(result["OUTPUT_MODEL"]).is_file()
+    assert any("8 positive / 12 negative" in line for line in feedback.infos), feedback.infos[:5]
