@@ -16,11 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
@@ -48,16 +47,6 @@ def child_main(run: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
     result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
-
-
-@contextmanager
-def timed(store: Dict[str, float], key: str) -> Iterator[None]:
-    """Adds the wall time of the block (seconds) to ``store[key]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        store[key] = store.get(key, 0.0) + time.perf_counter() - start
 
 
 def evict_from_page_cache(path: Path) -> None:
@@ -250,20 +239,3 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def status_or(result: Dict[str, Any], text: str) -> str:
-    """The measured text when the child succeeded, else its status ('timeout', ...)."""
-    return text if result.get("status") == "ok" else str(result.get("status"))
-
-
-def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    """a / b, or None when either is missing or b is zero."""
-    if a is None or b in (None, 0):
-        return None
-    return a / b
-
-
-def first_ok(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Only the results whose status is ok."""
-    return [r for r in results if r.get("status") == "ok"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .common import fmt, format_table, ratio
+from .common import fmt, format_table
 
 PEAK_LIMIT_MB = 2048.0
 GROWTH_LIMIT = 1.10
