@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from core import evaluate, predict, train
 from core.config import EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
 from core.demo_data import make_demo_data
-from core.predict import NODATA
+from core.evaluate import evaluate
+from core.predict import NODATA, predict
+from core.training import train
 
 UNET = "unet_sc2_layers2_e8"
 
