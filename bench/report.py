@@ -170,6 +170,10 @@ def targets_table(results: Dict[str, Any]) -> str:
     return format_table(["target", "wanted", "measured", "verdict", "note"], rows)
 
 
+def _load(values: Any) -> str:
+    return f"{values[0]:.1f}" if values else "-"
+
+
 def render_report(results: Dict[str, Any]) -> str:
     """All tables, in the order of the issue, with the machine they were measured on."""
     meta = results.get("meta", {})
@@ -178,7 +182,8 @@ def render_report(results: Dict[str, Any]) -> str:
     head = (f"Stack Segmenter benchmarks: {s.get('bands')} x {s.get('height')} x {s.get('width')} float32 "
             f"({s.get('raw_gib')} GiB), device {meta.get('args', {}).get('device')}; "
             f"{m.get('cpu_count')} CPU ({m.get('cpu_model')}), {m.get('mem_total_gb')} GB RAM, {m.get('os')}; "
-            f"torch {m.get('torch')}, GDAL {m.get('gdal')}; total {meta.get('total_s')} s")
+            f"torch {m.get('torch')}, GDAL {m.get('gdal')}; total {meta.get('total_s')} s; "
+            f"load average (1 min) at start {_load(meta.get('load_avg_start'))}, end {_load(meta.get('load_avg_end'))}")
     parts = [head]
     sections = [("1. I/O floor: window-by-window read (rasterio)", "io_floor", io_table),
                 ("2. Prediction (core predict())", "predict", predict_table),

@@ -12,6 +12,7 @@ system temp dir), removed afterwards unless --keep.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -211,6 +212,8 @@ class Bench:
         self.results["meta"] = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(),
+            # Other processes on the machine slow everything down: the load says how busy it was.
+            "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
             "stack": {"bands": a.bands, "height": a.height, "width": a.width, "dtype": "float32",
                       "raw_gib": round(self.raw_bytes / GIB, 3), "tile": [256, 256], "interleave": "pixel"},
@@ -241,6 +244,7 @@ class Bench:
             else:
                 shutil.rmtree(self.work, ignore_errors=True)
         self.results["meta"]["total_s"] = round(time.perf_counter() - start, 1)
+        self.results["meta"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         self.results["targets"] = evaluate_targets(self.results)
         return self.results
 
