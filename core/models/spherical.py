@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torch_harmonics as th
 from torch import nn
 
-from .unet import group_norm
+from .unet import norm2d
 
 KERNEL = (3, 3)
 """DISCO kernel shape (radial x azimuthal basis functions)."""
@@ -61,12 +61,12 @@ def _disco(cin: int, cout: int, src: Shape, dst: Shape) -> nn.Module:
 
 
 class DiscoBlock(nn.Module):
-    """DISCO convolution (src grid -> dst grid) + GroupNorm + GELU."""
+    """DISCO convolution (src grid -> dst grid) + ChannelNorm + GELU."""
 
     def __init__(self, cin: int, cout: int, src: Shape, dst: Shape) -> None:
         super().__init__()
         self.conv = _disco(cin, cout, src, dst)
-        self.norm = group_norm(cout)
+        self.norm = norm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.norm(self.conv(x)))
@@ -88,7 +88,7 @@ class SphericalUNet(nn.Module):
         self.img_size = (int(img_size[0]), int(img_size[1]))
         shapes = grid_shapes(self.img_size, scale, layers)
         widths = [width * 2**i for i in range(layers)]
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, widths[0], 1), group_norm(widths[0]), nn.GELU())
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, widths[0], 1), norm2d(widths[0]), nn.GELU())
         self.to_grid = _Resample(self.img_size, shapes[0])
         self.from_grid = _Resample(shapes[0], self.img_size)
         self.encoders = nn.ModuleList(
@@ -101,7 +101,7 @@ class SphericalUNet(nn.Module):
             for i in range(layers - 1, 0, -1)
         ])
         self.fuse = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(2 * widths[i - 1], widths[i - 1], 1), group_norm(widths[i - 1]), nn.GELU())
+            nn.Sequential(nn.Conv2d(2 * widths[i - 1], widths[i - 1], 1), norm2d(widths[i - 1]), nn.GELU())
             for i in range(layers - 1, 0, -1)
         ])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
@@ -123,9 +123,9 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, dim: int, shape: Shape, heads: int) -> None:
         super().__init__()
-        self.norm1 = group_norm(dim)
+        self.norm1 = norm2d(dim)
         self.attn = th.NeighborhoodAttentionS2(dim, in_shape=shape, out_shape=shape, num_heads=heads)
-        self.norm2 = group_norm(dim)
+        self.norm2 = norm2d(dim)
         self.mlp = nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ class SphericalSegformer(nn.Module):
         self.img_size = (int(img_size[0]), int(img_size[1]))
         shapes = grid_shapes(self.img_size, scale, layers)
         widths = [max(8, width // 2 ** (layers - 1 - i)) for i in range(layers)]
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, widths[0], 1), group_norm(widths[0]), nn.GELU())
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, widths[0], 1), norm2d(widths[0]), nn.GELU())
         self.to_grid = _Resample(self.img_size, shapes[0])
         self.from_grid = _Resample(shapes[0], self.img_size)
         self.downs = nn.ModuleList(
@@ -160,7 +160,7 @@ class SphericalSegformer(nn.Module):
         decoder = widths[0]
         self.project = nn.ModuleList([nn.Conv2d(widths[i], decoder, 1) for i in range(layers)])
         self.ups = nn.ModuleList([_Resample(shapes[i], shapes[0]) for i in range(layers)])
-        self.fuse = nn.Sequential(nn.Conv2d(layers * decoder, decoder, 1), group_norm(decoder), nn.GELU())
+        self.fuse = nn.Sequential(nn.Conv2d(layers * decoder, decoder, 1), norm2d(decoder), nn.GELU())
         self.head = nn.Conv2d(decoder, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

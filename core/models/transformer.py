@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import ConvBlock, group_norm, pad_to_multiple
+from .unet import ConvBlock, norm2d, pad_to_multiple
 
 WINDOW = 8
 """Side of an attention window, in tokens (64 tokens attend to each other)."""
@@ -127,8 +127,8 @@ class WindowTransformer(nn.Module):
         self.embed = nn.Conv2d(in_channels, width, self.patch, stride=self.patch)
         self.blocks = nn.ModuleList([Block(width, heads, shifted=i % 2 == 1) for i in range(layers)])
         self.norm = nn.LayerNorm(width)
-        self.reduce = nn.Sequential(nn.Conv2d(width, decoder, 1), group_norm(decoder), nn.GELU())
-        self.skip = nn.Sequential(nn.Conv2d(in_channels, decoder, 3, padding=1), group_norm(decoder), nn.GELU())
+        self.reduce = nn.Sequential(nn.Conv2d(width, decoder, 1), norm2d(decoder), nn.GELU())
+        self.skip = nn.Sequential(nn.Conv2d(in_channels, decoder, 3, padding=1), norm2d(decoder), nn.GELU())
         self.fuse = ConvBlock(2 * decoder, decoder)
         self.head = nn.Conv2d(decoder, num_classes, 1)
 

@@ -2,12 +2,16 @@
 
 ``unet_sc<s>_layers<L>_e<w>``: ``L`` resolution stages with widths ``w * 2**i``, each
 stage after the first downsampled by ``s`` (max pooling) and brought back by a transposed
-convolution. GroupNorm instead of BatchNorm because batches are small (a few tiles) and
-DDP then needs no synchronised statistics.
+convolution.
+
+Normalisation is ``ChannelNorm`` (LayerNorm over the channels of each pixel): no statistics
+over space or batch, so (1) a pixel's output depends only on its receptive field, not on
+the rest of the window, which keeps tiled prediction seamless (GroupNorm's per-window
+statistics gave visible seams), and (2) training and evaluation behave the same with any
+batch size, DDP needing no synchronised statistics (BatchNorm would).
 """
 from __future__ import annotations
 
-import math
 from typing import List
 
 import torch
@@ -15,22 +19,36 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 8 groups that divide ``channels`` (works for tiny widths too)."""
-    return nn.GroupNorm(math.gcd(channels, 8), channels)
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels at every pixel of a (B, C, H, W) tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+def norm2d(channels: int) -> nn.Module:
+    """The normalisation of every convolutional block (see the module docstring for why)."""
+    return ChannelNorm(channels)
 
 
 class ConvBlock(nn.Module):
-    """Two 3x3 convolutions, each followed by GroupNorm and GELU."""
+    """Two 3x3 convolutions, each followed by ChannelNorm and GELU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            group_norm(out_channels),
+            norm2d(out_channels),
             nn.GELU(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            group_norm(out_channels),
+            norm2d(out_channels),
             nn.GELU(),
         )
 

@@ -136,3 +136,16 @@ def test_transformer_default_trains_256_tile_batch4_99_bands_within_8gb(repo_roo
                          env=env, timeout=300)
     peak_kb = int(out.stdout.strip().splitlines()[-1])
     assert peak_kb < 8 * 1024 * 1024, f"peak RSS {peak_kb / 1e6:.1f} GB"
+
+
+def test_unet_output_depends_only_on_the_receptive_field_not_the_window() -> None:
+    """Tiled prediction is seamless only if a pixel's output ignores content beyond its receptive field
+    (per-window normalisation statistics, e.g. GroupNorm, break this)."""
+    torch.manual_seed(0)
+    model = build_model("unet_sc2_layers2_e8", in_channels=3).eval()
+    x = torch.randn(1, 3, 80, 80)
+    x[..., :, 64:] += 5.0  # very different content far from the compared pixels
+    with torch.no_grad():
+        whole = model(x)
+        crop = model(x[..., 16:64, 16:64])
+    assert torch.allclose(whole[..., 32:48, 32:48], crop[..., 16:32, 16:32], atol=1e-5)
