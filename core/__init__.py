@@ -10,28 +10,19 @@ from typing import Any, Dict
 from .config import EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
 from .errors import Cancelled, ConfigError, CoreError, DataError, ResourceError, TrainingError
 
+# predict/evaluate are imported eagerly (numpy only; torch is imported when they run): a lazy
+# wrapper named like its module would be replaced by the module as soon as it is imported.
+from .evaluate import evaluate
+from .predict import predict
+
 __version__ = "0.1.0"
 
 
 def train(config: TrainConfig, **callbacks: Any) -> Dict[str, Any]:
-    """Trains each model of ``config.models`` (see core.training.train)."""
+    """Trains each model of ``config.models`` (see core.training.train); imports torch when called."""
     from .training import train as _train
 
     return _train(config, **callbacks)
-
-
-def predict(config: PredictConfig, **callbacks: Any) -> Dict[str, Any]:
-    """Writes a probability GeoTIFF (see core.predict.predict)."""
-    from .predict import predict as _predict
-
-    return _predict(config, **callbacks)
-
-
-def evaluate(config: EvaluateConfig, **callbacks: Any) -> Dict[str, Any]:
-    """Scores a probability map against labels (see core.evaluate.evaluate)."""
-    from .evaluate import evaluate as _evaluate
-
-    return _evaluate(config, **callbacks)
 
 
 __all__ = [

@@ -126,3 +126,13 @@ def test_main_returns_exit_code_for_core_errors(tmp_path: Path) -> None:
     code = main(["predict", "--checkpoint", str(tmp_path / "none.pt"), "--raster_path", "r.tif",
                  "--output_path", str(tmp_path / "o.tif"), "--overlap", "2", "--events", "jsonl"])
     assert code == 1
+
+
+def test_public_api_survives_submodule_imports_and_needs_no_torch(repo_root: Path) -> None:
+    """`core.predict(cfg)` must stay the function after core.predict (the module) is imported,
+    and importing the core (as QGIS does for the model list) must not import torch."""
+    code = ("import sys, core, core.predict, core.evaluate, core.models.catalog;"
+            "assert callable(core.predict) and callable(core.evaluate) and callable(core.train);"
+            "assert 'torch' not in sys.modules, 'core imported torch'")
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
