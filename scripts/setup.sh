@@ -10,7 +10,7 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.setup-stamp"
 
 APT_PACKAGES=(qgis python3-qgis qgis-providers python3-rasterio python3-geopandas proj-bin
-  python3-venv python3-matplotlib python3-sklearn python3-pandas python3-tqdm python3-pytest
+  python3-venv python3-matplotlib python3-sklearn python3-scipy python3-pandas python3-tqdm python3-pytest
   xvfb zip)
 
 missing_apt=()
