@@ -6,6 +6,8 @@ name no other folder uses.)
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -18,6 +20,7 @@ PIXEL = 10.0
 LEFT, TOP = 400000.0, 5000000.0
 SIZE = 128
 TILE = 32
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"
 
 
 @dataclass
@@ -94,3 +97,11 @@ def train_params(data: TinyData, out: Path, **extra: Any) -> Dict[str, Any]:
     }
     params.update(extra)
     return params
+
+
+def qgis_process_env(plugins_dir: Path, profile: Path) -> Dict[str, str]:
+    """A headless qgis_process with a throwaway profile that sees the plugin and the venv."""
+    env = {k: v for k, v in os.environ.items() if k != "STACK_SEGMENTER_PYTHON"}
+    env.update(QGIS_PLUGINPATH=str(plugins_dir), QGIS_CUSTOM_CONFIG_PATH=str(profile), QT_QPA_PLATFORM="offscreen")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}/usr/local/bin:/usr/bin:/bin"
+    return env

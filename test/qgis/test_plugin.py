@@ -2,27 +2,18 @@
 registration (and removal), the settings, and `qgis_process.bin list` in a fresh profile."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+from qgis_helpers import QGIS_PROCESS, qgis_process_env
+
 ALGORITHM_IDS = {
     "stacksegmenter:trainsegmenter", "stacksegmenter:predictprobabilitymap",
     "stacksegmenter:evaluateprobabilitymap", "stacksegmenter:checkenvironment",
 }
-
-
-def qgis_process_env(plugins_dir: Path, profile: Path) -> Dict[str, str]:
-    """A headless qgis_process with a throwaway profile that sees the plugin and the venv."""
-    env = {k: v for k, v in os.environ.items() if k != "STACK_SEGMENTER_PYTHON"}
-    env.update(QGIS_PLUGINPATH=str(plugins_dir), QGIS_CUSTOM_CONFIG_PATH=str(profile), QT_QPA_PLATFORM="offscreen")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}/usr/local/bin:/usr/bin:/bin"
-    return env
 
 
 def test_plugin_imports_under_its_installed_name(plugins_dir: Path) -> None:

@@ -1,0 +1,87 @@
+"""End to end through `qgis_process.bin`, as `make demo` and scripts use it: a fresh profile,
+the plugin enabled, and only PATH pointing at the venv (no STACK_SEGMENTER_PYTHON)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from qgis_helpers import QGIS_PROCESS, SIZE, TILE, TinyData, qgis_process_env
+
+
+@pytest.fixture(scope="module")
+def env(plugins_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """A throwaway profile with the plugin enabled."""
+    environment = qgis_process_env(plugins_dir, tmp_path_factory.mktemp("qgis_profile"))
+    enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "stack_segmenter"], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert enable.returncode == 0, enable.stderr[-2000:]
+    return environment
+
+
+def run_json(env: Dict[str, str], alg: str, params: Dict[str, Any]) -> Dict[str, Any]:
+    """`qgis_process.bin run ALG --json -- KEY=VALUE ...` -> its JSON (fails with stderr's tail)."""
+    cmd: List[str] = [QGIS_PROCESS, "run", alg, "--json", "--", *(f"{k}={v}" for k, v in params.items())]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{alg} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_train_then_predict_under_qgis_process(env: Dict[str, str], tiny_data: TinyData, tmp_path: Path) -> None:
+    import rasterio
+
+    model = tmp_path / "model.pt"
+    trained = run_json(env, "stacksegmenter:trainsegmenter", {
+        "INPUT": tiny_data.raster, "LABELS": tiny_data.labels_shp, "OUTPUT_MODEL": model, "EPOCHS": 1,
+        "TILE_SIZE": TILE, "DEVICE": "cpu"})
+    results = trained["results"]
+    assert Path(results["OUTPUT_MODEL"]) == model and model.is_file()
+    assert results["EPOCHS_RUN"] == 1
+    assert isinstance(results["VAL_LOSS"], float)
+    # No folder given: a temporary one (QGIS removes its temporary files when qgis_process exits).
+    assert results["OUTPUT_FOLDER"] and "processing" in results["OUTPUT_FOLDER"]
+
+    prob = tmp_path / "probability.tif"
+    predicted = run_json(env, "stacksegmenter:predictprobabilitymap",
+                         {"INPUT": tiny_data.raster, "MODEL": model, "OUTPUT": prob})
+    assert Path(predicted["results"]["OUTPUT"]) == prob
+    with rasterio.open(prob) as src:
+        assert (src.width, src.height, src.count) == (SIZE, SIZE, 1)
+        data = src.read(1, masked=True)
+    assert 0.0 <= float(data.min()) <= float(data.max()) <= 1.0
+    assert data.mask[:8, :8].all(), "input nodata must stay nodata"
+    assert prob.with_suffix(".qml").is_file()
+
+
+def test_error_under_qgis_process_is_the_core_message(env: Dict[str, str], tiny_data: TinyData,
+                                                       tmp_path: Path) -> None:
+    params = {"INPUT": tiny_data.raster, "MODEL": tmp_path / "missing.pt", "OUTPUT": tmp_path / "p.tif"}
+    cmd = [QGIS_PROCESS, "run", "stacksegmenter:predictprobabilitymap", "--",
+           *(f"{k}={v}" for k, v in params.items())]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "missing.pt" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_shipped_model_runs_under_qgis_process(env: Dict[str, str], repo_root: Path, tiny_data: TinyData,
+                                               tmp_path: Path) -> None:
+    model3 = repo_root / "processing_models" / "train_predict_evaluate.model3"
+    out = run_json(env, str(model3), {
+        "INPUT": tiny_data.raster, "LABELS": tiny_data.labels_gpkg, "LABEL_FIELD": "label", "EPOCHS": 1,
+        "TILE_SIZE": TILE, "train:MODEL_FILE": tmp_path / "model.pt",
+        "predict:PROBABILITY_MAP": tmp_path / "probability.tif",
+        "evaluate:EVALUATION_FOLDER": tmp_path / "evaluation"})
+    results = out["results"]
+    assert Path(results["train:MODEL_FILE"]).is_file()
+    assert Path(results["predict:PROBABILITY_MAP"]).is_file()
+    folder = Path(results["evaluate:EVALUATION_FOLDER"])
+    metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
+    assert metrics["n_deposits"] == len(tiny_data.positives)
+    assert (folder / "summary.html").is_file() and (folder / "success_rate.png").is_file()
+    # The model's checkpoint reached the evaluation: the held-out split was scored.
+    assert "prediction_rate_auc" in metrics
