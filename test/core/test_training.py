@@ -319,3 +319,12 @@ def test_out_of_memory_is_a_resource_error_suggesting_smaller_work(tiny_stack, t
 
     with pytest.raises(ResourceError, match="smaller --tile_size or --batch_size"):
         train(_config(tiny_stack, tiny_points, tmp_path, models=["unet_sc1_layers1_e2000000"], num_epochs=1))
+
+
+def test_checkpoint_path_overrides_the_default_location(tiny_stack, tiny_points, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "model.pt"
+    res = train(_config(tiny_stack, tiny_points, tmp_path / "out", num_epochs=1, checkpoint_path=str(target)))
+    assert res["models"][TINY]["checkpoint"] == str(target)
+    assert load_checkpoint(target)["epoch"] == 1
+    assert not (tmp_path / "out" / TINY / "checkpoint.pt").exists()
+    assert (tmp_path / "out" / TINY / "metrics.json").is_file()
