@@ -59,24 +59,45 @@ class Strip:
     final_end: int
 
 
-def plan_strips(height: int, width: int, tile: Tuple[int, int], stride: Tuple[int, int]) -> List[Strip]:
-    """Groups the window grid (raster.iter_windows) into strips; says which rows each finalises.
+def grid_origins(size: int, tile: int, step: int) -> List[int]:
+    """Origins 0, step, 2 step, ... until a window reaches the far edge (it may pass it: padded).
 
-    A raster smaller than a tile gets one window at 0 reaching past the edge (padded).
+    A regular grid keeps every window on the same pooling lattice as a single whole-raster
+    window (the step is a multiple of the model's downsampling), which is what makes tiled
+    predictions match an untiled one; edge-aligned last windows would break that.
     """
-    from .raster import iter_windows
+    if size <= tile:
+        return [0]
+    return [i * step for i in range(math.ceil((size - tile) / step) + 1)]
 
-    by_row: Dict[int, List[int]] = {}
-    for row, col in iter_windows(height, width, tile, stride):
-        by_row.setdefault(row, []).append(col)
-    rows = sorted(by_row)
+
+def plan_strips(height: int, width: int, tile: Tuple[int, int], stride: Tuple[int, int]) -> List[Strip]:
+    """Groups the window grid into strips (rows of windows); says which rows each finalises.
+
+    Windows lie on a regular grid from the top-left corner (see ``grid_origins``); the last
+    row/column of windows may reach past the raster (read padded, invalid there). A raster
+    smaller than a tile gets one window at 0.
+    """
+    rows = grid_origins(height, tile[0], stride[0])
+    cols = tuple(grid_origins(width, tile[1], stride[1]))
     ends = rows[1:] + [height]
-    return [Strip(r, tuple(sorted(by_row[r])), min(e, height)) for r, e in zip(rows, ends)]
+    return [Strip(r, cols, min(e, height)) for r, e in zip(rows, ends)]
 
 
-def stride_for(tile: Tuple[int, int], overlap: float) -> Tuple[int, int]:
-    """Step between windows so that neighbours share ``overlap`` of a tile."""
-    return (max(1, int(round(tile[0] * (1.0 - overlap)))), max(1, int(round(tile[1] * (1.0 - overlap)))))
+def stride_for(tile: Tuple[int, int], overlap: float, multiple: int = 1) -> Tuple[int, int]:
+    """Step between windows so that neighbours share about ``overlap`` of a tile.
+
+    The step is rounded down to a multiple of ``multiple`` (the model's downsampling factor)
+    so every window sits on the same pooling lattice.
+    """
+
+    def one(t: int) -> int:
+        step = max(1, int(round(t * (1.0 - overlap))))
+        if multiple > 1 and step > multiple:
+            step -= step % multiple
+        return step
+
+    return (one(tile[0]), one(tile[1]))
 
 
 def ramp_1d(n: int, ramp: int) -> np.ndarray:
@@ -636,7 +657,7 @@ def predict(
     multiple = 1 if spec.spherical else spec.scale ** spec.layers
     runner = TorchRunner(model, encoder_from_checkpoint(ckpt), device, amp, multiple)
     tile = _choose_tile(config, ckpt, info, spec.spherical, cb.log)
-    stride = stride_for(tile, config.overlap)
+    stride = stride_for(tile, config.overlap, multiple)
     how = "whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"
     cb.log(f"predicting {info.width} x {info.height} px with {spec.name} on {device}: {how}")
     tmp = _temp_output(out)

@@ -70,13 +70,20 @@ def write_map(path: Path, height: int, width: int, tile: Tuple[int, int], overla
         return src.read(1), stats, writer
 
 
-def test_window_origins_cover_and_align_to_the_edge() -> None:
+def test_window_origins_form_a_regular_grid_that_covers_the_raster() -> None:
     assert [s.row0 for s in plan_strips(10, 10, (32, 32), (24, 24))] == [0]
     assert plan_strips(10, 10, (32, 32), (24, 24))[0].final_end == 10
     strips = plan_strips(100, 50, (32, 32), (24, 24))
-    assert [s.row0 for s in strips] == [0, 24, 48, 68]
-    assert [s.final_end for s in strips] == [24, 48, 68, 100]
-    assert strips[0].cols == (0, 18)
+    assert [s.row0 for s in strips] == [0, 24, 48, 72]  # the last window passes the edge (padded)
+    assert [s.final_end for s in strips] == [24, 48, 72, 100]
+    assert strips[0].cols == (0, 24)
+
+
+def test_stride_is_a_multiple_of_the_model_downsampling() -> None:
+    """Windows on one pooling lattice: the step is rounded down to the model's multiple."""
+    assert stride_for((128, 128), 0.25) == (96, 96)
+    assert stride_for((100, 72), 0.25, multiple=16) == (64, 48)
+    assert stride_for((8, 8), 0.25, multiple=16) == (6, 6)
 
 
 def test_window_weight_is_smooth_positive_and_flat_in_the_centre() -> None:
