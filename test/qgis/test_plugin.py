@@ -3,8 +3,9 @@ registration (and removal), the settings, and `qgis_process.bin list` in a fresh
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Iterator
 
 import pytest
 
@@ -23,52 +24,56 @@ def test_plugin_imports_under_its_installed_name(plugins_dir: Path) -> None:
     assert callable(stack_segmenter.classFactory)
 
 
-def test_class_factory_registers_and_unloads_provider(qgis_processing: None) -> None:
+@contextmanager
+def without_session_plugin(session_plugin: Any) -> Iterator[None]:
+    """Unloads the session's plugin so a test can load its own, and restores it afterwards."""
+    session_plugin.unload()
+    try:
+        yield
+    finally:
+        session_plugin.initProcessing()
+
+
+def test_class_factory_registers_and_unloads_provider(plugin: Any) -> None:
     from qgis.core import QgsApplication
 
     import stack_segmenter
 
     registry = QgsApplication.processingRegistry()
-    existing = registry.providerById("stacksegmenter")
-    if existing is not None:  # the session's shared plugin (conftest) may be loaded already
-        registry.removeProvider(existing)
-    plugin = stack_segmenter.classFactory(None)  # qgis_process passes no iface
-    plugin.initProcessing()
-    plugin.initProcessing()  # the desktop calls it again from initGui: still one provider
-    provider = registry.providerById("stacksegmenter")
-    try:
-        assert provider is not None
-        assert provider.name() == "Stack Segmenter"
-        assert provider.svgIconPath().endswith(".svg") and Path(provider.svgIconPath()).is_file()
-        assert not provider.icon().isNull()
-        ids = {a.id() for a in provider.algorithms()}
-        assert ALGORITHM_IDS <= ids
-        assert "stacksegmenter:trainpredictevaluate" in ids  # the shipped .model3
-        assert registry.algorithmById("stacksegmenter:trainsegmenter") is not None
-    finally:
-        plugin.unload()
-    assert registry.providerById("stacksegmenter") is None
-    if existing is not None:
-        registry.addProvider(type(existing)())
+    with without_session_plugin(plugin):
+        assert registry.providerById("stacksegmenter") is None
+        instance = stack_segmenter.classFactory(None)  # qgis_process passes no iface
+        instance.initProcessing()
+        instance.initProcessing()  # the desktop calls it again from initGui: still one provider
+        try:
+            provider = registry.providerById("stacksegmenter")
+            assert provider is not None and provider is instance.provider
+            assert provider.name() == "Stack Segmenter"
+            assert provider.svgIconPath().endswith(".svg") and Path(provider.svgIconPath()).is_file()
+            assert not provider.icon().isNull()
+            ids = {a.id() for a in provider.algorithms()}
+            assert ALGORITHM_IDS <= ids
+            assert "stacksegmenter:trainpredictevaluate" in ids  # the shipped .model3
+            assert registry.algorithmById("stacksegmenter:trainsegmenter") is not None
+        finally:
+            instance.unload()
+        assert registry.providerById("stacksegmenter") is None
 
 
-def test_init_gui_with_iface(qgis_processing: None, qgis_iface: Any) -> None:
+def test_init_gui_with_iface(plugin: Any, qgis_iface: Any) -> None:
     from qgis.core import QgsApplication
 
     import stack_segmenter
 
     registry = QgsApplication.processingRegistry()
-    existing = registry.providerById("stacksegmenter")
-    if existing is not None:
-        registry.removeProvider(existing)
-    plugin = stack_segmenter.classFactory(qgis_iface)
-    plugin.initGui()
-    try:
-        assert registry.providerById("stacksegmenter") is not None
-    finally:
-        plugin.unload()
-        if existing is not None:
-            registry.addProvider(type(existing)())
+    with without_session_plugin(plugin):
+        instance = stack_segmenter.classFactory(qgis_iface)
+        instance.initGui()
+        try:
+            assert registry.providerById("stacksegmenter") is instance.provider is not None
+        finally:
+            instance.unload()
+        assert registry.providerById("stacksegmenter") is None
 
 
 def test_worker_python_setting_is_registered(plugin: Any) -> None:
