@@ -6,6 +6,7 @@ turns layers into files the worker can read and runs the worker (see worker.py).
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -46,6 +47,9 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
 
     #: Shown first in the help panel (subclasses set it, already in English; tr() applies).
     SUMMARY = ""
+    #: Command-line flags of the core -> this tool's parameter ids, so a core message that names a
+    #: flag ("e.g. --positive_values water") also names the field the user sees in the dialog.
+    FLAGS: Dict[str, str] = {}
 
     def tr(self, text: str) -> str:  # noqa: D401 - Qt convention
         """Translates user-visible text (context: the plugin)."""
@@ -169,4 +173,19 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         feedback = feedback or QgsProcessingFeedback()
         python = python or self.worker_python()
         feedback.pushInfo(self.tr("Worker Python: {}").format(python))
-        return worker.run_worker(python, command, args, feedback, on_metric)
+        try:
+            return worker.run_worker(python, command, args, feedback, on_metric)
+        except QgsProcessingException as exc:
+            hint = self.parameter_hint(str(exc))
+            if not hint:
+                raise
+            raise QgsProcessingException(f"{exc}\n{hint}") from None
+
+    def parameter_hint(self, message: str) -> str:
+        """'--positive_values is the parameter "Positive values" (POSITIVE_VALUES)' for flags in a message."""
+        hints = []
+        for flag, name in self.FLAGS.items():
+            param = self.parameterDefinition(name)
+            if param is not None and re.search(re.escape(flag) + r"\b", message):
+                hints.append(self.tr('{} is the parameter "{}" ({})').format(flag, param.description(), name))
+        return "; ".join(hints)

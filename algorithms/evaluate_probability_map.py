@@ -49,6 +49,12 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_HTML = "OUTPUT_HTML"
 
+    FLAGS = {
+        "--probability_map": PROBABILITY_MAP, "--labels": LABELS, "--shapefile_path": LABELS,
+        "--label_column": LABEL_FIELD, "--positive_values": POSITIVE_VALUES, "--point_buffer": POINT_BUFFER,
+        "--mask_path": MASK, "--checkpoint": MODEL, "--output_dir": OUTPUT_FOLDER,
+    }
+
     SUMMARY = (
         "Scores a probability map against known deposits or labels: ROC AUC and PR AUC over pixels, the "
         "success-rate curve (share of deposits captured against share of area, highest probability first) and "

@@ -1,6 +1,7 @@
 """Processing algorithm "Predict probability map": trained model + raster stack -> styled GeoTIFF."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from qgis.core import (
@@ -35,6 +36,12 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     DEVICE = "DEVICE"
     SPHERICAL = "SPHERICAL"
     OUTPUT = "OUTPUT"
+
+    FLAGS = {
+        "--checkpoint": MODEL, "--raster_path": INPUT, "--output_path": OUTPUT, "--mask_path": MASK,
+        "--tile_size": TILE_SIZE, "--overlap": OVERLAP, "--batch_size": BATCH_SIZE, "--device": DEVICE,
+        "--spherical": SPHERICAL,
+    }
 
     SUMMARY = (
         "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "
@@ -77,6 +84,9 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         python = self.worker_python()
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        stale_stats = Path(output + ".aux.xml")  # GDAL's cached statistics of a map we are replacing
+        if stale_stats.is_file():
+            stale_stats.unlink()
         args = self._args(parameters, context, feedback, output)
         result = self.run_core("predict", args, feedback, python)
         written = str(result.get("output_path") or output)

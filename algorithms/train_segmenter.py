@@ -68,6 +68,17 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS_RUN = "EPOCHS_RUN"
 
+    FLAGS = {
+        "--raster_path": INPUT, "--shapefile_path": LABELS, "--labels": LABELS, "--label_column": LABEL_FIELD,
+        "--positive_values": POSITIVE_VALUES, "--mask_path": MASK, "--models": ARCHITECTURE,
+        "--num_epochs": EPOCHS, "--batch_size": BATCH_SIZE, "--learning_rate": LEARNING_RATE,
+        "--tile_size": TILE_SIZE, "--stride": STRIDE, "--val_fraction": VAL_FRACTION,
+        "--point_buffer": POINT_BUFFER, "--seed": SEED, "--device": DEVICE, "--amp_mode": AMP_MODE,
+        "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
+        "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
+        "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
+    }
+
     SUMMARY = (
         "Trains a segmentation network (one architecture per run) on a multi-band raster stack with point or "
         "polygon labels, e.g. known mineral deposits, landslides or water bodies. Validation uses spatially "

@@ -234,6 +234,7 @@ def test_core_errors_become_processing_exceptions(plugin: Any, tiny_data: TinyDa
         processing.run("stacksegmenter:trainsegmenter", params)
     message = str(info.value)
     assert "positive" in message.lower() and "kind" in message
+    assert '"Positive values" (POSITIVE_VALUES)' in message  # the core's flag, named as the dialog shows it
     assert "Traceback" not in message
 
 
