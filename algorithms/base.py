@@ -20,7 +20,9 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsRasterFileWriter,
     QgsRasterLayer,
+    QgsRasterNuller,
     QgsRasterPipe,
+    QgsRasterRange,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -29,6 +31,8 @@ from . import worker
 HOMEPAGE = "https://github.com/stack-segmenter/stack_segmenter"
 #: Key of the provider setting "Worker Python" (Processing > Options > Providers).
 WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
+#: The value QGIS's raster calculator writes where there is no data (-FLT_MAX).
+CALCULATOR_NODATA = -3.4028234663852886e38
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
 
 
@@ -111,10 +115,18 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         pipe = QgsRasterPipe()
         if not pipe.set(provider.clone()):
             raise QgsProcessingException(self.tr("Cannot read the raster layer {}").format(layer.name()))
+        undeclared = [b for b in range(1, provider.bandCount() + 1) if not provider.sourceHasNoDataValue(b)]
+        if undeclared:
+            # Providers without a declared nodata (e.g. QGIS's virtual raster calculator) fill it with
+            # -FLT_MAX; declare that as nodata in the copy so the worker masks it.
+            nuller = QgsRasterNuller()
+            for band in undeclared:
+                nuller.setNoData(band, [QgsRasterRange(CALCULATOR_NODATA, CALCULATOR_NODATA)])
+            pipe.insert(1, nuller)
         writer = QgsRasterFileWriter(path)
         writer.setOutputFormat("GTiff")
         error = writer.writeRaster(pipe, provider.xSize(), provider.ySize(), provider.extent(), provider.crs(),
-                                   context.transformContext(), feedback)
+                                   context.transformContext())
         if error != QgsRasterFileWriter.WriterError.NoError:
             raise QgsProcessingException(
                 self.tr("Could not write {} to a temporary GeoTIFF (error {}); save it as a GeoTIFF and use that")

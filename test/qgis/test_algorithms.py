@@ -355,3 +355,33 @@ def test_memory_layer_with_selected_features(plugin: Any, tiny_data: TinyData, t
         QgsProject.instance().removeMapLayer(layer.id())
     assert Path(result["OUTPUT_MODEL"]).is_file()
     assert any("8 positive / 12 negative" in line for line in feedback.infos), feedback.infos[:5]
+
+
+def test_non_gdal_raster_is_copied_for_the_worker(plugin: Any, predicted: Dict[str, Any], tiny_data: TinyData,
+                                                  tmp_path: Path) -> None:
+    """A virtual raster (QGIS's on-the-fly raster calculator) reaches the worker as a GeoTIFF copy."""
+    import processing
+    from qgis.core import QgsRasterDataProvider, QgsRasterLayer
+
+    source = QgsRasterLayer(predicted["OUTPUT"], "p", "gdal")
+    params = QgsRasterDataProvider.VirtualRasterParameters()
+    params.crs, params.extent, params.width, params.height = source.crs(), source.extent(), SIZE, SIZE
+    params.formula = '"p@1"'
+    layer_input = QgsRasterDataProvider.VirtualRasterInputLayers()
+    layer_input.name, layer_input.provider, layer_input.uri = "p", "gdal", source.source()
+    params.rInputLayers = [layer_input]
+    virtual = QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(params), "virtual", "virtualraster")
+    assert virtual.isValid() and virtual.providerType() == "virtualraster"
+
+    def evaluate(probability_map: Any, folder: str) -> Any:
+        feedback = RecordingFeedback.make()
+        result = processing.run("stacksegmenter:evaluateprobabilitymap", {
+            "PROBABILITY_MAP": probability_map, "LABELS": str(tiny_data.labels_shp), "LABEL_FIELD": "label",
+            "OUTPUT_FOLDER": str(tmp_path / folder)}, feedback=feedback)
+        return result, feedback
+
+    from_virtual, feedback = evaluate(virtual, "virtual")
+    from_file, _ = evaluate(predicted["OUTPUT"], "file")
+    assert any("temporary GeoTIFF" in line for line in feedback.infos)
+    assert from_virtual["ROC_AUC"] == pytest.approx(from_file["ROC_AUC"], abs=1e-6)
+    assert from_virtual["SUCCESS_RATE_AUC"] == pytest.approx(from_file["SUCCESS_RATE_AUC"], abs=1e-6)
