@@ -201,7 +201,8 @@ class PredictConfig(_JsonConfig):
 
     ``model_name``, ``in_channels`` and ``num_classes`` are read from the checkpoint; when
     given they must agree with it. ``tile_size`` None = the tile the model was trained with.
-    ``overlap`` is the fraction of a tile shared by neighbouring windows.
+    ``overlap`` is the least fraction of a tile shared by neighbouring windows (more when the
+    model needs the context for seamless blending, at most half a tile).
     """
 
     checkpoint: str = ""
