@@ -109,7 +109,7 @@ def ensure_torch(python: str) -> None:
         return
     try:
         proc = subprocess.run([python, "-c", "import torch"], cwd=str(PLUGIN_DIR), capture_output=True,
-                              text=True, timeout=120, creationflags=_hidden_window_flags())
+                              text=True, timeout=120, env=worker_env(python), creationflags=_hidden_window_flags())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise QgsProcessingException(f"The worker Python {python} could not be started ({exc}).\n"
                                      + install_instructions(python)) from None
@@ -120,6 +120,25 @@ def ensure_torch(python: str) -> None:
             "torch and torch-harmonics there.\n" + install_instructions(python)
         )
     _TORCH_OK[python] = True
+
+
+def _same_path(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def worker_env(python: str) -> Dict[str, str]:
+    """The worker's environment: QGIS's, minus QGIS's Python paths when another Python runs it.
+
+    (OSGeo4W sets PYTHONHOME/PYTHONPATH for QGIS's own Python; a conda or venv Python given
+    as "Worker Python" would otherwise load QGIS's standard library and fail.)
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    own = default_python()
+    # abspath, not realpath: a venv's python is a symlink to the base interpreter yet another environment
+    if own is None or _same_path(python) != _same_path(own):
+        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONPATH", None)
+    return env
 
 
 # ----------------------------------------------------------------------------- running
@@ -168,7 +187,7 @@ class WorkerRun:
         return self._finish(code)
 
     def _start(self) -> "subprocess.Popen[str]":
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        env = worker_env(self.cmd[0])
         try:
             return subprocess.Popen(self.cmd, cwd=str(PLUGIN_DIR), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env,

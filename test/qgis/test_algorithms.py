@@ -290,9 +290,9 @@ def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyD
 
 
 def test_check_environment_reports_the_venv(plugin: Any, tmp_path: Path) -> None:
-    import processing
-    import torch_harmonics  # noqa: F401 - only to know what the venv holds (not imported by the plugin)
     from importlib import metadata
+
+    import processing
 
     report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
     assert Path(report["PYTHON"]).parent == Path(sys.executable).parent
@@ -322,6 +322,20 @@ def test_worker_python_resolution_order(plugin: Any, monkeypatch: pytest.MonkeyP
         assert configured_worker_python() == sys.executable
     finally:
         ProcessingConfig.setSettingValue(WORKER_PYTHON_SETTING, old or "")
+
+
+def test_worker_env_drops_qgis_python_paths_for_another_python(plugin: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack_segmenter.algorithms import worker
+
+    monkeypatch.setenv("PYTHONHOME", "/qgis/apps/Python39")
+    monkeypatch.setenv("PYTHONPATH", "/qgis/python")
+    own = worker.default_python()
+    assert own is not None
+    kept = worker.worker_env(own)
+    assert kept["PYTHONHOME"] == "/qgis/apps/Python39" and kept["PYTHONUNBUFFERED"] == "1"
+    other = worker.worker_env("/usr/bin/python3" if own != "/usr/bin/python3" else sys.executable)
+    assert "PYTHONHOME" not in other and "PYTHONPATH" not in other
 
 
 def test_memory_layer_with_selected_features(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:

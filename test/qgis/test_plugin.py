@@ -2,7 +2,10 @@
 registration (and removal), the settings, and `qgis_process.bin list` in a fresh profile."""
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -97,3 +100,26 @@ def test_qgis_process_lists_the_provider(plugins_dir: Path, tmp_path: Path) -> N
     assert "Stack Segmenter" in listing.stdout
     for alg_id in ALGORITHM_IDS | {"stacksegmenter:trainpredictevaluate"}:
         assert alg_id in listing.stdout
+
+
+def test_plugin_never_imports_torch(plugins_dir: Path) -> None:
+    """QGIS must stay torch-free: loading the plugin and its tools imports no torch."""
+    code = ("import sys\n"
+            "import stack_segmenter.provider, stack_segmenter.plugin\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_harmonics')))\n")
+    env = {**os.environ, "PYTHONPATH": str(plugins_dir), "QT_QPA_PLATFORM": "offscreen"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_algorithms_never_touch_the_project_or_iface(repo_root: Path) -> None:
+    """processAlgorithm runs on a worker thread and under qgis_process: no QgsProject.instance(), no iface."""
+    offenders = []
+    for path in list((repo_root / "algorithms").glob("*.py")) + [repo_root / "provider.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "instance" and getattr(node.value, "id", "") == "QgsProject":
+                offenders.append(f"{path.name}:{node.lineno} QgsProject.instance")
+            if isinstance(node, ast.Name) and node.id == "iface":
+                offenders.append(f"{path.name}:{node.lineno} iface")
+    assert offenders == []
