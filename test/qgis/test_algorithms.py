@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -248,7 +249,7 @@ def test_worker_exit_without_error_event_shows_stderr(plugin: Any) -> None:
     assert "exit code 1" in str(info.value) and "invalid choice" in str(info.value)
 
 
-def test_cancel_stops_training_and_keeps_the_checkpoint(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
+def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
     import processing
     from qgis.core import QgsProcessingException
 
@@ -264,6 +265,15 @@ def test_cancel_stops_training_and_keeps_the_checkpoint(plugin: Any, tiny_data: 
     assert Path(params["OUTPUT_MODEL"]).is_file(), "the last good checkpoint must stay"
     assert str(params["OUTPUT_MODEL"]) in str(info.value)
     assert stopped - started < 120
+
+    # RESUME continues from that checkpoint up to EPOCHS in all.
+    feedback = RecordingFeedback.make()
+    result = processing.run("stacksegmenter:trainsegmenter", {**params, "EPOCHS": 3, "RESUME": True},
+                            feedback=feedback)
+    resumed = [re.search(r"after epoch (\d+)", line) for line in feedback.infos if line.startswith("resuming")]
+    assert resumed and resumed[0], feedback.infos[:6]
+    saved_epoch = int(resumed[0].group(1))
+    assert 1 <= saved_epoch < 3 and result["EPOCHS_RUN"] == 3 - saved_epoch
 
 
 def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyData, tmp_path: Path,
