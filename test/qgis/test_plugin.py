@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 
 from qgis_helpers import QGIS_PROCESS, qgis_process_env
 
