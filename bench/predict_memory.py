@@ -58,30 +58,52 @@ def make_checkpoint(stack: Path, model_name: str, out: Path, tile: Tuple[int, in
     return {"checkpoint": str(out), "in_channels": encoder.out_channels}
 
 
+def predict_batches(ckpt: Dict[str, Any], height: int, width: int, tile: Tuple[int, int], overlap: float,
+                    batch: int) -> List[Tuple[int, int, int]]:
+    """(windows, height, width) of every model call predict() makes, as the model sees them.
+
+    Built from core.predict's own planning functions (stride with the model's multiple and
+    context, strip plan, windows clipped at the raster edge, batches of equal width), then
+    padded to the model's multiple as its runner pads them.
+    """
+    from core.models.catalog import parse_model_name
+    from core.predict import _batches, model_context, plan_strips, stride_for
+
+    spec = parse_model_name(str(ckpt["model_name"]))
+    multiple = 1 if spec.spherical else spec.scale ** spec.layers
+    stride = stride_for(tile, overlap, multiple, model_context(spec.arch, spec.scale, spec.layers))
+
+    def padded(n: int) -> int:
+        return n + (-n) % multiple
+
+    out: List[Tuple[int, int, int]] = []
+    for strip in plan_strips(height, width, tile, stride):
+        h = min(tile[0], height - strip.row0)
+        for cols in _batches(strip.cols, width, tile[1], batch):
+            out.append((len(cols), padded(h), padded(min(tile[1], width - cols[0]))))
+    return out
+
+
 def forward_only(checkpoint: Path, height: int, width: int, tile: Tuple[int, int], overlap: float, batch: int,
                  device: str) -> Dict[str, Any]:
-    """Times the model alone over the windows predict() runs (its own strip plan and batching)."""
+    """Times the model alone over the windows predict() runs, on random input of their shapes."""
     import torch
 
     from core.checkpoint import build_model_from_checkpoint, encoder_from_checkpoint, load_checkpoint
-    from core.predict import plan_strips, stride_for
 
     ckpt = load_checkpoint(str(checkpoint))
     model = build_model_from_checkpoint(ckpt).to(device).eval()
     channels = encoder_from_checkpoint(ckpt).out_channels
-    batches: List[int] = []
-    for strip in plan_strips(height, width, tile, stride_for(tile, overlap)):
-        n = len(strip.cols)
-        batches += [batch] * (n // batch) + ([n % batch] if n % batch else [])
-    inputs = {b: torch.randn(b, channels, tile[0], tile[1], device=device) for b in set(batches)}
+    batches = predict_batches(ckpt, height, width, tile, overlap, batch)
+    inputs = {shape: torch.randn(shape[0], channels, shape[1], shape[2], device=device) for shape in set(batches)}
     with torch.inference_mode():
-        model(inputs[batches[0]])  # warm-up, as predict()'s first batch also pays it
+        model(inputs[batches[0]])  # warm-up (predict() ran just before in this process anyway)
         sync_device(device)
         start = time.perf_counter()
-        for b in batches:
-            model(inputs[b])
+        for shape in batches:
+            model(inputs[shape])
         sync_device(device)
-    return {"forward_s": round(time.perf_counter() - start, 3), "forward_windows": sum(batches)}
+    return {"forward_s": round(time.perf_counter() - start, 3), "forward_windows": sum(b[0] for b in batches)}
 
 
 def run_predict(params: Dict[str, Any]) -> Dict[str, Any]:
