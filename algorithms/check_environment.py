@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from . import worker
-from .base import StackSegmenterAlgorithm
+from .base import StackSegmenterAlgorithm, configured_worker_python
 
 #: Packages the worker cannot run without (the others only limit features).
 REQUIRED = ("torch", "rasterio", "geopandas", "numpy")
@@ -63,8 +63,10 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        python = self.worker_python(require_torch=False)
+        python, source = worker.choose_python(configured_worker_python())
+        feedback.pushInfo(self.tr("The worker Python comes from {}").format(source))
         report = self.run_core("check-env", [], feedback, python)
+        report["chosen_by"] = source
         packages: Dict[str, Optional[str]] = report.get("packages") or {}
         problems: List[str] = list(report.get("problems") or [])
         fix = worker.install_instructions(python) if any(not packages.get(p) for p in REQUIRED + ("torch_harmonics",)) else ""
@@ -94,7 +96,8 @@ def write_report_html(path: Path, python: str, report: Dict[str, Any], problems:
                    for name, version in packages.items())
     gpus = ", ".join(report.get("gpus") or []) or "none usable"
     body = (f"<h2>Stack Segmenter environment</h2><p>Worker Python: <code>{html.escape(python)}</code> "
-            f"(Python {html.escape(str(report.get('python_version', '?')))})</p>"
+            f"(Python {html.escape(str(report.get('python_version', '?')))}), chosen by "
+            f"{html.escape(str(report.get('chosen_by', '?')))}</p>"
             f"<table border='1' cellpadding='4' cellspacing='0'><tr><th>package</th><th>version</th></tr>{rows}"
             f"</table><p>GPU: {html.escape(gpus)}</p>")
     if problems:

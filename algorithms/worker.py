@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
@@ -59,8 +59,8 @@ def default_python() -> Optional[str]:
     return None
 
 
-def resolve_python(setting: Optional[str]) -> str:
-    """Which Python runs the worker: the provider setting, STACK_SEGMENTER_PYTHON, the default.
+def choose_python(setting: Optional[str]) -> Tuple[str, str]:
+    """(python, where the choice came from): the provider setting, STACK_SEGMENTER_PYTHON, the default.
 
     Raises QgsProcessingException when the chosen path does not exist.
     """
@@ -73,7 +73,7 @@ def resolve_python(setting: Optional[str]) -> str:
                     f"executable that has torch (Processing > Options > Providers > Stack Segmenter > Worker "
                     f"Python), or clear it to use the Python QGIS runs in."
                 )
-            return shutil.which(path) or path
+            return shutil.which(path) or path, source
     found = default_python()
     if not found:
         raise QgsProcessingException(
@@ -81,7 +81,12 @@ def resolve_python(setting: Optional[str]) -> str:
             f"Providers > Stack Segmenter > Worker Python (or the variable {ENV_VAR}) to a python executable "
             "that has torch and torch-harmonics."
         )
-    return found
+    return found, "the Python of the environment QGIS runs in"
+
+
+def resolve_python(setting: Optional[str]) -> str:
+    """Which Python runs the worker (see choose_python)."""
+    return choose_python(setting)[0]
 
 
 def install_instructions(python: str) -> str:

@@ -295,7 +295,7 @@ def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyD
     assert report["PYTHON"] == bare or Path(report["PYTHON"]).resolve() == Path(bare).resolve()
     assert report["TORCH_VERSION"] == "" and report["PROBLEMS"] >= 1
     html = (tmp_path / "env.html").read_text(encoding="utf-8")
-    assert "MISSING" in html and "pip install torch" in html
+    assert "MISSING" in html and "pip install torch" in html and "chosen by STACK_SEGMENTER_PYTHON" in html
 
 
 def test_check_environment_reports_the_venv(plugin: Any, tmp_path: Path) -> None:
