@@ -110,9 +110,27 @@ def build() -> QgsProcessingModelAlgorithm:
     return model
 
 
+def register_plugin() -> object:
+    """Loads this plugin as `stack_segmenter`, so the model stores its tools' output definitions.
+
+    Returns the plugin object: keep it referenced, the provider lives only as long as it does.
+    """
+    import tempfile
+
+    plugins = Path(tempfile.mkdtemp(prefix="stack_segmenter_plugins_"))
+    (plugins / "stack_segmenter").symlink_to(HERE.parent, target_is_directory=True)
+    sys.path.insert(0, str(plugins))
+    import stack_segmenter
+
+    plugin = stack_segmenter.classFactory(None)
+    plugin.initProcessing()
+    return plugin
+
+
 if __name__ == "__main__":
     app = QgsApplication([], False)
     app.initQgis()
+    plugin = register_plugin()
     target = HERE / "train_predict_evaluate.model3"
     ok = build().toFile(str(target))
     print(f"{'wrote' if ok else 'FAILED to write'} {target}")

@@ -9,6 +9,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from xml.etree import ElementTree
 
 
 from qgis_helpers import QGIS_PROCESS, qgis_process_env
@@ -122,3 +123,19 @@ def test_algorithms_never_touch_the_project_or_iface(repo_root: Path) -> None:
             if isinstance(node, ast.Name) and node.id == "iface":
                 offenders.append(f"{path.name}:{node.lineno} iface")
     assert offenders == []
+
+
+def test_shipped_model_matches_its_generator(plugin: Any, repo_root: Path, tmp_path: Path) -> None:
+    """The committed .model3 is exactly what processing_models/make_train_predict_evaluate.py writes."""
+    import importlib.util
+
+    script = repo_root / "processing_models" / "make_train_predict_evaluate.py"
+    spec = importlib.util.spec_from_file_location("make_train_predict_evaluate", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = tmp_path / "fresh.model3"
+    assert module.build().toFile(str(fresh))
+    shipped = repo_root / "processing_models" / "train_predict_evaluate.model3"
+    # Qt writes XML attributes in a random order: compare canonical XML (C14N sorts them).
+    canonical = [ElementTree.canonicalize(p.read_text(encoding="utf-8"), strip_text=True) for p in (fresh, shipped)]
+    assert canonical[0] == canonical[1]
