@@ -256,8 +256,9 @@ class WorkerRun:
             self.error = event
 
     def _handle_metric(self, values: Dict[str, Any]) -> None:
+        # The core also logs a readable line per epoch; the raw numbers go to the debug log.
         text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        self.feedback.pushInfo(text)
+        self.feedback.pushDebugInfo(text)
         if self.on_metric is not None:
             self.on_metric(values)
 

@@ -66,6 +66,9 @@ class RecordingFeedback:
                     self.cancel()
                 super().pushInfo(info)
 
+            def pushDebugInfo(self, info: str) -> None:  # noqa: N802 (Qt API) - metric events land here
+                self.pushInfo(info)
+
             def setProgress(self, progress: float) -> None:  # noqa: N802 (Qt API)
                 self.progress_values.append(progress)
                 super().setProgress(progress)
@@ -259,6 +262,8 @@ def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin:
         processing.run("stacksegmenter:trainsegmenter", params, feedback=feedback)
     stopped = time.monotonic()
     assert feedback.cancelled_at > 0, "no epoch finished before the run ended"
+    assert any(line.startswith("model unet_sc2_layers4_e32, epoch 1, train_loss") for line in feedback.infos)
+    assert 0 < max(feedback.progress_values) < 100  # the bar moved, the run did not finish
     assert stopped - feedback.cancelled_at < 12.0, "the worker did not stop within a few seconds"
     assert "Cancelled" in str(info.value)
     assert Path(params["OUTPUT_MODEL"]).is_file(), "the last good checkpoint must stay"
