@@ -25,9 +25,11 @@ from qgis.core import (
     QgsRasterRange,
 )
 from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
 
 from . import worker
 
+ICONS_DIR = Path(__file__).resolve().parent.parent / "icons"
 HOMEPAGE = "https://github.com/stack-segmenter/stack_segmenter"
 #: Key of the provider setting "Worker Python" (Processing > Options > Providers).
 WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
@@ -51,6 +53,8 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
 
     #: Shown first in the help panel (subclasses set it, already in English; tr() applies).
     SUMMARY = ""
+    #: File name of the tool's icon in icons/.
+    ICON = "stack_segmenter.svg"
     #: Command-line flags of the core -> this tool's parameter ids, so a core message that names a
     #: flag ("e.g. --positive_values water") also names the field the user sees in the dialog.
     FLAGS: Dict[str, str] = {}
@@ -67,6 +71,12 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
 
     def groupId(self) -> str:  # noqa: N802 (Qt API)
         return "deeplearning"
+
+    def icon(self) -> QIcon:
+        return QIcon(self.svgIconPath())
+
+    def svgIconPath(self) -> str:  # noqa: N802 (Qt API)
+        return str(ICONS_DIR / self.ICON)
 
     def helpUrl(self) -> str:  # noqa: N802 (Qt API)
         return f"{HOMEPAGE}#{self.name()}"

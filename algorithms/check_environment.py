@@ -31,6 +31,8 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
     CUDA_AVAILABLE = "CUDA_AVAILABLE"
     PROBLEMS = "PROBLEMS"
 
+    ICON = "check.svg"
+
     SUMMARY = (
         "Tells which Python runs the Stack Segmenter worker (the setting 'Worker Python', else the variable "
         "STACK_SEGMENTER_PYTHON, else the Python QGIS runs in), the versions of torch, torch-harmonics, "

@@ -55,6 +55,8 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "--mask_path": MASK, "--checkpoint": MODEL, "--output_dir": OUTPUT_FOLDER,
     }
 
+    ICON = "evaluate.svg"
+
     SUMMARY = (
         "Scores a probability map against known deposits or labels: ROC AUC and PR AUC over pixels, the "
         "success-rate curve (share of deposits captured against share of area, highest probability first) and "

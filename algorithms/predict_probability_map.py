@@ -43,6 +43,8 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "--spherical": SPHERICAL,
     }
 
+    ICON = "predict.svg"
+
     SUMMARY = (
         "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "
         "the positive-class probability (0 to 1) on the input raster's grid, predicted with overlapping "

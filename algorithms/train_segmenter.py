@@ -79,6 +79,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
     }
 
+    ICON = "train.svg"
+
     SUMMARY = (
         "Trains a segmentation network (one architecture per run) on a multi-band raster stack with point or "
         "polygon labels, e.g. known mineral deposits, landslides or water bodies. Validation uses spatially "

@@ -104,6 +104,7 @@ def test_every_parameter_has_help_and_the_tool_a_help_string(plugin: Any, alg_id
     assert alg.displayName() and alg.group() and alg.helpUrl().startswith("https://")
     assert alg.name() == alg.name().lower() and alg.name() in alg_id
     assert alg.createInstance() is not alg and type(alg.createInstance()) is type(alg)
+    assert Path(alg.svgIconPath()).is_file() and not alg.icon().isNull()
 
 
 def test_train_outputs_declared(plugin: Any) -> None:
