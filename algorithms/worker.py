@@ -108,6 +108,20 @@ def _hidden_window_flags() -> int:
     return getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform.startswith("win") else 0
 
 
+def _own_group_flag() -> int:
+    """Windows: a process group of its own, so CTRL_BREAK reaches the worker and not QGIS."""
+    return getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if sys.platform.startswith("win") else 0
+
+
+def _ask_to_stop(proc: "subprocess.Popen[str]") -> None:
+    """SIGTERM; on Windows CTRL_BREAK (SIGBREAK), which ends the worker at once unless the core
+    handles it (then it stops as gracefully as on SIGTERM)."""
+    if sys.platform.startswith("win"):
+        proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT"))
+    else:
+        proc.send_signal(signal.SIGTERM)
+
+
 def ensure_torch(python: str) -> None:
     """Fails before any work when the worker Python cannot import torch (cached per path)."""
     if _TORCH_OK.get(python):
@@ -196,7 +210,7 @@ class WorkerRun:
         try:
             return subprocess.Popen(self.cmd, cwd=str(PLUGIN_DIR), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env,
-                                    bufsize=1, creationflags=_hidden_window_flags())
+                                    bufsize=1, creationflags=_hidden_window_flags() | _own_group_flag())
         except OSError as exc:
             raise QgsProcessingException(f"Could not start the worker Python {self.cmd[0]}: {exc}. "
                                          + install_instructions(self.cmd[0])) from None
@@ -215,15 +229,12 @@ class WorkerRun:
                 self.stderr_tail.append(line)
 
     def _stop(self, proc: "subprocess.Popen[str]") -> None:
-        """SIGTERM (Windows: TerminateProcess), a grace period for the checkpoint, then kill."""
+        """SIGTERM (Windows: CTRL_BREAK), a grace period for the checkpoint, then kill."""
         self.cancelled = True
         self.feedback.pushInfo("Cancel requested: stopping the worker after its last safe checkpoint...")
         if proc.poll() is not None:
             return
-        if sys.platform.startswith("win"):
-            proc.terminate()
-        else:
-            proc.send_signal(signal.SIGTERM)
+        _ask_to_stop(proc)
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
