@@ -29,6 +29,7 @@ ENV_VAR = "STACK_SEGMENTER_PYTHON"
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 40
+ORPHAN_PIPE_SECONDS = 5.0
 
 _TORCH_OK: Dict[str, bool] = {}
 
@@ -185,23 +186,26 @@ class WorkerRun:
                    threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)]
         for t in readers:
             t.start()
-        stdout_open = True
-        while stdout_open:
+        exited_at: Optional[float] = None
+        while True:
             if self.feedback.isCanceled() and not self.cancelled:
                 self._stop(proc)
             try:
                 line = self._lines.get(timeout=POLL_SECONDS)
             except queue.Empty:
+                # A grandchild (e.g. a data loader process) may hold stdout open after the worker ended.
+                if proc.poll() is not None:
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at > ORPHAN_PIPE_SECONDS:
+                        break
                 continue
             if line is None:
-                stdout_open = False
-            else:
-                self._handle_line(line)
+                break
+            self._handle_line(line)
         code = proc.wait()
-        for t in readers:
-            t.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
+        for reader, stream in zip(readers, (proc.stdout, proc.stderr)):
+            reader.join(timeout=1.0 if exited_at else 5.0)
+            if not reader.is_alive() and stream is not None:  # closing a pipe a thread still reads would block
                 stream.close()
         return self._finish(code)
 

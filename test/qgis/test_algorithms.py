@@ -252,6 +252,21 @@ def test_worker_exit_without_error_event_shows_stderr(plugin: Any) -> None:
     assert "exit code 1" in str(info.value) and "invalid choice" in str(info.value)
 
 
+def test_worker_ends_when_a_grandchild_keeps_stdout_open(plugin: Any, tmp_path: Path) -> None:
+    """A process the worker left behind (e.g. a data loader) must not keep the tool waiting."""
+    from qgis.core import QgsProcessingFeedback
+
+    from stack_segmenter.algorithms.worker import ORPHAN_PIPE_SECONDS, run_worker
+
+    python = tmp_path / "python_with_a_straggler"
+    python.write_text(f'#!/bin/sh\nsleep 20 &\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    started = time.monotonic()
+    result = run_worker(str(python), "check-env", [], QgsProcessingFeedback())
+    assert result["packages"]["numpy"]
+    assert time.monotonic() - started < ORPHAN_PIPE_SECONDS + 10
+
+
 def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
     import processing
     from qgis.core import QgsProcessingException
