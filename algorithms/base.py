@@ -79,7 +79,8 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         return str(ICONS_DIR / self.ICON)
 
     def helpUrl(self) -> str:  # noqa: N802 (Qt API)
-        return f"{HOMEPAGE}#{self.name()}"
+        """The README's tool table (each tool's full help is its shortHelpString)."""
+        return f"{HOMEPAGE}#stack-segmenter"
 
     def shortHelpString(self) -> str:  # noqa: N802 (Qt API)
         """The summary, then every parameter with its help text (QGIS 3.22 shows no per-parameter help)."""
