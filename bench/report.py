@@ -143,11 +143,13 @@ def model_table(results: Dict[str, Any]) -> str:
     rows = []
     for r in results.get("model_cost", []):
         ok = _ok(r)
+        median = r["step_median_s"] / r["batch"] if ok and r.get("step_median_s") else None
         rows.append([r.get("model"), f"{r.get('tile')}x{r.get('tile')}", r.get("batch"),
-                     fmt(r.get("s_per_tile"), 3) if ok else r.get("status"),
+                     fmt(r.get("s_per_tile"), 3) if ok else r.get("status"), fmt(median, 3),
                      fmt(r.get("tiles_per_s")) if ok else "-", fmt(r.get("peak_rss_mb"), 0) if ok else "-",
                      fmt(r.get("gpu_peak_mb"), 0) if ok else "-"])
-    return format_table(["model", "tile", "batch", "fwd+bwd s/tile", "tiles/s", "peak RSS MB", "GPU MB"], rows)
+    return format_table(["model", "tile", "batch", "fwd+bwd s/tile (best)", "median s/tile", "tiles/s", "peak RSS MB",
+                         "GPU MB"], rows)
 
 
 def predict_table(results: Dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from bench.common import GIB, ChildLimits, check_disk_space, machine_info, run_c
 from bench.report import render_report, evaluate_targets  # noqa: E402
 
 BENCHMARKS = ("io", "baseline", "models", "pipeline", "predict")
-FULL = {"bands": 99, "height": 2000, "width": 4000, "sizes": [128, 256], "steps": 3, "s2_steps": 2}
+FULL = {"bands": 99, "height": 2000, "width": 4000, "sizes": [128, 256], "steps": 4, "s2_steps": 3}
 QUICK = {"bands": 99, "height": 512, "width": 1024, "sizes": [128], "steps": 2, "s2_steps": 1}
 PREDICT_MODEL = "unet_sc2_layers4_e32"
 
@@ -54,8 +54,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--predict-model", default=PREDICT_MODEL, help=f"model of the prediction benchmark ({PREDICT_MODEL})")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="tile sizes of the model costs (128 256)")
     p.add_argument("--batch", type=int, default=4, help="batch size of training and prediction (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps per planar model (3; quick 2)")
-    p.add_argument("--s2-steps", type=int, default=None, help="timed steps per spherical model (2; quick 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed training steps per planar model, best reported (4; quick 2)")
+    p.add_argument("--s2-steps", type=int, default=None,
+                   help="timed steps per spherical model, best reported (3; quick 1)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one benchmark subprocess may take")
     p.add_argument("--mem-limit-gb", type=float, default=16.0,
                    help="a subprocess using more resident memory is stopped and reported 'out of memory'")
