@@ -200,10 +200,10 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         if not model_path.lower().endswith(".pt"):
             model_path += ".pt"
+        args = self._option_args(parameters, context)  # checks the options before anything is written
+        args += self._input_args(parameters, context, feedback)
         folder = self.output_folder(parameters, self.OUTPUT_FOLDER, context)
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
-        args = self._input_args(parameters, context, feedback)
-        args += self._option_args(parameters, context)
         args += ["--models", architecture, "--checkpoint_path", model_path, "--output_path", folder]
         try:
             result = self.run_core("train", args, feedback, python)

@@ -429,3 +429,29 @@ def test_non_gdal_raster_is_copied_for_the_worker(plugin: Any, predicted: Dict[s
     assert any("temporary GeoTIFF" in line for line in feedback.infos)
     assert from_virtual["ROC_AUC"] == pytest.approx(from_file["ROC_AUC"], abs=1e-6)
     assert from_virtual["SUCCESS_RATE_AUC"] == pytest.approx(from_file["SUCCESS_RATE_AUC"], abs=1e-6)
+
+
+def test_positive_values_select_the_positive_class(plugin: Any, predicted: Dict[str, Any], tiny_data: TinyData,
+                                                   tmp_path: Path) -> None:
+    """A class field with POSITIVE_VALUES scores the same deposits as the 0/1 field."""
+    import processing
+
+    def evaluate(folder: str, **labels: Any) -> Dict[str, Any]:
+        return processing.run("stacksegmenter:evaluateprobabilitymap", {
+            "PROBABILITY_MAP": predicted["OUTPUT"], "LABELS": str(tiny_data.labels_gpkg),
+            "OUTPUT_FOLDER": str(tmp_path / folder), **labels})
+
+    by_class = evaluate("by_class", LABEL_FIELD="kind", POSITIVE_VALUES="deposit")
+    by_flag = evaluate("by_flag", LABEL_FIELD="label")
+    assert by_class["N_DEPOSITS"] == by_flag["N_DEPOSITS"] == len(tiny_data.positives)
+    assert by_class["ROC_AUC"] == pytest.approx(by_flag["ROC_AUC"])
+
+
+def test_bad_categorical_bands_are_refused_before_the_worker(plugin: Any, tiny_data: TinyData,
+                                                              tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="1-based band numbers"):
+        processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path, CATEGORICAL_BANDS="x, 3"))
+    assert not (tmp_path / "training").exists()
