@@ -51,7 +51,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="run only these benchmarks (the stack is generated when any needs it)")
     p.add_argument("--models", nargs="+", default=None,
                    help="models for the per-model cost and consumption rates (default: the registry presets)")
-    p.add_argument("--predict-model", default=PREDICT_MODEL, help=f"model of the prediction benchmark ({PREDICT_MODEL})")
+    p.add_argument("--predict-model", default=PREDICT_MODEL,
+                   help=f"model of the prediction benchmark ({PREDICT_MODEL})")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="tile sizes of the model costs (128 256)")
     p.add_argument("--batch", type=int, default=4, help="batch size of training and prediction (default 4)")
     p.add_argument("--steps", type=int, default=None,
