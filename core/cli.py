@@ -368,7 +368,7 @@ def _json_default(obj: Any) -> Any:
 
 
 class StopFlag:
-    """SIGINT / SIGTERM ask the job to stop at the next batch (after the checkpoint is safe).
+    """SIGINT / SIGTERM / SIGBREAK ask the job to stop at the next batch (after the checkpoint is safe).
 
     A second Ctrl-C interrupts at once.
     """
@@ -386,8 +386,10 @@ class StopFlag:
             self.requested = True
 
         signal.signal(signal.SIGINT, handler)
-        if hasattr(signal, "SIGTERM"):
-            signal.signal(signal.SIGTERM, handler)
+        # SIGTERM: what the QGIS tools send on cancel (POSIX); SIGBREAK: CTRL_BREAK on Windows.
+        for name in ("SIGTERM", "SIGBREAK"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), handler)
 
 
 # ----------------------------------------------------------------------------- commands
