@@ -136,3 +136,41 @@ def test_public_api_survives_submodule_imports_and_needs_no_torch(repo_root: Pat
             "assert 'torch' not in sys.modules, 'core imported torch'")
     res = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_ctrl_c_stops_training_cleanly_and_keeps_the_checkpoint(repo_root: Path, tiny_stack, tiny_points,
+                                                                  tmp_path: Path) -> None:
+    """SIGINT after the first epoch: exit 130, a cancelled event, the last good checkpoint on disk
+    (and loadable), no traceback; then --resume continues from that epoch."""
+    import signal
+
+    from core.checkpoint import load_checkpoint
+
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "core", "train", "--raster_path", str(tiny_stack.path), "--shapefile_path",
+            str(tiny_points.path), "--models", "unet_sc2_layers2_e8", "--tile_size", "32", "32",
+            "--num_epochs", "500", "--output_path", str(out), "--events", "jsonl"]
+    proc = subprocess.Popen(args, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "metric":
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=120)
+    events += [json.loads(l) for l in rest.splitlines()]
+    assert proc.returncode == 130, err
+    assert events[-1]["event"] == "error" and events[-1]["type"] == "Cancelled"
+    assert "Traceback" not in err
+    ckpt = load_checkpoint(out / "unet_sc2_layers2_e8" / "checkpoint.pt")
+    done = int(ckpt["epoch"])
+    assert 1 <= done < 500
+
+    res = subprocess.run(args[:args.index("--num_epochs")] + ["--num_epochs", str(done + 1), "--resume",
+                         "--output_path", str(out), "--events", "jsonl"], cwd=repo_root, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    epochs = [json.loads(l)["values"]["epoch"] for l in res.stdout.splitlines()
+              if json.loads(l)["event"] == "metric"]
+    assert epochs == [done + 1]
