@@ -124,7 +124,6 @@ def test_architecture_choices_come_from_the_catalog(plugin: Any) -> None:
     param = algorithm("stacksegmenter:trainsegmenter").parameterDefinition("ARCHITECTURE")
     assert param.options() == list(PRESET_MODELS)
     assert param.options()[param.defaultValue()] == "unet_sc2_layers4_e32"
-    assert "torch" not in sys.modules, "QGIS must never import torch (the worker does)"
 
 
 @pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
