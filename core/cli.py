@@ -130,7 +130,9 @@ def _add_predict(sub: Any) -> None:
                    help="global EPSG:4326 raster: run the whole globe through a spherical model at once")
     p.add_argument("--tile_size", type=int, nargs="+", default=None, metavar="N",
                    help="window height and width; default: the tile the model was trained with")
-    p.add_argument("--overlap", type=float, default=0.25, help="least fraction of a window shared with its neighbours (default 0.25; more when the model needs the context, at most 0.5)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="least fraction of a window shared with its neighbours (default 0.25; more when the "
+                        "model needs the context for seamless blending, at most 0.5)")
     p.add_argument("--batch_size", type=int, default=4, help="windows per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp_mode", choices=AMP_MODES, default="none", help="none, bf16 or fp16 (CUDA only)")
