@@ -85,7 +85,8 @@ def main() -> None:
     step(f"3/5 Train segmenter (unet_sc2_layers4_e32, {EPOCHS} epochs, tile {TILE})")
     qgis_run("stacksegmenter:trainsegmenter", {
         "INPUT": data["raster"], "LABELS": data["deposits"], "LABEL_FIELD": "label",
-        "ARCHITECTURE": "0", "EPOCHS": EPOCHS, "TILE_SIZE": TILE, "BATCH_SIZE": "8",
+        "ARCHITECTURE": "0", "EPOCHS": EPOCHS, "TILE_SIZE": TILE, "STRIDE": str(int(TILE) // 2),
+        "AUGMENT": "true", "BATCH_SIZE": "8",
         "LEARNING_RATE": "0.001", "POINT_BUFFER": "1.5", "CATEGORICAL_BANDS": str(data.get("categorical_band", "")),
         "SEED": "0", "OUTPUT_MODEL": str(model), "OUTPUT_FOLDER": str(train_dir),
     }, env)
