@@ -86,23 +86,28 @@ class BandEncoder:
             out.extend([f"{name}={c}" for c in cats] if cats is not None else [name])
         return out
 
-    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def encode(self, data: np.ndarray, valid: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Encodes a window: (C, h, w) raw values + bool (h, w) -> float32 (C_out, h, w).
 
-        Invalid pixels encode as 0 in every channel (the mean of a numeric band).
+        Invalid pixels encode as 0 in every channel (the mean of a numeric band). ``out``
+        (float32, (C_out, h, w)) is filled in place when given, so a caller can encode a
+        whole batch into one array without copies (prediction's hot path).
         """
         if data.shape[0] != self.band_count:
             raise DataError(
                 f"the raster has {data.shape[0]} bands but the model was trained on {self.band_count}; "
                 "use the same band stack as in training"
             )
-        out = np.zeros((self.out_channels,) + data.shape[1:], dtype=np.float32)
+        if out is None:
+            out = np.empty((self.out_channels,) + data.shape[1:], dtype=np.float32)
         ch = 0
         for b in range(self.band_count):
             cats = self.categories.get(str(b + 1))
             if cats is None:
-                z = (data[b].astype(np.float32) - np.float32(self.mean[b])) / np.float32(self.std[b])
-                out[ch] = np.clip(z, -self.z_clip, self.z_clip)
+                o = out[ch]
+                np.subtract(data[b], np.float32(self.mean[b]), out=o, casting="unsafe")
+                np.divide(o, np.float32(self.std[b]), out=o)
+                np.clip(o, -self.z_clip, self.z_clip, out=o)
                 ch += 1
             else:
                 for k, code in enumerate(cats):

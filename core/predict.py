@@ -17,6 +17,7 @@ complete, so a cancelled or failed run never leaves a half-written map under tha
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import datetime as _dt
 import hashlib
 import math
@@ -301,24 +302,35 @@ def blend_windows(
     """
     strips = plan_strips(height, width, tile, stride)
     accum = StripAccumulator(height, width, tile[0])
+    jobs = [(i, cols) for i, strip in enumerate(strips) for cols in _batches(strip.cols, width, tile[1], batch_size)]
+    prepare = getattr(run, "prepare", None)
+
+    def load(strip: Strip, cols: List[int]) -> Tuple[np.ndarray, np.ndarray]:
+        """Reads (and, when the runner can, encodes) one batch; runs on the prefetch thread."""
+        h, w = min(tile[0], height - strip.row0), min(tile[1], width - cols[0])
+        datas, valids = zip(*(read(strip.row0, col, h, w) for col in cols))
+        data, valid = np.stack(datas), np.stack(valids)
+        return (prepare(data, valid) if prepare is not None else data), valid
+
     n_windows = 0
-    for i, strip in enumerate(strips):
-        h = min(tile[0], height - strip.row0)
-        for cols in _batches(strip.cols, width, tile[1], batch_size):
-            w = min(tile[1], width - cols[0])
-            datas, valids = [], []
-            for col in cols:
-                cb.check_stop("prediction stopped; no probability map was written")
-                data, valid = read(strip.row0, col, h, w)
-                datas.append(data)
-                valids.append(valid)
-            probs = run(np.stack(datas), np.stack(valids))
+    # One thread reads (GDAL releases the GIL) the next batch while the model runs this one;
+    # only that thread touches the source dataset.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-segmenter-read") as pool:
+        pending = pool.submit(load, strips[jobs[0][0]], jobs[0][1]) if jobs else None
+        for k, (i, cols) in enumerate(jobs):
+            cb.check_stop("prediction stopped; no probability map was written")
+            assert pending is not None
+            x, valids = pending.result()
+            if k + 1 < len(jobs):
+                pending = pool.submit(load, strips[jobs[k + 1][0]], jobs[k + 1][1])
+            probs = run.infer(x) if prepare is not None else run(x, valids)  # type: ignore[attr-defined]
             for col, prob, valid in zip(cols, probs, valids):
-                weight = window_weight((strip.row0, col), (height, width), tile, stride)
-                accum.add(strip.row0, col, prob, valid, weight)
+                weight = window_weight((strips[i].row0, col), (height, width), tile, stride)
+                accum.add(strips[i].row0, col, prob, valid, weight)
             n_windows += len(cols)
-        writer.write(*accum.advance(strip.final_end))
-        cb.progress((i + 1) / len(strips))
+            if k + 1 == len(jobs) or jobs[k + 1][0] != i:  # the strip is complete
+                writer.write(*accum.advance(strips[i].final_end))
+                cb.progress((i + 1) / len(strips))
     writer.close()
     return {"windows": n_windows, "strips": len(strips), "buffer_bytes": accum.nbytes}
 
@@ -387,25 +399,34 @@ class TorchRunner:
         self.amp = amp
         self.multiple = max(1, int(multiple))
 
-    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Encodes a batch of raw windows (B, C, h, w) -> (B, C_out, h, w) float32."""
+    def prepare(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Encodes a batch of raw windows (B, C, h, w) -> (B, C_out, h, w) float32, in one array."""
         if self.encoder is None:
-            return np.where(valid[:, None], data, 0.0).astype(np.float32)
-        return np.stack([self.encoder.encode(d, v) for d, v in zip(data, valid)]).astype(np.float32)
+            return np.where(valid[:, None], data, 0.0).astype(np.float32, copy=False)
+        out = np.empty((data.shape[0], self.encoder.out_channels) + data.shape[2:], dtype=np.float32)
+        for i, (d, v) in enumerate(zip(data, valid)):
+            self.encoder.encode(d, v, out=out[i])
+        return out
 
-    def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    encode = prepare  # the name the benchmarks and older callers use
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Positive-class probabilities (B, h, w) of an encoded batch."""
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(self.encode(data, valid))
-        h, w = x.shape[-2:]
+        t = torch.from_numpy(x)
+        h, w = t.shape[-2:]
         ph = (-h) % self.multiple
         pw = (-w) % self.multiple
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+            t = F.pad(t, (0, pw, 0, ph))
         with torch.inference_mode(), self.amp():
-            prob = class1_probability(self.model(x.to(self.device)))
+            prob = class1_probability(self.model(t.to(self.device)))
         return prob[:, :h, :w].float().cpu().numpy()
+
+    def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return self.infer(self.prepare(data, valid))
 
 
 # ----------------------------------------------------------------------------- checks
