@@ -308,8 +308,10 @@ def blend_windows(
     def load(strip: Strip, cols: List[int]) -> Tuple[np.ndarray, np.ndarray]:
         """Reads (and, when the runner can, encodes) one batch; runs on the prefetch thread."""
         h, w = min(tile[0], height - strip.row0), min(tile[1], width - cols[0])
-        datas, valids = zip(*(read(strip.row0, col, h, w) for col in cols))
-        data, valid = np.stack(datas), np.stack(valids)
+        # One read spans the batch (neighbouring windows overlap): each pixel is read once.
+        span_data, span_valid = read(strip.row0, cols[0], h, cols[-1] - cols[0] + w)
+        data = np.stack([span_data[:, :, c - cols[0]:c - cols[0] + w] for c in cols])
+        valid = np.stack([span_valid[:, c - cols[0]:c - cols[0] + w] for c in cols])
         return (prepare(data, valid) if prepare is not None else data), valid
 
     n_windows = 0
