@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -240,3 +240,14 @@ def make_tiny_stack_fn() -> Callable[..., TinyStack]:
 def make_points_fn() -> Callable[..., TinyPoints]:
     """The ``make_points`` factory, for variants (CRS, driver, column name)."""
     return make_points
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and parallel test runs share 2 cores (20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,13 +16,7 @@ PLANAR = ["unet_sc2_layers2_e8", "unet_sc3_layers3_e4", "transformer_sc2_layers2
 SPHERICAL = ["s2unet_sc2_layers2_e8", "s2segformer_sc2_layers2_e16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and parallel test runs share 2 cores (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", PLANAR)

@@ -19,13 +19,7 @@ TINY = "unet_sc2_layers2_e8"
 METRIC_KEYS = {"model", "epoch", "train_loss", "val_loss", "val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc", "lr"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and parallel test runs share 2 cores (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(stack: Any, points: Any, out: Path, **kw: Any) -> TrainConfig:
