@@ -19,7 +19,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import math
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .dataset import TileDataset
+from .device import autocast_for, resolve_device
 from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
@@ -122,23 +122,11 @@ def init_distributed(config: TrainConfig, log: LogFn) -> Dist:
 
 def pick_device(name: str, dist: Dist) -> torch.device:
     """auto -> cuda when usable, else cpu; cuda asked for but missing is a ConfigError."""
-    from .predict import resolve_device
-
     device = resolve_device(name)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     return device
-
-
-def make_autocast(amp_mode: str, device: torch.device) -> Callable[[], Any]:
-    """Autocast contexts for the AMP mode (bf16 on CPU and GPU; fp16 needs CUDA)."""
-    if amp_mode == "fp16" and device.type != "cuda":
-        raise ConfigError("amp mode fp16 needs a CUDA GPU; on CPU use --amp_mode bf16 (or none)")
-    if amp_mode == "none":
-        return contextlib.nullcontext
-    dtype = torch.float16 if amp_mode == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- data
@@ -733,7 +721,7 @@ def train(
     runlog = RunLog(cb.log, dist.main)
     try:
         device = pick_device(config.device, dist)
-        autocast = make_autocast(config.amp_mode, device)
+        autocast = autocast_for(config.amp_mode, device)
         data = prepare_raster(config, runlog)
         backlog = list(runlog.lines)
         tiles: Dict[Any, TileData] = {}
