@@ -9,7 +9,7 @@ from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms.base import WORKER_PYTHON_SETTING
+from .algorithms.base import COMMON_TAGS, WORKER_PYTHON_SETTING, help_url
 from .algorithms.check_environment import CheckEnvironmentAlgorithm
 from .algorithms.evaluate_probability_map import EvaluateProbabilityMapAlgorithm
 from .algorithms.predict_probability_map import PredictProbabilityMapAlgorithm
@@ -29,6 +29,35 @@ ALGORITHMS = (
 
 def _tr(text: str) -> str:
     return QCoreApplication.translate("StackSegmenter", text)
+
+
+class ShippedModel(QgsProcessingModelAlgorithm):
+    """A graphical-modeler model shipped in processing_models/.
+
+    The model's own name is the readable one the Model Designer shows ("Train, predict and
+    evaluate"); its id stays a stable slug of the file name (train_predict_evaluate.model3 ->
+    ``stacksegmenter:trainpredictevaluate``), so scripts that call it keep working.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.loaded = self.fromFile(str(path))
+
+    def name(self) -> str:
+        return self.path.stem.replace("_", "").lower()
+
+    def displayName(self) -> str:  # noqa: N802 (Qt API)
+        return super().name()
+
+    def createInstance(self) -> "ShippedModel":  # noqa: N802 (Qt API)
+        return ShippedModel(self.path)
+
+    def helpUrl(self) -> str:  # noqa: N802 (Qt API)
+        return help_url()
+
+    def tags(self) -> List[str]:
+        return [_tr(tag) for tag in COMMON_TAGS + ("workflow", "model")]
 
 
 class StackSegmenterProvider(QgsProcessingProvider):
@@ -83,6 +112,6 @@ class StackSegmenterProvider(QgsProcessingProvider):
         for algorithm in ALGORITHMS:
             self.addAlgorithm(algorithm())
         for path in sorted(MODELS_DIR.glob("*.model3")):
-            model = QgsProcessingModelAlgorithm()
-            if model.fromFile(str(path)):
+            model = ShippedModel(path)
+            if model.loaded:
                 self.addAlgorithm(model)

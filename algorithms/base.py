@@ -29,13 +29,23 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import worker
 
-ICONS_DIR = Path(__file__).resolve().parent.parent / "icons"
-HOMEPAGE = "https://github.com/stack-segmenter/stack_segmenter"
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+ICONS_DIR = PLUGIN_DIR / "icons"
+#: The help the plugin ships (a file URL until the project has a public home).
+README = PLUGIN_DIR / "README.md"
+#: Words a toolbox search should find every tool by (each tool adds its own TAGS).
+COMMON_TAGS = ("prospectivity", "mineral", "mineral exploration", "deep learning", "segmentation", "landslide",
+               "machine learning", "raster stack")
 #: Key of the provider setting "Worker Python" (Processing > Options > Providers).
 WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
 #: The value QGIS's raster calculator writes where there is no data (-FLT_MAX).
 CALCULATOR_NODATA = -3.4028234663852886e38
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
+
+
+def help_url() -> str:
+    """A file URL of the README shipped inside the plugin."""
+    return README.resolve().as_uri()
 
 
 def configured_worker_python() -> Optional[str]:
@@ -55,6 +65,8 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
     SUMMARY = ""
     #: File name of the tool's icon in icons/.
     ICON = "stack_segmenter.svg"
+    #: Search words of this tool, beside COMMON_TAGS.
+    TAGS: Tuple[str, ...] = ()
     #: Command-line flags of the core -> this tool's parameter ids, so a core message that names a
     #: flag ("e.g. --positive_values water") also names the field the user sees in the dialog.
     FLAGS: Dict[str, str] = {}
@@ -78,9 +90,13 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
     def svgIconPath(self) -> str:  # noqa: N802 (Qt API)
         return str(ICONS_DIR / self.ICON)
 
+    def tags(self) -> List[str]:
+        """What the toolbox search matches besides the name (e.g. "prospectivity", "landslide")."""
+        return [self.tr(tag) for tag in COMMON_TAGS + self.TAGS]
+
     def helpUrl(self) -> str:  # noqa: N802 (Qt API)
-        """The README's tool table (each tool's full help is its shortHelpString)."""
-        return f"{HOMEPAGE}#stack-segmenter"
+        """The README shipped inside the plugin (each tool's full help is its shortHelpString)."""
+        return help_url()
 
     def shortHelpString(self) -> str:  # noqa: N802 (Qt API)
         """The summary, then every parameter with its help text (QGIS 3.22 shows no per-parameter help)."""

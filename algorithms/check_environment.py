@@ -32,6 +32,7 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
     PROBLEMS = "PROBLEMS"
 
     ICON = "check.svg"
+    TAGS = ("environment", "install", "torch", "python", "GPU", "CUDA")
 
     SUMMARY = (
         "Tells which Python runs the Stack Segmenter worker (the setting 'Worker Python', else the variable "

@@ -56,6 +56,7 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     }
 
     ICON = "evaluate.svg"
+    TAGS = ("evaluate", "score", "ROC", "AUC", "success rate", "prediction rate", "validation", "deposits")
 
     SUMMARY = (
         "Scores a probability map against known deposits or labels: ROC AUC and PR AUC over pixels, the "

@@ -44,6 +44,7 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     }
 
     ICON = "predict.svg"
+    TAGS = ("predict", "probability", "map", "inference", "favourability", "susceptibility")
 
     SUMMARY = (
         "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "

@@ -80,6 +80,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     }
 
     ICON = "train.svg"
+    TAGS = ("train", "model", "neural network", "unet", "transformer", "pytorch", "labels", "deposits")
 
     SUMMARY = (
         "Trains a segmentation network (one architecture per run) on a multi-band raster stack with point or "

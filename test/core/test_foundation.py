@@ -59,8 +59,12 @@ def test_metadata_has_every_field(repo_root: Path) -> None:
     parser = configparser.ConfigParser()
     parser.read_string(text)
     general = parser["general"]
-    missing = [f for f in METADATA_FIELDS if not general.get(f)]
+    missing = [f for f in METADATA_FIELDS if f not in general or (f != "email" and not general.get(f))]
     assert missing == []
+    # No invented address: empty until the maintainers give a real one (the official repository asks for it).
+    assert "example." not in general["email"]
+    tags = general["tags"].split(",")
+    assert {"prospectivity", "mineral", "deep learning", "segmentation", "landslide"} <= set(tags)
     assert general["qgisMinimumVersion"] == "3.22"
     assert general["hasProcessingProvider"] == "yes"
     assert "torch" in general["about"] and "torch-harmonics" in general["about"]
@@ -82,6 +86,32 @@ def test_package_zip_has_plugin_folder_and_nothing_excluded(repo_root: Path, tmp
         assert f"stack_segmenter/{needed}" in names
     for bad in ("/test/", "/.venv/", "/.ci/", "__pycache__", ".pyc", "/.qgis-settings/", "/bench/", "Makefile"):
         assert not any(bad in n for n in names), bad
+    zf = zipfile.ZipFile(zips[0])
+    licence = zf.read("stack_segmenter/LICENSE").decode("utf-8")
+    assert "GNU GENERAL PUBLIC LICENSE" in licence and "Version 2, June 1991" in licence
+
+
+def test_zip_readme_names_only_what_the_zip_ships(repo_root: Path, tmp_path: Path) -> None:
+    """The README inside the zip is the plugin's help (helpUrl): it must not send users to files that
+    only the repository has (set-up scripts, tests, benchmarks, developer docs)."""
+    import re
+
+    subprocess.run([sys.executable, str(repo_root / "scripts" / "package.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    zf = zipfile.ZipFile(next(tmp_path.glob("stack_segmenter-*.zip")))
+    shipped = {n.split("/", 1)[1] for n in zf.namelist()}
+    readme = zf.read("stack_segmenter/README.md").decode("utf-8")
+    full = (repo_root / "README.md").read_text(encoding="utf-8")
+    assert "repository-only" not in readme and "make test" not in readme and "make demo" not in readme
+    assert "make test" in full, "the repository's README keeps the developer commands"
+    tracked = set(subprocess.run(["git", "-C", str(repo_root), "ls-files"], check=True, capture_output=True,
+                                 text=True).stdout.split())
+    folders = {str(Path(f).parent) + "/" for f in tracked}
+    named = set(re.findall(r"`([\w./-]+)`", readme))
+    repo_only = sorted(n for n in named if (n in tracked or n in folders)
+                       and not (n in shipped or any(s.startswith(n) for s in shipped)))
+    assert repo_only == [], f"the zip's README names files the zip does not ship: {repo_only}"
+    assert "LICENSE" in named
 
 
 def test_setup_is_idempotent_and_quick(repo_root: Path) -> None:

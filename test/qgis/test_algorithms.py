@@ -101,10 +101,41 @@ def test_every_parameter_has_help_and_the_tool_a_help_string(plugin: Any, alg_id
     for p in alg.parameterDefinitions():
         assert len(p.help()) > 15, f"{alg_id}:{p.name()} has no help text"
         assert p.name() in alg.shortHelpString()
-    assert alg.displayName() and alg.group() and alg.helpUrl().startswith("https://")
+    assert alg.displayName() and alg.group()
+    help_file = Path(alg.helpUrl().replace("file://", "", 1))  # the README shipped inside the plugin
+    assert alg.helpUrl().startswith("file:///") and help_file.name == "README.md" and help_file.is_file()
     assert alg.name() == alg.name().lower() and alg.name() in alg_id
     assert alg.createInstance() is not alg and type(alg.createInstance()) is type(alg)
     assert Path(alg.svgIconPath()).is_file() and not alg.icon().isNull()
+
+
+def toolbox_search(text: str) -> List[str]:
+    """Algorithm ids the Processing Toolbox shows for a search (its own filter model)."""
+    from qgis.core import QgsApplication
+    from qgis.gui import QgsProcessingToolboxModel, QgsProcessingToolboxProxyModel
+
+    model = QgsProcessingToolboxModel(None, QgsApplication.processingRegistry())
+    proxy = QgsProcessingToolboxProxyModel(None, QgsApplication.processingRegistry())
+    proxy.setFilterString(text)
+    found, stack = [], [proxy.index(r, 0) for r in range(proxy.rowCount())]
+    while stack:
+        index = stack.pop()
+        alg = proxy.data(index, QgsProcessingToolboxModel.RoleAlgorithmId)
+        if alg:
+            found.append(alg)
+        stack += [proxy.index(r, 0, index) for r in range(proxy.rowCount(index))]
+    del model
+    return found
+
+
+@pytest.mark.parametrize("word", ["prospectivity", "mineral", "deep learning", "segmentation", "landslide"])
+def test_a_toolbox_search_finds_every_tool(plugin: Any, word: str) -> None:
+    """The toolbox filter matches tags: a geologist's words, a landslide mapper's words."""
+    from qgis.core import QgsApplication
+
+    ours = {a.id() for a in QgsApplication.processingRegistry().providerById("stacksegmenter").algorithms()}
+    assert ours <= set(toolbox_search(word)), f"a search for {word!r} misses {ours - set(toolbox_search(word))}"
+    assert not ours & set(toolbox_search(word + " qqqzzz")), "the filter must actually filter"
 
 
 def test_train_outputs_declared(plugin: Any) -> None:

@@ -73,13 +73,13 @@ def test_shipped_model_runs_under_qgis_process(env: Dict[str, str], repo_root: P
     model3 = repo_root / "processing_models" / "train_predict_evaluate.model3"
     out = run_json(env, str(model3), {
         "INPUT": tiny_data.raster, "LABELS": tiny_data.labels_gpkg, "LABEL_FIELD": "label", "EPOCHS": 1,
-        "TILE_SIZE": TILE, "train:MODEL_FILE": tmp_path / "model.pt",
-        "predict:PROBABILITY_MAP": tmp_path / "probability.tif",
-        "evaluate:EVALUATION_FOLDER": tmp_path / "evaluation"})
+        "TILE_SIZE": TILE, "train:Trained model": tmp_path / "model.pt",
+        "predict:Probability map": tmp_path / "probability.tif",
+        "evaluate:Evaluation folder": tmp_path / "evaluation"})
     results = out["results"]
-    assert Path(results["train:MODEL_FILE"]).is_file()
-    assert Path(results["predict:PROBABILITY_MAP"]).is_file()
-    folder = Path(results["evaluate:EVALUATION_FOLDER"])
+    assert Path(results["train:Trained model"]).is_file()
+    assert Path(results["predict:Probability map"]).is_file()
+    folder = Path(results["evaluate:Evaluation folder"])
     metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
     assert metrics["n_deposits"] == len(tiny_data.positives)
     assert (folder / "summary.html").is_file() and (folder / "success_rate.png").is_file()
