@@ -425,24 +425,59 @@ def _real_names(names: Optional[Sequence[str]]) -> bool:
     return bool(names) and not all(_FALLBACK_BAND_NAME.match(str(n)) for n in names)  # type: ignore[union-attr]
 
 
-def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> None:
-    """The raster must hold the bands the model was trained on: count, names, then grid."""
-    expected = int(ckpt.get("band_count", ckpt.get("in_channels", info.count)))
-    if info.count != expected:
+def match_bands(ours: Sequence[str], theirs: Sequence[str], path: str, log: LogFn) -> Optional[List[int]]:
+    """The raster's band numbers (1-based) holding the model's bands, found by name in any order.
+
+    None when the raster's bands are the model's, in the model's order. Names match exactly,
+    else ignoring case. Bands the model does not use are left out (logged).
+
+    Raises:
+        DataError: naming every band the model needs that the raster lacks, and the raster's bands.
+    """
+    if list(ours) == list(theirs):
+        return None
+    exact = {name: i for i, name in reversed(list(enumerate(ours, start=1)))}
+    folded = {name.lower(): i for i, name in reversed(list(enumerate(ours, start=1)))}
+    order, missing = [], []
+    for name in theirs:
+        index = exact.get(name, folded.get(str(name).lower()))
+        if index is None:
+            missing.append(name)
+        else:
+            order.append(index)
+    if missing:
         raise DataError(
-            f"{info.path} has {info.count} band(s) but the model was trained on {expected}; "
-            "predict on a stack with the same bands in the same order as in training"
+            f"{path} lacks {len(missing)} band(s) the model was trained on: {', '.join(map(repr, missing))}. "
+            f"Its bands are: {', '.join(map(repr, ours))}. Add the missing evidence (bands are matched by name, "
+            "in any order), or rename the band descriptions to the names the model knows"
         )
+    extra = [name for i, name in enumerate(ours, start=1) if i not in set(order)]
+    if extra:
+        log(f"note: {len(extra)} band(s) the model does not use are ignored: {', '.join(extra)}")
+    if order != list(range(1, len(order) + 1)):
+        log("bands matched by name (the raster holds them in another order than in training)")
+    return order
+
+
+def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> Optional[List[int]]:
+    """The raster must hold the bands the model was trained on; returns which bands to read, in order.
+
+    With real band names on both sides (not all ``band_N``), bands are matched by name in any
+    order (extra bands ignored); otherwise by position, and the counts must agree. Then the
+    grid: another CRS or pixel size is a warning.
+    """
+    expected = int(ckpt.get("band_count", ckpt.get("in_channels", info.count)))
     theirs = list(ckpt.get("band_names") or [])
     ours = list(info.band_names or [])
-    if _real_names(theirs) and _real_names(ours):
-        for i, (a, b) in enumerate(zip(ours, theirs), start=1):
-            if a != b:
-                raise DataError(
-                    f"band {i} of {info.path} is named {a!r} but the model was trained with {b!r} there; "
-                    "the bands must be the same and in the same order as in training (rebuild the stack, "
-                    "or rename the band descriptions if only the names differ)"
-                )
+    order: Optional[List[int]] = None
+    if _real_names(theirs) and _real_names(ours) and len(theirs) == expected:
+        order = match_bands(ours, theirs, info.path, log)
+    elif info.count != expected:
+        raise DataError(
+            f"{info.path} has {info.count} band(s) but the model was trained on {expected}; "
+            "predict on a stack with the same bands in the same order as in training (or give the bands "
+            "names, as the model's: then they are matched by name)"
+        )
     ck_crs = ckpt.get("crs_wkt")
     if ck_crs and info.crs_wkt and not same_crs(ck_crs, info.crs_wkt):
         log(f"warning: the raster's CRS differs from the training raster's; the model may not transfer ({info.path})")
@@ -455,6 +490,7 @@ def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> None:
                 f"warning: pixel size {b[0]:g} x {b[1]:g} differs from the training raster's {a[0]:g} x {a[1]:g}; "
                 "features at another scale may be predicted poorly"
             )
+    return order
 
 
 def same_crs(wkt_a: str, wkt_b: str) -> bool:
@@ -616,12 +652,12 @@ def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid
 
 
 def globe_into(src: Any, info: Any, runner: TorchRunner, grid: Optional[Tuple[int, int]],
-               writer: BlockRowWriter, cb: Callbacks) -> Dict[str, int]:
-    """Reads the whole globe, predicts it in one pass and writes it."""
+               writer: BlockRowWriter, cb: Callbacks, bands: Optional[Sequence[int]] = None) -> Dict[str, int]:
+    """Reads the whole globe (the model's ``bands``), predicts it in one pass and writes it."""
     from .raster import read_window
 
     cb.check_stop("prediction stopped; no probability map was written")
-    data, valid = read_window(src, 0, 0, info.height, info.width)
+    data, valid = read_window(src, 0, 0, info.height, info.width, bands)
     writer.write(0, predict_globe(runner, data, valid, grid), valid)
     writer.close()
     cb.progress(1.0)
@@ -704,7 +740,7 @@ def predict(
     ckpt = load_checkpoint(config.checkpoint)
     check_against_checkpoint(config, ckpt)
     info = read_info(config.raster_path)
-    check_raster(info, ckpt, cb.log)
+    bands = check_raster(info, ckpt, cb.log)
     spec = parse_model_name(str(ckpt["model_name"]))
     if config.spherical:
         check_global(info)
@@ -731,9 +767,9 @@ def predict(
             writer = BlockRowWriter(dst, BLOCK, study.rows if study is not None else None)
             if config.spherical:
                 grid = _model_grid(ckpt) if spec.spherical else None
-                stats = globe_into(src, info, runner, grid, writer, cb)
+                stats = globe_into(src, info, runner, grid, writer, cb, bands)
             else:
-                stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w), runner, writer,
+                stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w, bands), runner, writer,
                                       info.height, info.width, tile, stride, config.batch_size, cb)
             dst.set_band_description(1, f"probability of class 1 ({spec.name})")
             dst.update_tags(**_tags(config, ckpt, tile, config.spherical))

@@ -190,27 +190,28 @@ def _clip_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: i
     return r0, c0, r1, c1
 
 
-def read_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: int, width: int
-                ) -> Tuple[np.ndarray, np.ndarray]:
-    """Reads a window of all bands.
+def read_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: int, width: int,
+                bands: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads a window of all bands, or of ``bands`` (1-based, in that order: a model's bands by name).
 
     The window may reach outside the raster: that part is padded with 0 and invalid.
 
     Returns:
         data: float32 (C, height, width); invalid pixels hold 0.
-        valid: bool (height, width); True where every band holds data.
+        valid: bool (height, width); True where every band read holds data.
     """
-    data = np.zeros((src.count, height, width), dtype=np.float32)
+    indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
+    data = np.zeros((len(indexes), height, width), dtype=np.float32)
     valid = np.zeros((height, width), dtype=bool)
     inner = _clip_window(src, row, col, height, width)
     if inner is None:
         return data, valid
     r0, c0, r1, c1 = inner
     win = Window(c0, r0, c1 - c0, r1 - r0)
-    raw = src.read(window=win)
+    raw = src.read(indexes=indexes if bands is not None else None, window=win)
     ok = np.ones(raw.shape[1:], dtype=bool)
-    for b, nodata in enumerate(src.nodatavals):
-        ok &= _band_valid(raw[b], nodata)
+    for b, index in enumerate(indexes):
+        ok &= _band_valid(raw[b], src.nodatavals[index - 1])
     if _has_internal_mask(src):
         ok &= src.dataset_mask(window=win) > 0
     block = raw.astype(np.float32, copy=False)

@@ -166,11 +166,47 @@ def test_band_count_mismatch_fails_before_work(setup: Dict[str, Path], tmp_path:
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_reordered_bands_are_refused_by_name(setup: Dict[str, Path], tmp_path: Path) -> None:
-    swapped = write_stack(tmp_path / "swapped.tif", order=(0, 2, 1))
-    assert read_info(swapped).band_names == ["slope", "elevation", "curvature"]
-    with pytest.raises(DataError, match="band 2 .*'elevation'.*'curvature'"):
-        predict(cfg(setup, tmp_path / "x.tif", raster_path=str(swapped)))
+def test_bands_are_matched_by_name_in_any_order(setup: Dict[str, Path], tmp_path: Path) -> None:
+    """The same evidence in another band order (and with a band the model never saw) gives the same map."""
+    swapped = tmp_path / "swapped.tif"
+    with rasterio.open(setup["raster"]) as src:
+        profile, data = src.profile, src.read([1, 3, 2])
+    with rasterio.open(swapped, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(("slope", "elevation", "curvature"), start=1):
+            dst.set_band_description(i, name)
+    logs: List[str] = []
+    same = read(Path(predict(cfg(setup, tmp_path / "s.tif", raster_path=str(swapped)), log=logs.append)["output_path"]))
+    reference = read(Path(predict(cfg(setup, tmp_path / "r.tif"))["output_path"]))
+    assert np.array_equal(same, reference)
+    assert any("matched by name" in line for line in logs)
+
+    extra = tmp_path / "extra.tif"
+    with rasterio.open(swapped) as src:
+        profile, data, names = src.profile | {"count": 4}, src.read(), src.descriptions
+    with rasterio.open(extra, "w", **profile) as dst:
+        dst.write(np.concatenate([np.full((1,) + data.shape[1:], 7.0, np.float32), data]))
+        for i, name in enumerate(("magnetics",) + names, start=1):
+            dst.set_band_description(i, name)
+    logs.clear()
+    with_extra = read(Path(predict(cfg(setup, tmp_path / "e.tif", raster_path=str(extra)),
+                                   log=logs.append)["output_path"]))
+    assert np.array_equal(with_extra, reference)
+    assert any("ignored: magnetics" in line for line in logs)
+
+
+def test_a_missing_band_is_named(setup: Dict[str, Path], tmp_path: Path) -> None:
+    partial = tmp_path / "partial.tif"
+    with rasterio.open(setup["raster"]) as src:
+        profile, data = src.profile | {"count": 3}, src.read()
+    with rasterio.open(partial, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(("slope", "curvature", "elevation_m"), start=1):
+            dst.set_band_description(i, name)
+    with pytest.raises(DataError, match="lacks 1 band.*'elevation'.*Its bands are: 'slope', 'curvature', "
+                                        "'elevation_m'"):
+        predict(cfg(setup, tmp_path / "x.tif", raster_path=str(partial)), progress=lambda v: pytest.fail("work"))
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_unnamed_bands_are_not_compared(setup: Dict[str, Path], tmp_path: Path) -> None:

@@ -67,6 +67,16 @@ def test_read_window_masks_nodata_nan_and_per_band_nodata(tiny_stack):
     assert not valid[94, 64]  # only band 2 holds nodata there: the pixel is invalid
 
 
+def test_read_window_reads_chosen_bands_in_their_order(tiny_stack):
+    """Prediction reads a model's bands by name: a subset, in any order; validity counts only those."""
+    with open_raster(tiny_stack.path) as src:
+        picked, valid = read_window(src, 0, 0, tiny_stack.height, tiny_stack.width, bands=[3, 1])
+        raw = src.read([3, 1])
+    assert picked.shape == (2, 96, 128)
+    np.testing.assert_array_equal(picked[:, valid], raw[:, valid])
+    assert valid[94, 64]  # only band 2 holds nodata there, and band 2 was not read
+
+
 def test_read_window_pads_outside_the_raster(tiny_stack):
     with open_raster(tiny_stack.path) as src:
         data, valid = read_window(src, -5, 120, 20, 20)
