@@ -137,6 +137,9 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp_mode", choices=AMP_MODES, default="none", help="none, bf16 or fp16 (CUDA only)")
     p.add_argument("--mask_path", default=None, help="study-area polygons; outside is written as nodata")
+    p.add_argument("--uncertainty_path", default=None,
+                   help="also write the per-pixel standard deviation across the members of an ensemble model "
+                        "to this GeoTIFF (0 where they agree); needs a model trained with --ensemble 2 or more")
     _add_events(p)
 
 
@@ -248,6 +251,7 @@ def predict_config_from_args(a: argparse.Namespace) -> PredictConfig:
         device=a.device,
         amp_mode=a.amp_mode,
         mask_path=a.mask_path,
+        uncertainty_path=a.uncertainty_path,
     )
 
 

@@ -203,6 +203,8 @@ class PredictConfig(_JsonConfig):
     given they must agree with it. ``tile_size`` None = the tile the model was trained with.
     ``overlap`` is the least fraction of a tile shared by neighbouring windows (more when the
     model needs the context for seamless blending, at most half a tile).
+    ``uncertainty_path``: a second GeoTIFF with the per-pixel standard deviation across the
+    members of an ensemble checkpoint (refused for a single model).
     """
 
     checkpoint: str = ""
@@ -218,6 +220,7 @@ class PredictConfig(_JsonConfig):
     device: str = "auto"
     amp_mode: str = "none"
     mask_path: Optional[str] = None
+    uncertainty_path: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("checkpoint", "raster_path", "output_path"):

@@ -17,6 +17,7 @@ complete, so a cancelled or failed run never leaves a half-written map under tha
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 import datetime as _dt
 import hashlib
 import math
@@ -181,16 +182,17 @@ def window_weight(origin: Tuple[int, int], shape: Tuple[int, int], tile: Tuple[i
 class StripAccumulator:
     """Weighted sums of probabilities for the rows one strip of windows covers.
 
-    The buffers are (tile height, raster width): memory grows with the width, never with
-    the height. ``advance`` hands out finished rows and slides the buffers down.
+    The buffers are (layers, tile height, raster width): memory grows with the width and
+    the number of layers (1, or one per ensemble member when the spread is wanted), never
+    with the height. ``advance`` hands out finished rows and slides the buffers down.
     """
 
-    def __init__(self, height: int, width: int, tile_h: int) -> None:
+    def __init__(self, height: int, width: int, tile_h: int, layers: int = 1) -> None:
         self.height = height
         self.width = width
         self.rows = min(tile_h, height)
         self.base = 0
-        self.acc = np.zeros((self.rows, width), dtype=np.float32)
+        self.acc = np.zeros((layers, self.rows, width), dtype=np.float32)
         self.wsum = np.zeros((self.rows, width), dtype=np.float32)
         self.valid = np.zeros((self.rows, width), dtype=bool)
 
@@ -199,19 +201,21 @@ class StripAccumulator:
         return int(self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes)
 
     def add(self, row: int, col: int, prob: np.ndarray, valid: np.ndarray, weight: np.ndarray) -> None:
-        """Accumulates one window (clipped to the raster) at absolute ``row, col``."""
-        h = min(prob.shape[0], self.height - row)
-        w = min(prob.shape[1], self.width - col)
+        """Accumulates one window (layers, h, w) or (h, w), clipped to the raster, at ``row, col``."""
+        if prob.ndim == 2:
+            prob = prob[None]
+        h = min(prob.shape[1], self.height - row)
+        w = min(prob.shape[2], self.width - col)
         r = row - self.base
         if r < 0 or r + h > self.rows:
             raise RuntimeError(f"window at row {row} is outside the strip buffer starting at {self.base}")
         wt = weight[:h, :w]
-        self.acc[r:r + h, col:col + w] += prob[:h, :w] * wt
+        self.acc[:, r:r + h, col:col + w] += prob[:, :h, :w] * wt
         self.wsum[r:r + h, col:col + w] += wt
         self.valid[r:r + h, col:col + w] |= valid[:h, :w]
 
     def advance(self, final_end: int) -> Tuple[int, np.ndarray, np.ndarray]:
-        """Returns (first row, blended probabilities, validity) of rows up to ``final_end``.
+        """Returns (first row, blended probabilities (layers, n, width), validity) up to ``final_end``.
 
         Rows without any weight (cannot happen with a covering plan) come out invalid.
         """
@@ -219,11 +223,13 @@ class StripAccumulator:
         start = self.base
         wsum = self.wsum[:n]
         with np.errstate(invalid="ignore", divide="ignore"):
-            prob = np.where(wsum > 0, self.acc[:n] / np.where(wsum > 0, wsum, 1.0), 0.0).astype(np.float32)
+            prob = np.where(wsum > 0, self.acc[:, :n] / np.where(wsum > 0, wsum, 1.0), 0.0).astype(np.float32)
         valid = self.valid[:n] & (wsum > 0)
-        for buf in (self.acc, self.wsum, self.valid):
+        for buf in (self.wsum, self.valid):
             buf[: self.rows - n] = buf[n:].copy()
             buf[self.rows - n:] = 0
+        self.acc[:, : self.rows - n] = self.acc[:, n:].copy()
+        self.acc[:, self.rows - n:] = 0
         self.base = final_end
         return start, np.clip(prob, 0.0, 1.0), valid
 
@@ -231,18 +237,24 @@ class StripAccumulator:
 # ----------------------------------------------------------------------------- writing
 
 
+RowsFn = Callable[[int, np.ndarray, np.ndarray], None]
+
+
 class BlockRowWriter:
     """Writes finished rows into a tiled GeoTIFF in whole block rows.
 
     Re-writing a compressed block that GDAL already flushed appends a new copy to the file,
     so rows are held back until a full block row (or the end) is ready: every block is
-    compressed exactly once and at most one block row waits in memory.
+    compressed exactly once and at most one block row waits in memory. ``on_rows`` sees
+    every final row (values, validity after the mask), e.g. to sample the value distribution.
     """
 
-    def __init__(self, dst: Any, block_rows: int, mask_fn: Optional[Callable[[int, int], np.ndarray]] = None) -> None:
+    def __init__(self, dst: Any, block_rows: int, mask_fn: Optional[Callable[[int, int], np.ndarray]] = None,
+                 on_rows: Optional[RowsFn] = None) -> None:
         self.dst = dst
         self.block_rows = block_rows
         self.mask_fn = mask_fn
+        self.on_rows = on_rows
         self.pending: List[np.ndarray] = []
         self.pending_rows = 0
         self.next_row = 0
@@ -254,6 +266,8 @@ class BlockRowWriter:
             raise RuntimeError(f"rows must come in order: expected {self.next_row + self.pending_rows}, got {row0}")
         if self.mask_fn is not None:
             valid = valid & self.mask_fn(row0, prob.shape[0])
+        if self.on_rows is not None:
+            self.on_rows(row0, prob, valid)
         out = np.where(valid, prob, np.float32(NODATA)).astype(np.float32)
         self.pending.append(out)
         self.pending_rows += out.shape[0]
@@ -280,13 +294,66 @@ class BlockRowWriter:
         self.pending_rows = rest.shape[0]
 
 
+class ValueHistogram:
+    """The distribution of a map's valid values in fixed memory, for area-percentile cut-offs.
+
+    Non-negative float32 values order like their bit patterns, so the top 20 bits of the
+    pattern index a histogram with bins 0.05 % wide (relative) at every magnitude: a
+    calibrated map with values near 1e-4 is resolved as finely as one near 0.5. Counts
+    (or pixel areas on a geographic grid) go into 2^19 bins (4 MiB, whatever the raster's
+    size). A cut-off is the lower edge of the bin where the ranked area reaches k %, so
+    the pixels at or above it cover k % of the area, up to one bin.
+    """
+
+    SHIFT = 12
+    BINS = 1 << 19  # covers every float32 in [0, 2)
+
+    def __init__(self, area_fn: Optional[Callable[[int, int], np.ndarray]] = None) -> None:
+        self.area_fn = area_fn
+        self.weights = np.zeros(self.BINS, dtype=np.float64)
+
+    def __call__(self, row0: int, values: np.ndarray, valid: np.ndarray) -> None:
+        v = np.clip(values[valid].astype(np.float32), 0.0, 1.0)
+        idx = v.view(np.uint32) >> self.SHIFT
+        w = None if self.area_fn is None else self.area_fn(row0, values.shape[0])[valid].astype(np.float64)
+        self.weights += np.bincount(idx, weights=w, minlength=self.BINS)
+
+    def _edge(self, i: int) -> float:
+        return float(np.array([i << self.SHIFT], dtype=np.uint32).view(np.float32)[0])
+
+    def cutoffs(self, percents: Sequence[float]) -> Dict[str, Optional[float]]:
+        """``{"top<k>": value}``: the value at which the top k % of the area begins (None when empty)."""
+        total = self.weights.sum()
+        if not total > 0:
+            return {f"top{k:g}": None for k in percents}
+        from_top = np.cumsum(self.weights[::-1]) / total
+        out: Dict[str, Optional[float]] = {}
+        for k in percents:
+            target = k / 100.0 - 1e-12
+            # k = 0: the highest non-empty bin (the maximum).
+            j = int(np.searchsorted(from_top, target, side="left") if target > 0 else
+                    np.searchsorted(from_top, 0.0, side="right"))
+            out[f"top{k:g}"] = self._edge(self.BINS - 1 - min(j, self.BINS - 1))
+        return out
+
+    def percentile(self, q: float) -> Optional[float]:
+        """The q-th percentile (lower bin edge; None when empty)."""
+        cut = self.cutoffs([100.0 - q])
+        return next(iter(cut.values()))
+
+
 # ----------------------------------------------------------------------------- the loop
+
+
+def _as_layers(probs: np.ndarray) -> np.ndarray:
+    """A runner's output as (B, layers, h, w): plain callables return (B, h, w)."""
+    return probs[:, None] if probs.ndim == 3 else probs
 
 
 def blend_windows(
     read: Reader,
     run: Runner,
-    writer: BlockRowWriter,
+    writer: BlockRowWriter | Sequence[BlockRowWriter],
     height: int,
     width: int,
     tile: Tuple[int, int],
@@ -298,14 +365,19 @@ def blend_windows(
 
     Windows are clipped to the raster (the model pads them to its multiple, as it pads a
     single whole-raster window), and each is weighted by its trusted interior
-    (``window_weight``). Returns counts (windows, strips) and the accumulators' bytes.
+    (``window_weight``). A runner with ``layers`` > 1 (ensemble members) is blended layer
+    by layer and its ``outputs(layers)`` turns the blended rows into one array per writer
+    (the mean map and the members' spread); otherwise the single layer goes to the one
+    writer. Returns counts (windows, strips) and the accumulators' bytes.
     """
+    writers = [writer] if isinstance(writer, BlockRowWriter) else list(writer)
     strips = plan_strips(height, width, tile, stride)
-    accum = StripAccumulator(height, width, tile[0])
+    accum = StripAccumulator(height, width, tile[0], int(getattr(run, "layers", 1)))
     jobs = [(i, cols) for i, strip in enumerate(strips) for cols in _batches(strip.cols, width, tile[1], batch_size)]
     prepare = getattr(run, "prepare", None)
+    outputs = getattr(run, "outputs", None) or (lambda layers: [layers[0]])
 
-    def load(strip: Strip, cols: List[int]) -> Tuple[np.ndarray, np.ndarray]:
+    def load(strip: Strip, cols: List[int]) -> Tuple[Any, np.ndarray]:
         """Reads (and, when the runner can, encodes) one batch; runs on the prefetch thread."""
         h, w = min(tile[0], height - strip.row0), min(tile[1], width - cols[0])
         # One read spans the batch (neighbouring windows overlap): each pixel is read once.
@@ -325,15 +397,18 @@ def blend_windows(
             x, valids = pending.result()
             if k + 1 < len(jobs):
                 pending = pool.submit(load, strips[jobs[k + 1][0]], jobs[k + 1][1])
-            probs = run.infer(x) if prepare is not None else run(x, valids)  # type: ignore[attr-defined]
+            probs = _as_layers(run.infer(x) if prepare is not None else run(x, valids))  # type: ignore[attr-defined]
             for col, prob, valid in zip(cols, probs, valids):
                 weight = window_weight((strips[i].row0, col), (height, width), tile, stride)
                 accum.add(strips[i].row0, col, prob, valid, weight)
             n_windows += len(cols)
             if k + 1 == len(jobs) or jobs[k + 1][0] != i:  # the strip is complete
-                writer.write(*accum.advance(strips[i].final_end))
+                start, layers, valid = accum.advance(strips[i].final_end)
+                for out, rows in zip(writers, outputs(layers)):
+                    out.write(start, rows, valid)
                 cb.progress((i + 1) / len(strips))
-    writer.close()
+    for out in writers:
+        out.close()
     return {"windows": n_windows, "strips": len(strips), "buffer_bytes": accum.nbytes}
 
 
@@ -352,58 +427,158 @@ def _batches(cols: Sequence[int], width: int, tile_w: int, n: int) -> Iterator[L
 # ----------------------------------------------------------------------------- torch side
 
 
-def class1_probability(logits: Any) -> Any:
-    """Positive-class probability from logits (B, K, H, W): softmax for K >= 2, sigmoid for 1."""
+def class1_probability(logits: Any, offset: float = 0.0) -> Any:
+    """Positive-class probability from logits (B, K, H, W), with ``offset`` added to its logit.
+
+    K >= 2: the class-1 logit against the others (softmax's class 1 when the offset is 0);
+    K == 1: a sigmoid. The offset is the member's calibration (core/calibration.py).
+    """
     import torch
 
     logits = logits.float()
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
+        z = logits[:, 0]
+    elif logits.shape[1] == 2:
+        z = logits[:, 1] - logits[:, 0]
+    else:
+        others = torch.cat([logits[:, :1], logits[:, 2:]], dim=1)
+        z = logits[:, 1] - torch.logsumexp(others, dim=1)
+    return torch.sigmoid(z + offset) if offset else torch.sigmoid(z)
+
+
+@dataclass
+class Member:
+    """One model of the ensemble a checkpoint holds, ready to run."""
+
+    model: Any
+    group: int
+    """Index of its band encoder in ``TorchRunner.encoders`` (members may share one)."""
+    offset: float = 0.0
+    """Calibration: added to the class-1 logit (0 = the model's own output)."""
 
 
 class TorchRunner:
-    """Encodes raw windows with the checkpoint's encoder and runs the model on them.
+    """Encodes raw windows with the members' encoders and runs every member on them.
 
     Planar U-Nets halve the size ``layers`` times, so windows are zero-padded to a multiple
     of ``multiple`` and cropped back (a raster smaller than a tile is padded the same way).
+    Members that share an encoder share one encoded batch; the first encoder's batch is
+    encoded on the prefetch thread (``prepare``), any other group's when it is needed, so
+    only one extra encoded batch exists at a time. ``infer`` returns the members' mean
+    probability as one layer, or, with ``per_member``, one layer per member (for the spread).
     """
 
-    def __init__(self, model: Any, encoder: Any, device: Any, amp: Callable[[], Any], multiple: int = 1) -> None:
-        self.model = model
-        self.encoder = encoder
+    def __init__(self, members: Sequence[Member], encoders: Sequence[Any], device: Any, amp: Callable[[], Any],
+                 multiple: int = 1, per_member: bool = False) -> None:
+        self.members = list(members)
+        self.encoders = list(encoders)
         self.device = device
         self.amp = amp
         self.multiple = max(1, int(multiple))
+        self.per_member = per_member and len(self.members) > 1
 
-    def prepare(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    @property
+    def model(self) -> Any:
+        """The first member's model (single-model callers)."""
+        return self.members[0].model
+
+    @property
+    def layers(self) -> int:
+        """Layers ``infer`` returns per window: 1 (the mean) or one per member."""
+        return len(self.members) if self.per_member else 1
+
+    def encode_group(self, group: int, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Encodes a batch of raw windows (B, C, h, w) -> (B, C_out, h, w) float32, in one array."""
-        if self.encoder is None:
+        encoder = self.encoders[group]
+        if encoder is None:
             return np.where(valid[:, None], data, 0.0).astype(np.float32, copy=False)
-        out = np.empty((data.shape[0], self.encoder.out_channels) + data.shape[2:], dtype=np.float32)
+        out = np.empty((data.shape[0], encoder.out_channels) + data.shape[2:], dtype=np.float32)
         for i, (d, v) in enumerate(zip(data, valid)):
-            self.encoder.encode(d, v, out=out[i])
+            encoder.encode(d, v, out=out[i])
         return out
 
-    encode = prepare  # the name the benchmarks and older callers use
+    def prepare(self, data: np.ndarray, valid: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+        """(the first encoder's batch, the raw batch when other encoders still need it)."""
+        raw = (data, valid) if len(self.encoders) > 1 else None
+        return self.encode_group(0, data, valid), raw
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """Positive-class probabilities (B, h, w) of an encoded batch."""
+    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The first encoder's batch (what a single model sees; the benchmarks call it)."""
+        return self.encode_group(0, data, valid)
+
+    def member_probability(self, member: Member, x: Any) -> Any:
+        """One member's class-1 probability (B, H, W) of an encoded tensor batch, on the device."""
+        with torch_inference(), self.amp():
+            return class1_probability(member.model(x.to(self.device)), member.offset)
+
+    def infer(self, batch: Any) -> np.ndarray:
+        """Probabilities (B, layers, h, w) of a prepared batch (or of an encoded array)."""
         import torch
         import torch.nn.functional as F
 
-        t = torch.from_numpy(x)
-        h, w = t.shape[-2:]
-        ph = (-h) % self.multiple
-        pw = (-w) % self.multiple
-        if ph or pw:
-            t = F.pad(t, (0, pw, 0, ph))
-        with torch.inference_mode(), self.amp():
-            prob = class1_probability(self.model(t.to(self.device)))
-        return prob[:, :h, :w].float().cpu().numpy()
+        first, raw = batch if isinstance(batch, tuple) else (batch, None)
+        encoded = {0: first}
+        h, w = first.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        total: Any = None
+        layers: List[np.ndarray] = []
+        for group in sorted({m.group for m in self.members}):
+            if group not in encoded:
+                assert raw is not None
+                encoded = {group: self.encode_group(group, *raw)}  # one extra batch at a time
+            t = torch.from_numpy(encoded[group])
+            if ph or pw:
+                t = F.pad(t, (0, pw, 0, ph))
+            for member in (m for m in self.members if m.group == group):
+                prob = self.member_probability(member, t)[:, :h, :w].float()
+                if self.per_member:
+                    layers.append(prob.cpu().numpy())
+                else:
+                    total = prob if total is None else total + prob
+        if self.per_member:
+            return np.stack(layers, axis=1)
+        return (total / len(self.members)).cpu().numpy()[:, None]
+
+    def outputs(self, layers: np.ndarray) -> List[np.ndarray]:
+        """Blended layers -> [mean map] or [mean map, spread (population std across members)]."""
+        if not self.per_member:
+            return [layers[0]]
+        return [layers.mean(axis=0), layers.std(axis=0)]
 
     def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return self.infer(self.prepare(data, valid))
+
+
+def torch_inference() -> Any:
+    """``torch.inference_mode()`` (imported when first needed)."""
+    import torch
+
+    return torch.inference_mode()
+
+
+def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[Any]]:
+    """The checkpoint's members as runnable models (eval mode, on ``device``) and their encoders.
+
+    Members with the same band statistics share one encoder (one encoding per batch).
+    """
+    import json
+
+    from .calibration import logit_offset
+    from .checkpoint import build_member_model, ensemble_members
+    from .encoding import BandEncoder
+
+    members: List[Member] = []
+    encoders: List[Any] = []
+    keys: Dict[str, int] = {}
+    for view in ensemble_members(ckpt):
+        enc = view.get("encoder")
+        key = json.dumps(enc, sort_keys=True)
+        if key not in keys:
+            keys[key] = len(encoders)
+            encoders.append(None if enc is None else BandEncoder.from_dict(enc))
+        model = build_member_model(view).to(device).eval()
+        members.append(Member(model, keys[key], logit_offset(view.get("calibration"))))
+    return members, encoders
 
 
 # ----------------------------------------------------------------------------- checks
@@ -629,37 +804,44 @@ def resample_periodic(x: Any, size: Tuple[int, int]) -> Any:
 
 def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid: Optional[Tuple[int, int]]
                   ) -> np.ndarray:
-    """Runs the whole globe through the model at once and brings the probability back.
+    """Runs the whole globe through every member at once and brings the probabilities back.
 
     A spherical model gets its own ``grid`` (resampled there and back, periodic in
     longitude). A planar model (``grid`` None) sees the globe at its own size with a
     circular margin in longitude, so the antimeridian is not an edge for it either.
+    Returns (layers, H, W): the members' mean, or one layer per member (``per_member``).
     """
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(runner.encode(data[None], valid[None]))
-    h, w = x.shape[-2:]
-    with torch.inference_mode(), runner.amp():
-        if grid is not None:
-            logits = runner.model(resample_periodic(x, grid).to(runner.device))
-            prob = resample_periodic(class1_probability(logits)[:, None].float().cpu(), (h, w))
-        else:
-            margin = min(w, max(runner.multiple, w // 8))
-            padded = F.pad(x, (margin, margin, 0, 0), mode="circular")
-            prob = class1_probability(runner.model(padded.to(runner.device)))[:, None, :, margin:margin + w]
-    return prob[0, 0].float().cpu().clamp(0, 1).numpy()
+    probs: List[np.ndarray] = []
+    for group in sorted({m.group for m in runner.members}):
+        x = torch.from_numpy(runner.encode_group(group, data[None], valid[None]))
+        h, w = x.shape[-2:]
+        for member in (m for m in runner.members if m.group == group):
+            if grid is not None:
+                prob = runner.member_probability(member, resample_periodic(x, grid))
+                prob = resample_periodic(prob[:, None].float().cpu(), (h, w))[:, 0]
+            else:
+                margin = min(w, max(runner.multiple, w // 8))
+                padded = F.pad(x, (margin, margin, 0, 0), mode="circular")
+                prob = runner.member_probability(member, padded)[:, :, margin:margin + w]
+            probs.append(prob[0].float().cpu().clamp(0, 1).numpy())
+    stacked = np.stack(probs)
+    return stacked if runner.per_member else stacked.mean(axis=0, keepdims=True)
 
 
 def globe_into(src: Any, info: Any, runner: TorchRunner, grid: Optional[Tuple[int, int]],
-               writer: BlockRowWriter, cb: Callbacks, bands: Optional[Sequence[int]] = None) -> Dict[str, int]:
-    """Reads the whole globe (the model's ``bands``), predicts it in one pass and writes it."""
+               writers: Sequence[BlockRowWriter], cb: Callbacks, bands: Optional[Sequence[int]] = None
+               ) -> Dict[str, int]:
+    """Reads the whole globe (the model's ``bands``), predicts it in one pass and writes it (and the spread)."""
     from .raster import read_window
 
     cb.check_stop("prediction stopped; no probability map was written")
     data, valid = read_window(src, 0, 0, info.height, info.width, bands)
-    writer.write(0, predict_globe(runner, data, valid, grid), valid)
-    writer.close()
+    for writer, rows in zip(writers, runner.outputs(predict_globe(runner, data, valid, grid))):
+        writer.write(0, rows, valid)
+        writer.close()
     cb.progress(1.0)
     return {"windows": 1, "strips": 1}
 
@@ -714,8 +896,77 @@ def _tags(config: PredictConfig, ckpt: Dict[str, Any], tile: Tuple[int, int], sp
         "stack_segmenter_version": __version__,
         "source_raster": str(Path(config.raster_path).name),
         "mode": "whole globe" if spherical else f"sliding windows {tile[0]}x{tile[1]}, overlap {config.overlap:g}",
-        "value": "probability of class 1 (positive), 0..1",
     }
+
+
+@dataclass(frozen=True)
+class OutputMeaning:
+    """What the map's values are, in the words its band description and tags use."""
+
+    calibrated: bool
+    base_rate: Optional[float]
+    description: str
+    value: str
+
+
+def output_meaning(ckpt: Dict[str, Any], model_name: str, n_members: int) -> OutputMeaning:
+    """Calibrated probability when every member carries a calibration, else a prospectivity score."""
+    from .checkpoint import ensemble_members
+
+    cals = [m.get("calibration") for m in ensemble_members(ckpt)]
+    ensemble = f", mean of {n_members} members" if n_members > 1 else ""
+    if cals and all(c and c.get("logit_offset") is not None for c in cals):
+        rate = float(np.mean([float(c.get("base_rate", 0.0)) for c in cals]))
+        of = str(cals[0].get("base_rate_of") or "positives per pixel")
+        return OutputMeaning(True, rate, f"probability of class 1, calibrated ({model_name}{ensemble})",
+                             f"probability of class 1 (positive) per pixel, 0..1, calibrated so that its mean over "
+                             f"the training area is the training base rate {rate:.3g} ({of})")
+    return OutputMeaning(False, None, f"prospectivity score of class 1, not calibrated ({model_name}{ensemble})",
+                         "prospectivity score of class 1 (positive), 0..1: it ranks the pixels but is not a "
+                         "probability (the model carries no calibration; retrain it to get one)")
+
+
+def _geographic_area(info: Any) -> Optional[Callable[[int, int], np.ndarray]]:
+    """Pixel areas of rows (cos latitude) on a geographic grid, None on a projected one."""
+    from .evaluate import is_geographic
+    from .metrics import latitude_weights
+
+    if not is_geographic(info.crs_wkt):
+        return None
+    a, b, c, d, e, f = (float(v) for v in info.transform[:6])
+
+    def rows(row0: int, n: int) -> np.ndarray:
+        return latitude_weights((a, b, c, d, e, f + e * row0), n, info.width)
+
+    return rows
+
+
+def check_outputs(config: PredictConfig, n_members: int) -> Tuple[Path, Optional[Path]]:
+    """The map's path and the uncertainty map's (None when not asked for), both checked.
+
+    Raises:
+        ConfigError: an uncertainty map from a single model, or the same file for both maps.
+        DataError: a folder, the input raster or an unwritable folder as an output.
+    """
+    if config.uncertainty_path and n_members < 2:
+        raise ConfigError(
+            "--uncertainty_path needs an ensemble: the model holds a single member, so there is no spread "
+            "between members to map; train with --ensemble 2 or more (Train segmenter: 'Ensemble members'), or "
+            "leave out --uncertainty_path"
+        )
+    out = prepare_output(config.output_path, config.raster_path)
+    if not config.uncertainty_path:
+        return out, None
+    spread = prepare_output(config.uncertainty_path, config.raster_path)
+    if spread == out:
+        raise ConfigError("--uncertainty_path names the same file as --output_path; give the uncertainty map "
+                          "its own name, e.g. uncertainty.tif")
+    return out, spread
+
+
+def _cutoff_tags(cutoffs: Dict[str, Optional[float]]) -> Dict[str, str]:
+    """``top1_cutoff`` ...: the value at which the top k % of the area begins (styling reads them)."""
+    return {f"{k}_cutoff": repr(float(v)) for k, v in cutoffs.items() if v is not None}
 
 
 def predict(
@@ -727,12 +978,17 @@ def predict(
 ) -> Dict[str, Any]:
     """Writes the positive-class probability of every pixel of ``config.raster_path``.
 
-    Every check (checkpoint, options, bands, output folder, globe) runs before any window is
-    predicted. Returns ``{"output_path", "model_name", "width", "height", "nodata", ...}``.
+    An ensemble checkpoint's members are averaged window by window; with
+    ``uncertainty_path`` the members' per-pixel standard deviation goes to a second
+    GeoTIFF. Every check (checkpoint, options, bands, outputs, globe) runs before any
+    window is predicted. Returns ``{"output_path", "model_name", "width", "height",
+    "nodata", "tile_size", "windows", "members", "calibrated", "area_cutoffs",
+    "uncertainty_path"}``.
     """
     import rasterio
 
-    from .checkpoint import build_model_from_checkpoint, encoder_from_checkpoint, load_checkpoint
+    from .checkpoint import ensemble_members, load_checkpoint
+    from .metrics import TOP_PERCENTS
     from .models.catalog import parse_model_name
     from .raster import open_raster, read_info, read_window
 
@@ -742,6 +998,7 @@ def predict(
     info = read_info(config.raster_path)
     bands = check_raster(info, ckpt, cb.log)
     spec = parse_model_name(str(ckpt["model_name"]))
+    n_members = len(ensemble_members(ckpt))
     if config.spherical:
         check_global(info)
         if not spec.spherical:
@@ -750,35 +1007,66 @@ def predict(
     elif spec.spherical:
         cb.log(f"warning: {spec.name} is a spherical model run on local windows; the geometry is approximate "
                "(use --spherical on a global EPSG:4326 raster)")
-    out = prepare_output(config.output_path, config.raster_path)
+    out, spread_out = check_outputs(config, n_members)
+    planned = int((ckpt.get("ensemble") or {}).get("size") or n_members)
+    if planned > n_members:
+        cb.log(f"note: the checkpoint's ensemble is unfinished ({n_members} of {planned} members trained); "
+               "predicting with the finished ones (train again with --resume to finish it)")
     study = StudyArea.load(config.mask_path, info, cb.log) if config.mask_path else None
     device = resolve_device(config.device)
     amp = autocast_for(config.amp_mode, device)
-    model = build_model_from_checkpoint(ckpt).to(device).eval()
+    members, encoders = load_members(ckpt, device)
     multiple = 1 if spec.spherical else spec.scale ** spec.layers
-    runner = TorchRunner(model, encoder_from_checkpoint(ckpt), device, amp, multiple)
+    runner = TorchRunner(members, encoders, device, amp, multiple, per_member=spread_out is not None)
+    meaning = output_meaning(ckpt, spec.name, n_members)
     tile = _choose_tile(config, ckpt, info, spec.spherical, cb.log)
     stride = stride_for(tile, config.overlap, multiple, model_context(spec.arch, spec.scale, spec.layers))
     how = "whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"
-    cb.log(f"predicting {info.width} x {info.height} px with {spec.name} on {device}: {how}")
-    tmp = _temp_output(out)
+    what = f"an ensemble of {n_members} {spec.name} members" if n_members > 1 else spec.name
+    cb.log(f"predicting {info.width} x {info.height} px with {what} on {device}: {how}")
+    if not meaning.calibrated:
+        cb.log("note: the model carries no calibration, so the map is a prospectivity score (a ranking), not a "
+               "probability")
+    area = _geographic_area(info)
+    samples = [ValueHistogram(area)]
+    targets = [out] + ([spread_out] if spread_out is not None else [])
+    if spread_out is not None:
+        samples.append(ValueHistogram())
+    tmps = [_temp_output(t) for t in targets]
+    mask_fn = study.rows if study is not None else None
     try:
-        with open_raster(config.raster_path) as src, rasterio.open(tmp, "w", **_output_profile(info)) as dst:
-            writer = BlockRowWriter(dst, BLOCK, study.rows if study is not None else None)
+        with open_raster(config.raster_path) as src, ExitStack() as stack:
+            dsts = [stack.enter_context(rasterio.open(t, "w", **_output_profile(info))) for t in tmps]
+            writers = [BlockRowWriter(d, BLOCK, mask_fn, on_rows=smp) for d, smp in zip(dsts, samples)]
             if config.spherical:
                 grid = _model_grid(ckpt) if spec.spherical else None
-                stats = globe_into(src, info, runner, grid, writer, cb, bands)
+                stats = globe_into(src, info, runner, grid, writers, cb, bands)
             else:
-                stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w, bands), runner, writer,
+                stats = blend_windows(lambda r, c, h, w: read_window(src, r, c, h, w, bands), runner, writers,
                                       info.height, info.width, tile, stride, config.batch_size, cb)
-            dst.set_band_description(1, f"probability of class 1 ({spec.name})")
-            dst.update_tags(**_tags(config, ckpt, tile, config.spherical))
-        give_default_permissions(tmp)
-        os.replace(tmp, out)
+            tags = _tags(config, ckpt, tile, config.spherical)
+            cutoffs = samples[0].cutoffs(TOP_PERCENTS)
+            dsts[0].set_band_description(1, meaning.description)
+            dsts[0].update_tags(**tags, value=meaning.value, calibrated="yes" if meaning.calibrated else "no",
+                                members=str(n_members), **_cutoff_tags(cutoffs),
+                                **({"base_rate": repr(meaning.base_rate)} if meaning.base_rate is not None else {}))
+            if spread_out is not None:
+                dsts[1].set_band_description(1, f"uncertainty: standard deviation across {n_members} members "
+                                                f"({spec.name})")
+                p99, top = samples[1].percentile(99.0), samples[1].percentile(100.0)
+                dsts[1].update_tags(**tags, members=str(n_members), value=(
+                    f"standard deviation of the {n_members} members' class-1 values (population std, ddof 0): "
+                    "0 where the members agree, larger where they differ"),
+                    **({"p99": repr(p99), "max": repr(top)} if p99 is not None else {}))
+        for tmp, target in zip(tmps, targets):
+            give_default_permissions(tmp)
+            os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    cb.log(f"probability map written to {out}")
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+    cb.log(f"{'probability' if meaning.calibrated else 'score'} map written to {out}"
+           + (f"; uncertainty map written to {spread_out}" if spread_out is not None else ""))
     return {
         "output_path": str(out),
         "model_name": spec.name,
@@ -787,6 +1075,10 @@ def predict(
         "nodata": NODATA,
         "tile_size": list(tile),
         "windows": stats["windows"],
+        "members": n_members,
+        "calibrated": meaning.calibrated,
+        "area_cutoffs": cutoffs,
+        "uncertainty_path": str(spread_out) if spread_out is not None else None,
     }
 
 
