@@ -22,8 +22,7 @@ ensemble keeps its finished members and ``--resume`` continues the unfinished on
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 from .errors import DataError
+from .events import LogFn
+from .files import write_bytes_atomic
 
 FORMAT = "stack_segmenter.checkpoint/2"
 #: Formats ``load_checkpoint`` reads: 1 = one model (no ``members``), 2 = adds ``members``.
@@ -42,42 +43,18 @@ MEMBER_OVERRIDES = ("model_kwargs", "encoder", "calibration")
 TRAINING_STATE = ("optimizer", "scheduler", "rng", "best", "history")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Makes the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def save_checkpoint(path: str | Path, ckpt: Dict[str, Any], log: Optional[LogFn] = None) -> Path:
+    """Writes ``ckpt`` atomically (files.py: temp file, fsync, read back, rename).
 
-
-def save_checkpoint(path: str | Path, ckpt: Dict[str, Any]) -> Path:
-    """Writes ``ckpt`` atomically: temp file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any moment leaves either the previous file or the new one, never a torn one.
+    The checkpoint is serialised in memory first, so its exact size is checked against the
+    free space and named in a "No space left on device" error, and a crash at any moment
+    leaves either the previous file or the new one, never a torn one.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = dict(ckpt)
     data["format"] = FORMAT
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(out.parent)
-    return out
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    return write_bytes_atomic(path, buffer.getvalue(), log=log)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
+from .files import (WriteFailed, check_free_space, free_bytes, gdal_errors, prepare_folder, remove_stale_temps,
+                    temp_path, verify_raster, write_error)
 
 NODATA = -9999.0
 CRS_EPSG = 3577  # GDA94 / Australian Albers: projected, metres (SEDEX Zn-Pb country)
@@ -55,6 +56,8 @@ _SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
 LogFn = Callable[[str], None]
 PathLike = Union[str, Path]
+STAGING = "demo"
+"""Name the staging folder's temporary name derives from: ``.demo.<pid>-<hex>.partial``."""
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -406,12 +409,13 @@ def write_geotiff(path: Path, data: np.ndarray, names: Sequence[str], tags: Dict
                    crs=CRS.from_epsg(CRS_EPSG), transform=_transform(), nodata=NODATA,
                    tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate", zlevel=1,
                    predictor=3, interleave="pixel", bigtiff="IF_SAFER")
-    with rasterio.Env(GDAL_CACHEMAX=512 * 1024 * 1024):  # bytes: rasterio calls GDALSetCacheMax
+    with rasterio.Env(GDAL_CACHEMAX=512 * 1024 * 1024), gdal_errors() as messages:  # bytes: GDALSetCacheMax
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
             for band, name in enumerate(names, start=1):
                 dst.set_band_description(band, name)
             dst.update_tags(**tags)
+        verify_raster(path, messages, data.shape)
 
 
 def write_deposits(path: Path, x: np.ndarray, y: np.ndarray) -> None:
@@ -421,7 +425,13 @@ def write_deposits(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     n = len(x)
     frame = gpd.GeoDataFrame({"id": np.arange(1, n + 1, dtype=np.int32), "label": np.ones(n, dtype=np.int32)},
                              geometry=gpd.points_from_xy(x, y), crs=f"EPSG:{CRS_EPSG}")
-    frame.to_file(path, driver="ESRI Shapefile")
+    try:
+        frame.to_file(path, driver="ESRI Shapefile")
+        written = len(gpd.read_file(path))
+    except Exception as exc:  # noqa: BLE001 - fiona/GDAL raise RuntimeError & co. for a failed write
+        raise WriteFailed(" ".join(str(exc).split())[:300]) from None
+    if written != n:
+        raise WriteFailed(f"{path.name} holds {written} of {n} deposits after writing")
 
 
 def readme_text(spec: DemoSpec, layout: Layout, intercept: float, truth_stats: Dict[str, float]) -> str:
@@ -459,15 +469,7 @@ def readme_text(spec: DemoSpec, layout: Layout, intercept: float, truth_stats: D
 
 
 def _prepare_output_dir(output_dir: PathLike) -> Path:
-    out = Path(output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DataError(f"demo output {out} is a file, not a folder; give --output_dir a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the demo output folder {out}: {exc.strerror}; "
-                        "choose a folder you can write to with --output_dir") from None
-    return out.resolve()
+    return prepare_folder(Path(output_dir).expanduser(), "the demo output folder (--output_dir)").resolve()
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -511,8 +513,14 @@ def make_demo_data(output_dir: PathLike, *, seed: int = 42, width: int = 1024, h
     layout = band_layout(spec)
     stack = build_stack(spec, latent, layout, log)
 
-    staging = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out))
+    # Everything is written and verified in a staging folder of our temporary pattern first
+    # (files.py: a killed run's staging folder is removed by the next run), then moved in.
+    remove_stale_temps(out / STAGING, log)
+    needed = (spec.bands + 1) * spec.width * spec.height * 4
+    check_free_space(out, needed, f"the demo data in {out}")
+    staging = temp_path(out / STAGING)
     try:
+        staging.mkdir()
         tags = {"source": "stack_segmenter demo data", "seed": str(spec.seed)}
         write_geotiff(staging / FILE_NAMES["raster"], stack, layout.names, tags)
         del stack
@@ -521,6 +529,10 @@ def make_demo_data(output_dir: PathLike, *, seed: int = 42, width: int = 1024, h
         write_deposits(staging / FILE_NAMES["deposits"], x, y)
         (staging / FILE_NAMES["readme"]).write_text(readme_text(spec, layout, intercept, stats), encoding="utf-8")
         _publish(staging, out)
+    except (OSError, WriteFailed) as exc:
+        free = free_bytes(out)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(out, exc, needed, free) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

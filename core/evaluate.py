@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -22,8 +20,8 @@ import numpy as np
 from .config import EvaluateConfig
 from .errors import DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
+from .files import prepare_folder, write_atomic
 from .metrics import RateCurve, finite_or_none, latitude_weights, pixel_aucs, rate_curve
-from .predict import give_default_permissions
 
 Box = Tuple[float, float, float, float]
 
@@ -175,21 +173,6 @@ def validation_boxes(checkpoint_path: str) -> List[Box]:
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Writes through a temporary file in the same folder, then renames it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        give_default_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _write_json(data: Dict[str, Any]) -> Callable[[Path], None]:
@@ -347,7 +330,7 @@ def evaluate(
     cb = Callbacks.of(progress, should_stop, log)
     info = read_info(config.probability_map)
     boxes = validation_boxes(config.checkpoint) if config.checkpoint else None
-    out_dir = _prepare_dir(config.output_dir)
+    out_dir = prepare_folder(Path(config.output_dir).expanduser().resolve(), "--output_dir")
     label_raster = rasterize_labels(config.labels, info, cb.log)
     cb.progress(0.2)
     cb.check_stop("evaluation stopped")
@@ -393,19 +376,6 @@ def evaluate(
     cb.progress(1.0)
     _log_summary(metrics, cb.log)
     return {"metrics": metrics, "files": files}
-
-
-def _prepare_dir(path: str) -> Path:
-    out = Path(path).expanduser().resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DataError(f"cannot write into {out} ({exc.strerror or exc}); choose a folder you can write to "
-                        "for --output_dir") from None
-    return out
 
 
 def _write_outputs(

@@ -11,19 +11,18 @@ comes from a window that sees all its context: tiled output matches a single win
 (3) write every row as soon as no later window can touch it. Only one strip of
 accumulators (tile height x raster width) is ever in memory, whatever the raster's height.
 
-The output is written to a temporary file beside the requested one and renamed when
-complete, so a cancelled or failed run never leaves a half-written map under that name.
+The output is written to a temporary file beside the requested one (files.atomic_paths),
+checked (GDAL's errors while writing, then reopened and read back) and renamed when
+complete, so a cancelled or failed run, or a full disk, never leaves a half-written map under
+that name nor replaces an earlier map.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 import datetime as _dt
-import hashlib
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -34,6 +33,8 @@ from .config import PredictConfig
 from .device import autocast_for, resolve_device
 from .errors import ConfigError, DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
+from .files import (WriteFailed, atomic_paths, check_output_location, check_outputs_not_inputs, file_sha256,
+                    gdal_errors, verify_raster)
 
 NODATA: float = -9999.0
 #: Output GeoTIFF block size (rows and columns); GDAL wants a multiple of 16.
@@ -247,14 +248,18 @@ class BlockRowWriter:
     so rows are held back until a full block row (or the end) is ready: every block is
     compressed exactly once and at most one block row waits in memory. ``on_rows`` sees
     every final row (values, validity after the mask), e.g. to sample the value distribution.
+    ``gdal_messages`` (from ``files.gdal_errors``) is checked after each write, so a full disk
+    ends the run as soon as GDAL reports it; ``valid_pixels`` counts what was not nodata.
     """
 
     def __init__(self, dst: Any, block_rows: int, mask_fn: Optional[Callable[[int, int], np.ndarray]] = None,
-                 on_rows: Optional[RowsFn] = None) -> None:
+                 on_rows: Optional[RowsFn] = None, gdal_messages: Optional[List[str]] = None) -> None:
         self.dst = dst
         self.block_rows = block_rows
         self.mask_fn = mask_fn
         self.on_rows = on_rows
+        self.gdal_messages = gdal_messages if gdal_messages is not None else []
+        self.valid_pixels = 0
         self.pending: List[np.ndarray] = []
         self.pending_rows = 0
         self.next_row = 0
@@ -269,6 +274,7 @@ class BlockRowWriter:
         if self.on_rows is not None:
             self.on_rows(row0, prob, valid)
         out = np.where(valid, prob, np.float32(NODATA)).astype(np.float32)
+        self.valid_pixels += int(valid.sum())
         self.pending.append(out)
         self.pending_rows += out.shape[0]
         self.peak_pending_bytes = max(self.peak_pending_bytes, sum(p.nbytes for p in self.pending))
@@ -289,6 +295,8 @@ class BlockRowWriter:
         if n:
             self.dst.write(rows[:n], 1, window=Window(0, self.next_row, rows.shape[1], n))
             self.next_row += n
+            if self.gdal_messages:  # GDAL flushed blocks and failed (e.g. a full disk): stop now, not at the end
+                raise WriteFailed(f"GDAL: {self.gdal_messages[0]}")
         rest = rows[n:]
         self.pending = [rest] if rest.shape[0] else []
         self.pending_rows = rest.shape[0]
@@ -682,40 +690,28 @@ def same_crs(wkt_a: str, wkt_b: str) -> bool:
     return ea is not None and ea == eb
 
 
-def prepare_output(output_path: str, raster_path: str) -> Path:
-    """Creates the output folder, checks it is writable and that we never overwrite the input."""
-    out = Path(output_path).expanduser().resolve()
-    if out.is_dir():
-        raise DataError(f"--output_path {output_path} is a folder; give a file name such as {out / 'probability.tif'}")
-    if out.exists() and Path(raster_path).exists() and os.path.samefile(out, raster_path):
-        raise DataError(f"--output_path {output_path} is the input raster; choose another file name")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DataError(
-            f"cannot write into the output folder {out.parent} ({exc.strerror or exc}); "
-            "choose a folder you can write to for --output_path"
-        ) from None
-    return out
+def prepare_output(path: str, flag: str, config: PredictConfig) -> Path:
+    """Checks an output path before any work (creating nothing): not an input, a file name, a writable folder."""
+    out = Path(path).expanduser().resolve()
+    check_outputs_not_inputs(
+        [(flag, out)],
+        [("input raster (--raster_path)", config.raster_path), ("model file (--checkpoint)", config.checkpoint),
+         ("study-area mask (--mask_path)", config.mask_path or "")],
+    )
+    return check_output_location(out, flag)
 
 
-def give_default_permissions(path: Path) -> None:
-    """mkstemp files are private (0600); a finished output gets the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def map_bytes(info: Any) -> int:
+    """Disk space a map may take: float32 uncompressed (deflate usually needs less) plus headers."""
+    return int(info.width) * int(info.height) * 4 + 64 * 1024
 
 
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file (the checkpoint digest written into the map's tags)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def remove_stale_sidecars(out: Path, log: LogFn) -> None:
+    """GDAL statistics (.aux.xml) and overviews (.ovr) of the map just replaced would describe the old one."""
+    for sidecar in (Path(str(out) + ".aux.xml"), Path(str(out) + ".ovr")):
+        if sidecar.is_file():
+            sidecar.unlink()
+            log(f"removed {sidecar.name}: it described the map this run replaced")
 
 
 # ----------------------------------------------------------------------------- study area
@@ -879,12 +875,6 @@ def _output_profile(info: Any) -> Dict[str, Any]:
     }
 
 
-def _temp_output(out: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".partial.tif")
-    os.close(fd)
-    return Path(name)
-
-
 def _tags(config: PredictConfig, ckpt: Dict[str, Any], tile: Tuple[int, int], spherical: bool) -> Dict[str, str]:
     from . import __version__
 
@@ -946,7 +936,7 @@ def check_outputs(config: PredictConfig, n_members: int) -> Tuple[Path, Optional
 
     Raises:
         ConfigError: an uncertainty map from a single model, or the same file for both maps.
-        DataError: a folder, the input raster or an unwritable folder as an output.
+        DataError: a folder, an input (raster, model, mask) or an unwritable folder as an output.
     """
     if config.uncertainty_path and n_members < 2:
         raise ConfigError(
@@ -954,10 +944,10 @@ def check_outputs(config: PredictConfig, n_members: int) -> Tuple[Path, Optional
             "between members to map; train with --ensemble 2 or more (Train segmenter: 'Ensemble members'), or "
             "leave out --uncertainty_path"
         )
-    out = prepare_output(config.output_path, config.raster_path)
+    out = prepare_output(config.output_path, "--output_path", config)
     if not config.uncertainty_path:
         return out, None
-    spread = prepare_output(config.uncertainty_path, config.raster_path)
+    spread = prepare_output(config.uncertainty_path, "--uncertainty_path", config)
     if spread == out:
         raise ConfigError("--uncertainty_path names the same file as --output_path; give the uncertainty map "
                           "its own name, e.g. uncertainty.tif")
@@ -993,6 +983,7 @@ def predict(
     from .raster import open_raster, read_info, read_window
 
     cb = Callbacks.of(progress, should_stop, log)
+    prepare_output(config.output_path, "--output_path", config)  # an input as the output: refused first
     ckpt = load_checkpoint(config.checkpoint)
     check_against_checkpoint(config, ckpt)
     info = read_info(config.raster_path)
@@ -1032,12 +1023,14 @@ def predict(
     targets = [out] + ([spread_out] if spread_out is not None else [])
     if spread_out is not None:
         samples.append(ValueHistogram())
-    tmps = [_temp_output(t) for t in targets]
     mask_fn = study.rows if study is not None else None
-    try:
+    with gdal_errors() as gdal_messages, atomic_paths(
+            targets, needed=[map_bytes(info)] * len(targets), log=cb.log,
+            verify=lambda tmp: verify_raster(tmp, gdal_messages, (1, info.height, info.width))) as tmps:
         with open_raster(config.raster_path) as src, ExitStack() as stack:
             dsts = [stack.enter_context(rasterio.open(t, "w", **_output_profile(info))) for t in tmps]
-            writers = [BlockRowWriter(d, BLOCK, mask_fn, on_rows=smp) for d, smp in zip(dsts, samples)]
+            writers = [BlockRowWriter(d, BLOCK, mask_fn, on_rows=smp, gdal_messages=gdal_messages)
+                       for d, smp in zip(dsts, samples)]
             if config.spherical:
                 grid = _model_grid(ckpt) if spec.spherical else None
                 stats = globe_into(src, info, runner, grid, writers, cb, bands)
@@ -1058,13 +1051,14 @@ def predict(
                     f"standard deviation of the {n_members} members' class-1 values (population std, ddof 0): "
                     "0 where the members agree, larger where they differ"),
                     **({"p99": repr(p99), "max": repr(top)} if p99 is not None else {}))
-        for tmp, target in zip(tmps, targets):
-            give_default_permissions(tmp)
-            os.replace(tmp, target)
-    finally:
-        for tmp in tmps:
-            if tmp.exists():
-                tmp.unlink()
+        if writers[0].valid_pixels == 0:
+            raise DataError(
+                f"every pixel of the map would be nodata: no pixel of {info.path} has data in every band the model "
+                "uses" + (" inside the study-area mask" if study is not None else "")
+                + "; check the raster's nodata values and bands (and --mask_path). No map was written"
+            )
+    for target in targets:
+        remove_stale_sidecars(target, cb.log)
     cb.log(f"{'probability' if meaning.calibrated else 'score'} map written to {out}"
            + (f"; uncertainty map written to {spread_out}" if spread_out is not None else ""))
     return {

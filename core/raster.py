@@ -208,7 +208,13 @@ def read_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: in
         return data, valid
     r0, c0, r1, c1 = inner
     win = Window(c0, r0, c1 - c0, r1 - r0)
-    raw = src.read(indexes=indexes if bands is not None else None, window=win)
+    try:
+        raw = src.read(indexes=indexes if bands is not None else None, window=win)
+    except RasterioIOError as exc:
+        raise DataError(
+            f"cannot read rows {r0}-{r1}, columns {c0}-{c1} of {src.name} ({' '.join(str(exc).split())[:200]}); "
+            "the file is damaged or was changed while it was read: copy or rebuild it"
+        ) from None
     ok = np.ones(raw.shape[1:], dtype=bool)
     for b, index in enumerate(indexes):
         ok &= _band_valid(raw[b], src.nodatavals[index - 1])

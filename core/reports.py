@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-LogFn = Callable[[str], None]
+from .events import LogFn
+from .files import write_atomic, write_text_atomic
 
 ROWS = ("num_params", "loss mean", "loss std", "mean IoU mean", "mean IoU std", "mean Accuracy mean",
         "mean Accuracy std", "training_time", "roc_auc", "pr_auc", "epochs")
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Writes through a temporary file in the same folder, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -61,7 +46,7 @@ def write_metrics_pkl(runs: Sequence[Any], path: Path) -> None:
     import pandas as pd
 
     frame = pd.DataFrame({run.name: metrics_column(run) for run in runs}, index=list(ROWS))
-    _atomic(path, lambda tmp: frame.to_pickle(tmp))
+    write_atomic(path, lambda tmp: frame.to_pickle(tmp, compression=None))
 
 
 def _finite(v: Any) -> Any:
@@ -81,7 +66,7 @@ def write_metrics_json(run: Any, path: Path) -> None:
         "final": {k: _finite(v) for k, v in run.final.metrics.items()},
         "history": [{k: _finite(v) for k, v in row.items()} for row in run.history],
     }
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"))
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -115,8 +100,10 @@ def write_curves(run: Any, path: Path) -> None:
     ax2.legend()
     fig.suptitle(run.name)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    finally:
+        plt.close(fig)
 
 
 def write_validation_images(run: Any, folder: Path) -> List[Path]:
@@ -139,8 +126,10 @@ def write_validation_images(run: Any, folder: Path) -> List[Path]:
         for ax in axes:
             ax.axis("off")
         path = folder / f"validation_{i}.png"
-        _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-        plt.close(fig)
+        try:
+            write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=80))
+        finally:
+            plt.close(fig)
         out.append(path)
     return out
 

@@ -13,7 +13,6 @@ When the buffer leaves no training window, it is reduced (logged) before giving 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,6 +21,7 @@ import numpy as np
 
 from .config import DEFAULT_TILE
 from .errors import DataError
+from .files import WriteFailed, write_atomic
 from .raster import Box, RasterInfo, box_to_map, coverage_mask, iter_windows
 
 LogFn = Callable[[str], None]
@@ -337,13 +337,12 @@ def _finish(lay: _Layout, buffer: Pair, tile: Pair, stride: Pair, pos_s: np.ndar
 def write_blocks_gpkg(blocks: Sequence[Box], info: RasterInfo, path: str | Path) -> Path:
     """Writes the validation blocks as polygons (raster CRS) to a GeoPackage, atomically.
 
-    The file appears under its name only when complete (temporary file + rename).
+    The file appears under its name only when complete and read back (files.write_atomic).
     """
     import geopandas as gpd
     from shapely.geometry import box
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     maps = [box_to_map(b, info) for b in blocks]
     gdf = gpd.GeoDataFrame(
         {
@@ -354,15 +353,21 @@ def write_blocks_gpkg(blocks: Sequence[Box], info: RasterInfo, path: str | Path)
         geometry=[box(*m) for m in maps],
         crs=info.crs_wkt or None,
     )
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.gpkg")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        gdf.to_file(tmp, driver="GPKG", layer="validation_blocks")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def write(tmp: Path) -> None:
+        try:
+            gdf.to_file(tmp, driver="GPKG", layer="validation_blocks")
+        except Exception as exc:  # noqa: BLE001 - fiona/GDAL raise RuntimeError & co. for a failed write
+            raise WriteFailed(str(exc)) from None
+
+    def verify(tmp: Path) -> None:
+        try:
+            n = len(gpd.read_file(tmp, layer="validation_blocks"))
+        except Exception as exc:  # noqa: BLE001 - unreadable means not whole
+            raise WriteFailed(f"the written GeoPackage cannot be read back ({exc})") from None
+        if n != len(gdf):
+            raise WriteFailed(f"the written GeoPackage holds {n} of {len(gdf)} blocks")
+
+    write_atomic(path, write, verify=verify)
     return path
 
 

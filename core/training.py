@@ -41,6 +41,7 @@ from .device import autocast_for, resolve_device
 from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
+from .files import append_text, write_text_atomic
 from .labels import LabelRaster, rasterize_labels
 from .losses import make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
@@ -76,7 +77,10 @@ class Dist:
 
 
 class RunLog:
-    """Log lines go to the caller and, once a model folder exists, to its train.log."""
+    """Log lines go to the caller and, once a model folder exists, to its train.log.
+
+    A write failure of train.log (e.g. a full disk) is a clear CoreError (files.append_text).
+    """
 
     def __init__(self, log: LogFn, speak: bool) -> None:
         self._log = log
@@ -90,15 +94,13 @@ class RunLog:
         self.lines.append(message)
         self._log(message)
         if self._file is not None:
-            with open(self._file, "a", encoding="utf-8") as fh:
-                fh.write(message + "\n")
+            append_text(self._file, message + "\n")
 
     def attach(self, path: Path, backlog: List[str]) -> None:
         """Starts a model's train.log with the shared preparation lines (backlog)."""
         if not self._speak:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in backlog), encoding="utf-8")
+        write_text_atomic(path, "".join(line + "\n" for line in backlog))
         self._file = path
 
 
@@ -582,7 +584,7 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         td = tiles[(tile, whole_globe)]
     if dist.main:
         write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
-        (out_dir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
+        write_text_atomic(out_dir / "config.json", config.to_json() + "\n")
 
     seed_everything(epoch_seed(config.seed, 0))
     kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=tile)
@@ -648,7 +650,7 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
             stale += 1
         if dist.main:
             save_checkpoint(ckpt_path, checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, epoch,
-                                                          history, best))
+                                                          history, best), log=log)
         cb.metric(_json_safe(row))
         log(_epoch_line(row, improved))
         progress((epoch - start) / max(1, config.num_epochs - start))

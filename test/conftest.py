@@ -8,9 +8,11 @@ name of the folder the repository was cloned into.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator, List
 
 import pytest
 
@@ -49,3 +51,54 @@ def shared_data() -> Path:
 def worker_python() -> str:
     """The Python that runs the core (the venv's, as `make test` puts it first on PATH)."""
     return sys.executable
+
+
+class SmallDisks:
+    """Small real file systems (tmpfs): disks that really fill up, for the full-disk tests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mounted: List[Path] = []
+
+    def mount(self, kib: int) -> Path:
+        """A new tmpfs of ``kib`` KiB; skips (saying why) where mounting is not allowed."""
+        path = self.root / f"disk{len(self.mounted)}"
+        path.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            path.rmdir()
+            pytest.skip(f"cannot mount a {kib} KiB tmpfs to simulate a full disk ({res.stderr.strip()}); "
+                        "mounting needs root, as CI has (test_files.py covers write failures without it)")
+        self.mounted.append(path)
+        return path
+
+    @staticmethod
+    def fill(folder: Path, leave: int = 0) -> Path:
+        """Fills the file system of ``folder`` with one file until at most ``leave`` bytes stay free."""
+        import shutil
+
+        filler = folder / "filler.bin"
+        with open(filler, "ab") as fh:
+            while True:
+                free = shutil.disk_usage(folder).free
+                if free <= leave:
+                    break
+                try:
+                    fh.write(b"\0" * min(65536, max(1, free - leave)))
+                    fh.flush()
+                except OSError:
+                    break
+        return filler
+
+    def unmount_all(self) -> None:
+        for path in self.mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisks]:
+    """``small_disk.mount(kib)`` -> a folder on a tmpfs of that size; ``small_disk.fill(folder)``."""
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount_all()

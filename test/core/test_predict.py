@@ -254,10 +254,12 @@ def test_bad_checkpoints(setup: Dict[str, Path], tmp_path: Path) -> None:
 def test_unwritable_output_folder(setup: Dict[str, Path], tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(DataError, match="output folder.*--output_path"):
+    with pytest.raises(DataError, match="--output_path.*a_file' is a file, not a folder"):
         predict(cfg(setup, blocker / "p.tif"))
     with pytest.raises(DataError, match="is the input raster"):
         predict(cfg(setup, setup["raster"]))
+    with pytest.raises(DataError, match="is the model file"):
+        predict(cfg(setup, setup["ckpt"]))
 
 
 def test_fp16_on_cpu_is_refused_and_bf16_runs(setup: Dict[str, Path], tmp_path: Path) -> None:
