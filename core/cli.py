@@ -19,7 +19,8 @@ import traceback
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from .config import AMP_MODES, DEFAULT_LOSS, LOSSES, EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
+from .config import (AMP_MODES, DEFAULT_ENSEMBLE, DEFAULT_LOSS, LOSSES, EvaluateConfig, LabelOptions, PredictConfig,
+                     TrainConfig)
 from .errors import Cancelled, ConfigError, CoreError, ResourceError
 from .events import Callbacks
 from .models.catalog import DEFAULT_MODELS, list_models
@@ -110,6 +111,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--patience", type=int, default=20,
                    help="stop after this many epochs without validation improvement (0: never)")
     p.add_argument("--num_workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="N",
+                   help="train N members (seeds seed..seed+N-1) into one checkpoint; predict averages them and can "
+                        f"map their spread (--uncertainty_path); default {DEFAULT_ENSEMBLE}")
     p.add_argument("--categorical_bands", type=int, nargs="+", default=[], metavar="BAND",
                    help="1-based bands holding class codes (e.g. lithology): one-hot encoded, not normalised")
     _add_events(p)
@@ -232,6 +236,7 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
         patience=a.patience,
         num_workers=a.num_workers,
         categorical_bands=list(a.categorical_bands),
+        ensemble=a.ensemble,
     )
 
 

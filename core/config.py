@@ -18,6 +18,9 @@ AMP_MODES = ("none", "fp16", "bf16")
 LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice")
 DEFAULT_LOSS = "weighted_ce_dice"
 DEFAULT_TILE = 256
+#: Models trained (different seeds) into one checkpoint and averaged by predict. Flip here.
+DEFAULT_ENSEMBLE = 1
+MAX_ENSEMBLE = 64
 
 _BUFFER_RE = re.compile(r"^\s*(?P<value>\d+(\.\d*)?|\.\d+)\s*(?P<unit>px|m|km)?\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -146,6 +149,7 @@ class TrainConfig(_JsonConfig):
     patience: int = 20
     num_workers: int = 0
     categorical_bands: List[int] = field(default_factory=list)
+    ensemble: int = DEFAULT_ENSEMBLE
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -181,6 +185,9 @@ class TrainConfig(_JsonConfig):
         if bad:
             raise ConfigError(f"categorical_bands are 1-based band numbers, got {bad}")
         self.categorical_bands = sorted({int(b) for b in self.categorical_bands})
+        if not 1 <= int(self.ensemble) <= MAX_ENSEMBLE:
+            raise ConfigError(f"ensemble is the number of members to train, 1 to {MAX_ENSEMBLE}; got {self.ensemble}")
+        self.ensemble = int(self.ensemble)
         if self.checkpoint_path is not None and len(self.models) != 1:
             raise ConfigError("checkpoint_path names one file, so train exactly one model with it")
 

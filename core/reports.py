@@ -62,6 +62,7 @@ def write_metrics_json(run: Any, path: Path) -> None:
         "epoch": run.epoch,
         "epochs_run": run.epochs_run,
         "num_params": run.num_params,
+        "members": getattr(run, "members", 1),
         "training_time": run.training_time,
         "final": {k: _finite(v) for k, v in run.final.metrics.items()},
         "history": [{k: _finite(v) for k, v in row.items()} for row in run.history],
@@ -79,21 +80,28 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def write_curves(run: Any, path: Path) -> None:
-    """Loss and validation metric curves per epoch."""
+    """Loss and validation metric curves per epoch (one line per ensemble member, same colour per metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in run.history]
+    members = sorted({int(r.get("member", 1)) for r in run.history}) or [1]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
-        ax1.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in run.history], marker="o", label=key)
+
+    def plot(ax: Any, keys: Sequence[str]) -> None:
+        for i, key in enumerate(keys):
+            for j, member in enumerate(members):
+                rows = [r for r in run.history if int(r.get("member", 1)) == member]
+                ax.plot([r["epoch"] for r in rows], [np.nan if r.get(key) is None else r[key] for r in rows],
+                        marker="o", color=f"C{i}", alpha=1.0 if len(members) == 1 else 0.6,
+                        label=key if j == 0 else None)
+
+    plot(ax1, ("train_loss", "val_loss"))
     ax1.set_xlabel("epoch")
-    ax1.set_title("loss")
+    ax1.set_title("loss" + (f" ({len(members)} members)" if len(members) > 1 else ""))
     ax1.legend()
-    for key in ("val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc"):
-        ax2.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in run.history], marker="o", label=key)
+    plot(ax2, ("val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc"))
     ax2.set_xlabel("epoch")
     ax2.set_title("validation metrics")
     ax2.set_ylim(0, 1)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import finished_member, load_checkpoint, model_weights, save_checkpoint
 from .config import TrainConfig
 from .dataset import TileDataset
 from .device import autocast_for, resolve_device
@@ -538,6 +538,7 @@ class ModelRun:
     history: List[Dict[str, Any]]
     num_params: int
     training_time: float
+    members: int = 1
 
 
 def _loader(dataset: TileDataset, batch_size: int, config: TrainConfig, indices: Optional[List[int]] = None,
@@ -564,32 +565,68 @@ def _resume_state(config: TrainConfig, spec: ModelSpec, path: Path, log: LogFn) 
     return ckpt
 
 
-def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
-                dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
-                backlog: List[str], progress: Callable[[float], None]) -> ModelRun:
-    """Trains (or, with 0 epochs, only validates) one model and writes its files."""
-    out_dir = config.model_dir(spec.name)
-    ckpt_path = config.checkpoint_file(spec.name)
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        runlog.attach(out_dir / "train.log", backlog)
-    log = runlog
-    resumed = _resume_state(config, spec, ckpt_path, log)
-    tile, whole_globe = tile_for(config, spec, data, log)
-    if resumed is not None:  # the statistics the weights were trained with
-        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
-    else:
-        if (tile, whole_globe) not in tiles:
-            tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
-        td = tiles[(tile, whole_globe)]
-    if dist.main:
-        write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
-        write_text_atomic(out_dir / "config.json", config.to_json() + "\n")
+def member_seed(seed: int, index: int) -> int:
+    """The seed of ensemble member ``index`` (0-based): member 0 is the run's own seed."""
+    return int(seed) + int(index)
 
-    seed_everything(epoch_seed(config.seed, 0))
-    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=tile)
+
+@dataclass
+class MemberOutcome:
+    """What training one member produced (its model holds the best weights afterwards)."""
+
+    model: nn.Module
+    step: Step
+    history: List[Dict[str, Any]]
+    best: Optional[Dict[str, Any]]
+    epochs_run: int
+    epoch: int
+    payload: Dict[str, Any]
+
+
+@dataclass
+class Ensemble:
+    """The members of one model's checkpoint: finished ones and the one being trained."""
+
+    size: int
+    finished: List[Dict[str, Any]] = field(default_factory=list)
+
+    def extras(self, index: int, seed: int) -> Dict[str, Any]:
+        """The checkpoint keys that describe the ensemble while member ``index`` trains."""
+        return {"members": list(self.finished), "member_index": int(index),
+                "ensemble": {"size": int(self.size),
+                             "seeds": [member_seed(seed, k) for k in range(max(self.size, len(self.finished)))]}}
+
+
+class MemberMean(nn.Module):
+    """An ensemble as one model for validation: the log of the members' mean class probabilities.
+
+    Softmax of its output is the mean of the members' softmax, so evaluate() scores the
+    ensemble exactly as prediction averages it (without calibration offsets).
+    """
+
+    def __init__(self, models: List[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData, kwargs: Dict[str, Any],
+                 index: int, ensemble: Ensemble, resumed: Optional[Dict[str, Any]], dist: Dist, device: torch.device,
+                 autocast: Callable[[], Any], cb: Callbacks, log: LogFn, ckpt_path: Path,
+                 progress: Callable[[float], None]) -> MemberOutcome:
+    """The training loop of one model (one ensemble member): epochs, checkpoint each epoch, early stop.
+
+    ``resumed`` (the checkpoint's training state of this member) continues where it
+    stopped. Returns with the best weights loaded into the model.
+    """
+    seed = member_seed(config.seed, index)
+    n = ensemble.size
+    label = f"{spec.name} member {index + 1}/{n}" if n > 1 else spec.name
+    seed_everything(epoch_seed(seed, 0))
     model = build_model(**kwargs).to(device)
-    num_params = count_parameters(model)
     train_model_ = model
     if dist.enabled:
         train_model_ = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -599,10 +636,14 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
     pos_w = positive_weight(td.pos_fraction)
     loss_fn = make_loss(config.loss, pos_weight=pos_w, label_smoothing=config.label_smoothing)
     step = Step(train_model_, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area)
-    log(f"{spec.name}: {num_params} parameters, tile {tile[0]} x {tile[1]}, {td.encoder.out_channels} input "
-        f"channel(s), loss {config.loss} (positive weight {pos_w:.1f}, {100 * td.pos_fraction:.3f}% positive "
-        f"pixels in the training area), device {device}, AMP {config.amp_mode}"
-        + (f", DDP x{dist.world}" if dist.enabled else ""))
+    if index == 0 or resumed is not None:
+        log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
+            f"{td.encoder.out_channels} input channel(s), loss {config.loss} (positive weight {pos_w:.1f}, "
+            f"{100 * td.pos_fraction:.3f}% positive pixels in the training area), device {device}, AMP "
+            f"{config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
+            + (f", ensemble of {n} (seeds {seed - index}..{seed - index + n - 1})" if n > 1 else ""))
+    if n > 1:
+        log(f"{label}: seed {seed}")
 
     history: List[Dict[str, Any]] = []
     best: Optional[Dict[str, Any]] = None
@@ -616,20 +657,27 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
             restore_rng(resumed["rng"])
         history, best, start = list(resumed.get("history") or []), resumed.get("best"), int(resumed.get("epoch", 0))
 
+    def payload(epoch: int) -> Dict[str, Any]:
+        return {**checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, epoch, history, best),
+                **ensemble.extras(index, config.seed)}
+
+    if dist.main and index > 0 and resumed is None and config.num_epochs > 0:
+        # The file now names this member as the one in training (epoch 0): a cancel before its
+        # first epoch ends resumes HERE, never by re-training the finished member before it.
+        save_checkpoint(ckpt_path, payload(0), log=log)
     val_loader = _loader(td.val_set, config.batch_size, config)
     eval_step = replace(step, model=model)  # validation runs on the unwrapped model (no DDP sync)
-    t0 = time.time()
     stale = 0
     epochs_run = 0
     if config.num_epochs > 0 and start >= config.num_epochs:
-        log(f"{spec.name} already trained {start} epoch(s) (--num_epochs {config.num_epochs}); nothing to train")
+        log(f"{label} already trained {start} epoch(s) (--num_epochs {config.num_epochs}); nothing to train")
     for epoch in range(start + 1, config.num_epochs + 1):
-        seed_everything(epoch_seed(config.seed, epoch, dist.rank))
-        indices = epoch_indices(td.split.train_weights if not whole_globe else [1.0], config.seed, epoch, dist)
-        loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(config.seed, epoch, dist.rank))
+        seed_everything(epoch_seed(seed, epoch, dist.rank))
+        indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist)
+        loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
         if dist.enabled and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        where = f"{spec.name} epoch {epoch}/{config.num_epochs}"
+        where = f"{label} epoch {epoch}/{config.num_epochs}"
 
         def on_batch(frac: float, epoch: int = epoch) -> None:
             progress((epoch - 1 - start + frac * 0.9) / max(1, config.num_epochs - start))
@@ -637,7 +685,8 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         train_loss = run_epoch(step, loader, cb, where, on_batch)
         ev = evaluate(eval_step, val_loader, cb, config.seed)
         lr = float(sched.get_last_lr()[0])
-        row = {"model": spec.name, "epoch": epoch, "train_loss": train_loss, **ev.metrics, "lr": lr}
+        row = {"model": spec.name, **({"member": index + 1} if n > 1 else {}), "epoch": epoch,
+               "train_loss": train_loss, **ev.metrics, "lr": lr}
         history.append(_json_safe(row))
         epochs_run += 1
         name, score = monitor_score(ev.metrics)
@@ -649,31 +698,195 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         else:
             stale += 1
         if dist.main:
-            save_checkpoint(ckpt_path, checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, epoch,
-                                                          history, best), log=log)
+            save_checkpoint(ckpt_path, payload(epoch), log=log)
         cb.metric(_json_safe(row))
         log(_epoch_line(row, improved))
         progress((epoch - start) / max(1, config.num_epochs - start))
         if config.patience and stale >= config.patience:
             log(f"early stopping: {name} has not improved for {stale} epoch(s) (best epoch {best['epoch']})")
             break
-    training_time = time.time() - t0
     final_epoch = history[-1]["epoch"] if history else start
     if best is not None and best.get("state_dict"):
         model.load_state_dict(best["state_dict"])
-    if config.num_epochs == 0 or epochs_run == 0:
-        if resumed is None:
+    return MemberOutcome(model, eval_step, history, best, epochs_run, final_epoch, payload(final_epoch))
+
+
+def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model: nn.Module, step: Step,
+                     cb: Callbacks, log: LogFn, label: str) -> Optional[Dict[str, Any]]:
+    """The member's calibration (core/calibration.py): a logit offset fitted on the training windows.
+
+    None (logged) when the training area holds no positive: there is no base rate to meet.
+    """
+    from .calibration import MAX_LOGITS, base_rate, calibration_record
+    from .evaluate import only_points
+
+    lab = data.labels
+    train_mask = td.train_set.study_mask if td.whole_globe else data.usable
+    area = coverage_mask(data.info.shape, td.train_set.windows, train_mask)
+    positives = int((lab.labels.astype(bool) & area).sum())
+    points: Optional[int] = None
+    if only_points(lab.summary) and len(lab.positive_points):
+        rows = np.clip(lab.positive_points[:, 0].astype(int), 0, data.info.height - 1)
+        cols = np.clip(lab.positive_points[:, 1].astype(int), 0, data.info.width - 1)
+        points = int(area[rows, cols].sum())
+    rate = base_rate(positives, int(area.sum()), points)
+    if not 0.0 < rate < 1.0:
+        log(f"{label}: not calibrated (the training area holds no positive); the map will be a score")
+        return None
+    plain = TileDataset(config.raster_path, td.train_set.windows, lab.labels, td.encoder, td.train_set.study_mask,
+                        augment=False, spherical=td.whole_globe)
+    logits = collect_logits(model, _loader(plain, config.batch_size, config), step, cb, MAX_LOGITS, config.seed)
+    record = calibration_record(logits, rate, "deposits per pixel" if points is not None else "positive pixels")
+    log(f"{label}: calibrated to the training base rate {rate:.3g} ({record['base_rate_of']}): mean output "
+        f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (logit offset {record['logit_offset']:+.2f})")
+    return record
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbacks, most: int,
+                   seed: int) -> np.ndarray:
+    """Class-1 logits (against class 0) of every valid pixel of the loader's windows; a seeded subsample beyond ``most``."""
+    model.eval()
+    out: List[np.ndarray] = []
+    for batch in loader:
+        cb.check_stop("calibration")
+        x, valid = batch["x"].to(step.device), batch["valid"].to(step.device)
+        with step.autocast():
+            logits = model(x).float()
+        z = logits[:, 1] - logits[:, 0]
+        out.append(z[valid].cpu().numpy())
+    z = np.concatenate(out) if out else np.zeros(0, np.float32)
+    if z.size > most:
+        z = z[np.random.default_rng(seed).choice(z.size, most, replace=False)]
+    return z
+
+
+def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], log: LogFn
+                      ) -> Tuple[Ensemble, Optional[int]]:
+    """The finished members of a resumed checkpoint and the member its training state belongs to."""
+    n = config.ensemble
+    if resumed is None:
+        return Ensemble(n), None
+    finished = list(resumed.get("members") or [])
+    if len(finished) > n:
+        raise ConfigError(
+            f"--resume: the checkpoint holds {len(finished)} finished ensemble members but --ensemble is {n}; "
+            f"give --ensemble {len(finished)} or more, or another output path"
+        )
+    index = int(resumed.get("member_index", 0))
+    if finished and index > 0:
+        log(f"--resume: {len(finished)} finished member(s) kept; member {index + 1} continues")
+    if index < len(finished) - 1 or (index == len(finished) - 1 and n > 1 and len(finished) > 1):
+        log("note: only the last trained member keeps its optimiser state; the other finished members keep "
+            "their weights as they are")
+    return Ensemble(n, finished), index
+
+
+def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
+                dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
+                backlog: List[str], progress: Callable[[float], None]) -> ModelRun:
+    """Trains (or, with 0 epochs, only validates) one model, as ``config.ensemble`` members, and writes its files.
+
+    Members differ only by seed (initial weights, window draws, augmentation) and share the
+    split and band statistics. The file is rewritten after every epoch and after every
+    member (calibrated) finishes, so a cancel keeps the finished members and ``--resume``
+    continues the member in training, then trains the rest.
+    """
+    out_dir = config.model_dir(spec.name)
+    ckpt_path = config.checkpoint_file(spec.name)
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runlog.attach(out_dir / "train.log", backlog)
+    log = runlog
+    resumed = _resume_state(config, spec, ckpt_path, log)
+    ensemble, resumed_index = _resumed_ensemble(config, resumed, log)
+    tile, whole_globe = tile_for(config, spec, data, log)
+    if resumed is not None:  # the statistics the weights were trained with
+        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
+    else:
+        if (tile, whole_globe) not in tiles:
+            tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
+        td = tiles[(tile, whole_globe)]
+    if dist.main:
+        write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
+        write_text_atomic(out_dir / "config.json", config.to_json() + "\n")
+    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=tile)
+    only_validate = config.num_epochs == 0 and resumed is not None
+    n = ensemble.size if config.num_epochs > 0 else 1
+
+    t0 = time.time()
+    outcomes: List[MemberOutcome] = []
+    epochs_run = 0
+    for k in range(0 if only_validate else n):
+        def member_progress(frac: float, k: int = k) -> None:
+            progress((k + max(0.0, min(1.0, frac))) / n)
+
+        if k < len(ensemble.finished) and k != resumed_index:
+            log(f"{spec.name} member {k + 1}/{n} is already trained; kept")
+            continue
+        state = resumed if (resumed is not None and k == resumed_index) else None
+        outcome = train_member(config, spec, data, td, kwargs, k, ensemble, state, dist, device, autocast, cb, log,
+                               ckpt_path, member_progress)
+        outcomes.append(outcome)
+        epochs_run += outcome.epochs_run
+        if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
             log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
-        if dist.main and (resumed is None or not ckpt_path.exists()):
-            save_checkpoint(ckpt_path, checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched,
-                                                          start, history, best))
-    final = evaluate(eval_step, val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
+            if dist.main:
+                save_checkpoint(ckpt_path, outcome.payload, log=log)
+        elif outcome.epochs_run > 0 or state is None or k >= len(ensemble.finished):
+            label = f"{spec.name} member {k + 1}/{n}" if n > 1 else spec.name
+            calibration = calibrate_member(config, data, td, outcome.model, outcome.step, cb, log, label)
+            member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k))
+            if k < len(ensemble.finished):
+                ensemble.finished[k] = member
+            else:
+                ensemble.finished.append(member)
+            if dist.main:
+                save_checkpoint(ckpt_path, {**outcome.payload, **ensemble.extras(k, config.seed)}, log=log)
+    training_time = time.time() - t0
+    eval_step = Step(build_model(**kwargs).to(device), make_loss(config.loss, pos_weight=positive_weight(
+        td.pos_fraction), label_smoothing=config.label_smoothing), None, None, None, autocast, device,
+        config.max_grad_norm, td.area)  # type: ignore[arg-type]
+    final_model = _final_model(ensemble, outcomes, resumed, eval_step.model)
+    val_loader = _loader(td.val_set, config.batch_size, config)
+    final = evaluate(replace(eval_step, model=final_model), val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
     for key_name in ("val_roc_auc", "val_pr_auc"):
         if not math.isfinite(final.metrics[key_name]):
             log(f"note: {key_name} is undefined (validation pixels hold a single class); reported as NaN")
             break
-    log(_final_line(spec.name, final.metrics))
-    return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, final_epoch, final, history, num_params, training_time)
+    members = len(ensemble.finished)
+    log(_final_line(f"{spec.name} (ensemble of {members})" if members > 1 else spec.name, final.metrics))
+    if members > 1:
+        history = [row for m in ensemble.finished for row in (m.get("history") or [])]
+    else:
+        history = outcomes[-1].history if outcomes else list((resumed or {}).get("history") or [])
+    epoch = outcomes[-1].epoch if outcomes else int((resumed or {}).get("epoch", 0))
+    progress(1.0)
+    return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, epoch, final, history,
+                    count_parameters(eval_step.model), training_time, max(1, members))
+
+
+def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Optional[Dict[str, Any]],
+                 template: nn.Module) -> nn.Module:
+    """The model the final validation scores: the mean of the finished members, else the one trained.
+
+    ``template`` is a model of the right architecture on the right device; weights are loaded
+    into it (one member) or into copies of it (several).
+    """
+    import copy
+
+    states = [m["state_dict"] for m in ensemble.finished]
+    if not states:
+        if outcomes:
+            return outcomes[-1].model
+        assert resumed is not None
+        states = [model_weights(resumed)]
+    models = []
+    for state in states:
+        model = copy.deepcopy(template) if models else template
+        model.load_state_dict(state)
+        models.append(model.eval())
+    return models[0] if len(models) == 1 else MemberMean(models).eval()
 
 
 def _fmt(v: Any) -> str:
@@ -762,5 +975,6 @@ def _result(run: ModelRun) -> Dict[str, Any]:
         "output_dir": str(run.output_dir),
         "epochs_run": run.epochs_run,
         "epoch": run.epoch,
+        "members": run.members,
         "metrics": _json_safe({k: run.final.metrics[k] for k in METRIC_KEYS}),
     }

@@ -18,10 +18,11 @@ ORIGINAL_TRAIN_FLAGS = (
     "--enable_data_augmentation", "--enable_ddp", "--resume", "--output_path",
 )
 NEW_TRAIN_FLAGS = ("--seed", "--device", "--val_fraction", "--point_buffer", "--mask_path", "--loss", "--patience",
-                   "--num_workers", "--categorical_bands", "--positive_values", "--layer", "--events")
+                   "--num_workers", "--categorical_bands", "--positive_values", "--layer", "--events",
+                   "--ensemble")
 PREDICT_FLAGS = ("--checkpoint", "--model_name", "--raster_path", "--output_path", "--in_channels",
                  "--num_classes", "--spherical", "--tile_size", "--overlap", "--batch_size", "--device",
-                 "--amp_mode", "--mask_path", "--events")
+                 "--amp_mode", "--mask_path", "--events", "--uncertainty_path")
 
 
 def run_cli(repo_root: Path, *args: str) -> subprocess.CompletedProcess:
