@@ -13,6 +13,7 @@ from .algorithms.base import COMMON_TAGS, WORKER_PYTHON_SETTING, help_url
 from .algorithms.check_environment import CheckEnvironmentAlgorithm
 from .algorithms.evaluate_probability_map import EvaluateProbabilityMapAlgorithm
 from .algorithms.predict_probability_map import PredictProbabilityMapAlgorithm
+from .algorithms.setup_worker_environment import SetupWorkerEnvironmentAlgorithm
 from .algorithms.train_segmenter import TrainSegmenterAlgorithm
 
 PLUGIN_DIR = Path(__file__).resolve().parent
@@ -24,6 +25,7 @@ ALGORITHMS = (
     PredictProbabilityMapAlgorithm,
     EvaluateProbabilityMapAlgorithm,
     CheckEnvironmentAlgorithm,
+    SetupWorkerEnvironmentAlgorithm,
 )
 
 
@@ -61,7 +63,7 @@ class ShippedModel(QgsProcessingModelAlgorithm):
 
 
 class StackSegmenterProvider(QgsProcessingProvider):
-    """Provider ``stacksegmenter``: train, predict, evaluate, check environment, and the shipped model."""
+    """Provider ``stacksegmenter``: train, predict, evaluate, the environment tools, and the shipped model."""
 
     def id(self) -> str:
         return "stacksegmenter"
@@ -104,7 +106,8 @@ class StackSegmenterProvider(QgsProcessingProvider):
         ProcessingConfig.settingIcons[self.name()] = self.icon()
         ProcessingConfig.addSetting(Setting(
             self.name(), WORKER_PYTHON_SETTING,
-            _tr("Worker Python (a python executable with torch; empty = the Python QGIS runs in)"),
+            _tr("Worker Python (a python executable with torch; 'Set up worker environment' sets it; empty = the "
+                "environment QGIS runs in, else the one that tool made)"),
             "", valuetype=Setting.FILE))
         ProcessingConfig.readSettings()
 

@@ -27,7 +27,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from . import worker
+from . import worker, worker_setup
+from .worker import WORKER_PYTHON_SETTING, configured_worker_python  # noqa: F401 (the plugin's public names)
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ICONS_DIR = PLUGIN_DIR / "icons"
@@ -36,8 +37,6 @@ README = PLUGIN_DIR / "README.md"
 #: Words a toolbox search should find every tool by (each tool adds its own TAGS).
 COMMON_TAGS = ("prospectivity", "mineral", "mineral exploration", "deep learning", "segmentation", "landslide",
                "machine learning", "raster stack")
-#: Key of the provider setting "Worker Python" (Processing > Options > Providers).
-WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
 #: The value QGIS's raster calculator writes where there is no data (-FLT_MAX).
 CALCULATOR_NODATA = -3.4028234663852886e38
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
@@ -46,16 +45,6 @@ VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
 def help_url() -> str:
     """A file URL of the README shipped inside the plugin."""
     return README.resolve().as_uri()
-
-
-def configured_worker_python() -> Optional[str]:
-    """The provider setting "Worker Python" (None outside QGIS's processing framework)."""
-    try:
-        from processing.core.ProcessingConfig import ProcessingConfig
-    except ImportError:
-        return None
-    value = ProcessingConfig.getSetting(WORKER_PYTHON_SETTING)
-    return str(value) if value else None
 
 
 class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
@@ -202,7 +191,7 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         """The worker's Python; with require_torch, fails early (with the fix) when torch is missing."""
         python = worker.resolve_python(configured_worker_python())
         if require_torch:
-            worker.ensure_torch(python)
+            worker_setup.ensure_torch(python)
         return python
 
     def run_core(self, command: str, args: Sequence[str], feedback: Optional[QgsProcessingFeedback],

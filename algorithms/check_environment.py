@@ -1,4 +1,4 @@
-"""Processing algorithm "Check environment": which Python runs the worker and what it lacks."""
+"""Processing algorithm "Check environment": which Python runs the worker, why, and what it lacks."""
 from __future__ import annotations
 
 import html
@@ -14,11 +14,8 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from . import worker
+from . import worker, worker_setup
 from .base import StackSegmenterAlgorithm, configured_worker_python
-
-#: Packages the worker cannot run without (the others only limit features).
-REQUIRED = ("torch", "rasterio", "geopandas", "numpy")
 
 
 class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
@@ -30,15 +27,20 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
     TORCH_HARMONICS_VERSION = "TORCH_HARMONICS_VERSION"
     CUDA_AVAILABLE = "CUDA_AVAILABLE"
     PROBLEMS = "PROBLEMS"
+    CHOSEN_BY = "CHOSEN_BY"
+    TORCH_BUILD = "TORCH_BUILD"
+    MISSING = "MISSING"
+    INSTALL_COMMAND = "INSTALL_COMMAND"
 
     ICON = "check.svg"
     TAGS = ("environment", "install", "torch", "python", "GPU", "CUDA")
 
     SUMMARY = (
-        "Tells which Python runs the Stack Segmenter worker (the setting 'Worker Python', else the variable "
-        "STACK_SEGMENTER_PYTHON, else the Python QGIS runs in), the versions of torch, torch-harmonics, "
-        "rasterio, geopandas and numpy there, whether a GPU is usable, and, when something is missing, the "
-        "commands that fix it on Linux, Windows (OSGeo4W) and macOS."
+        "Tells which Python runs the Stack Segmenter worker and why (the setting 'Worker Python', else the variable "
+        "STACK_SEGMENTER_PYTHON, else the environment QGIS's own Python runs in, else the one 'Set up worker "
+        "environment' made), the versions of every package the worker needs there, whether torch is a CPU or CUDA "
+        "build and whether a GPU is usable, and, when something is missing, the one command that installs it all "
+        "on this platform (or run 'Set up worker environment')."
     )
 
     def name(self) -> str:
@@ -63,21 +65,28 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.TORCH_HARMONICS_VERSION, self.tr("torch-harmonics version")))
         self.addOutput(QgsProcessingOutputBoolean(self.CUDA_AVAILABLE, self.tr("GPU usable")))
         self.addOutput(QgsProcessingOutputNumber(self.PROBLEMS, self.tr("Problems found")))
+        self.addOutput(QgsProcessingOutputString(self.CHOSEN_BY, self.tr("Why this Python")))
+        self.addOutput(QgsProcessingOutputString(self.TORCH_BUILD, self.tr("torch build (CPU, CUDA x)")))
+        self.addOutput(QgsProcessingOutputString(self.MISSING, self.tr("Missing packages")))
+        self.addOutput(QgsProcessingOutputString(self.INSTALL_COMMAND, self.tr("Command that installs them")))
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         python, source = worker.choose_python(configured_worker_python())
-        feedback.pushInfo(self.tr("The worker Python comes from {}").format(source))
+        feedback.pushInfo(self.tr("The worker Python was chosen by {}").format(source))
         report = self.run_core("check-env", [], feedback, python)
         report["chosen_by"] = source
         packages: Dict[str, Optional[str]] = report.get("packages") or {}
         problems: List[str] = list(report.get("problems") or [])
-        fix = worker.install_instructions(python) if any(not packages.get(p) for p in REQUIRED + ("torch_harmonics",)) else ""
+        command, _where = worker_setup.manual_fix(python, report)
+        fix = worker_setup.fix_text(python, report)
+        feedback.pushInfo(self.tr("torch build: {}; GPU usable: {}").format(
+            report.get("torch_build") or "no torch", ", ".join(report.get("gpus") or []) or "no"))
         for line in problems:
             feedback.pushWarning(line)
         if fix:
             feedback.pushWarning(fix)
-        else:
+        elif not problems:
             feedback.pushInfo(self.tr("Everything the worker needs is installed."))
         page = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         if page:
@@ -89,6 +98,10 @@ class CheckEnvironmentAlgorithm(StackSegmenterAlgorithm):
             self.TORCH_HARMONICS_VERSION: packages.get("torch_harmonics") or "",
             self.CUDA_AVAILABLE: bool(report.get("cuda_available")),
             self.PROBLEMS: len(problems),
+            self.CHOSEN_BY: source,
+            self.TORCH_BUILD: str(report.get("torch_build") or ""),
+            self.MISSING: ", ".join(report.get("missing") or []),
+            self.INSTALL_COMMAND: command,
         }
 
 
@@ -98,11 +111,12 @@ def write_report_html(path: Path, python: str, report: Dict[str, Any], problems:
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(version or 'MISSING')}</td></tr>"
                    for name, version in packages.items())
     gpus = ", ".join(report.get("gpus") or []) or "none usable"
+    build = report.get("torch_build") or "no torch"
     body = (f"<h2>Stack Segmenter environment</h2><p>Worker Python: <code>{html.escape(python)}</code> "
             f"(Python {html.escape(str(report.get('python_version', '?')))}), chosen by "
             f"{html.escape(str(report.get('chosen_by', '?')))}</p>"
             f"<table border='1' cellpadding='4' cellspacing='0'><tr><th>package</th><th>version</th></tr>{rows}"
-            f"</table><p>GPU: {html.escape(gpus)}</p>")
+            f"</table><p>torch build: {html.escape(build)}; GPU: {html.escape(gpus)}</p>")
     if problems:
         body += "<h3>Problems</h3><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>"
     if fix:

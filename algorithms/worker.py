@@ -26,63 +26,163 @@ from qgis.core import QgsProcessingException, QgsProcessingFeedback
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 
 ENV_VAR = "STACK_SEGMENTER_PYTHON"
+#: Key of the provider setting "Worker Python" (Processing > Options > Providers).
+WORKER_PYTHON_SETTING = "STACK_SEGMENTER_WORKER_PYTHON"
+SOURCE_SETTING = "the setting 'Worker Python'"
+SOURCE_ENV_VAR = f"the variable {ENV_VAR}"
+#: Written into the set-up tool's environment folder when it is finished and checked.
+READY_MARKER = "stack_segmenter_ready.json"
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 40
 ORPHAN_PIPE_SECONDS = 5.0
 
-_TORCH_OK: Dict[str, bool] = {}
+_HAS_MODULE: Dict[Tuple[str, str], bool] = {}
 
 
 # ----------------------------------------------------------------------------- which Python
 
 
-def default_python() -> Optional[str]:
-    """The python3 of the environment QGIS runs in (never the QGIS binary itself)."""
-    if sys.platform.startswith("win"):
-        names = ("python.exe", "python3.exe")
-        folders = [Path(sys.exec_prefix), Path(sys.prefix), Path(sys.executable).parent]
-    elif sys.platform == "darwin":
-        names = ("python3",)
-        folders = [Path(sys.exec_prefix) / "bin", Path(sys.prefix) / "bin", Path(sys.executable).parent / "bin",
-                   Path(sys.executable).parent]
+def is_windows() -> bool:
+    return sys.platform.startswith("win")
+
+
+def python_in(prefix: Path) -> Optional[Path]:
+    """The python executable of the environment at ``prefix`` (a venv's or an installation's)."""
+    if is_windows():
+        candidates = [prefix / "python.exe", prefix / "Scripts" / "python.exe"]
     else:
-        found = shutil.which("python3")
+        candidates = [prefix / "bin" / "python3", prefix / "bin" / "python"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _beside_qgis() -> List[Path]:
+    """Windows/macOS: where the Python beside QGIS lives when sys.executable is the QGIS binary itself.
+
+    Never used when sys.executable is a python: on Linux that can be whatever python3 came first on
+    PATH when QGIS started (a pyenv shim), which is not the environment QGIS's Python runs in.
+    """
+    exe = Path(sys.executable)
+    if not sys.executable or exe.name.lower().startswith("python") or not (is_windows() or sys.platform == "darwin"):
+        return []
+    return [exe.parent, exe.parent / "bin"] if is_windows() else [exe.parent / "bin", exe.parent]
+
+
+def qgis_python() -> Optional[str]:
+    """The python of the environment QGIS's own Python runs in (its sys.prefix), never just PATH's first.
+
+    On Linux a venv whose bin/ was first on PATH when QGIS started is that environment (QGIS's
+    embedded Python then runs in it), so `make test`, `make demo` and CI keep using .venv.
+    """
+    for prefix in (Path(sys.prefix), Path(sys.exec_prefix)):
+        found = python_in(prefix)
         if found:
-            return found
-        names = ("python3",)
-        folders = [Path(sys.executable).parent, Path(sys.exec_prefix) / "bin"]
-    for folder in folders:
-        for name in names:
-            candidate = folder / name
-            if candidate.is_file():
-                return str(candidate)
+            return str(found)
+    for folder in _beside_qgis():
+        for name in ("python.exe", "python3.exe") if is_windows() else ("python3",):
+            if (folder / name).is_file():
+                return str(folder / name)
     return None
 
 
-def choose_python(setting: Optional[str]) -> Tuple[str, str]:
-    """(python, where the choice came from): the provider setting, STACK_SEGMENTER_PYTHON, the default.
+def qgis_base_python() -> Optional[str]:
+    """QGIS's own interpreter outside any venv (sys.base_prefix): what the set-up tool builds from."""
+    found = python_in(Path(getattr(sys, "base_prefix", sys.prefix)))
+    return str(found) if found else qgis_python()
 
-    Raises QgsProcessingException when the chosen path does not exist.
+
+def venv_python(folder: Path) -> Path:
+    """The interpreter of a virtual environment made in ``folder``."""
+    return folder / "Scripts" / "python.exe" if is_windows() else folder / "bin" / "python"
+
+
+def setup_env_dir() -> Path:
+    """Where "Set up worker environment" makes the worker's environment: the QGIS profile folder."""
+    from qgis.core import QgsApplication
+
+    return Path(QgsApplication.qgisSettingsDirPath()) / "stack_segmenter" / "worker_env"
+
+
+def is_ready_env(folder: Path) -> bool:
+    """A finished environment of the set-up tool (written last, after its check passed)."""
+    return (folder / READY_MARKER).is_file() and venv_python(folder).is_file()
+
+
+def env_root(python: str) -> Optional[Path]:
+    """The set-up tool's environment folder that holds this python, if it is one (ready)."""
+    path = Path(os.path.abspath(python))
+    folder = path.parent.parent
+    return folder if venv_python(folder) == path and is_ready_env(folder) else None
+
+
+def has_module(python: str, module: str) -> bool:
+    """Whether ``python`` finds ``module`` (without importing it; positive answers cached)."""
+    key = (python, module)
+    if _HAS_MODULE.get(key):
+        return True
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    try:
+        proc = subprocess.run([python, "-c", code], capture_output=True, timeout=60, env=worker_env(python),
+                              creationflags=hidden_window_flags())
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    _HAS_MODULE[key] = proc.returncode == 0
+    return _HAS_MODULE[key]
+
+
+def choose_python(setting: Optional[str]) -> Tuple[str, str]:
+    """(python, where the choice came from, in words for the log).
+
+    Order: the setting "Worker Python"; STACK_SEGMENTER_PYTHON; the environment QGIS's own Python
+    runs in; then the environment made by "Set up worker environment" (when QGIS's has no torch).
+    A python3 that is merely first on PATH is never chosen. Raises QgsProcessingException when a
+    given path does not exist or no Python is found.
     """
-    for source, value in (("the setting 'Worker Python'", setting), (ENV_VAR, os.environ.get(ENV_VAR))):
+    for source, value in ((SOURCE_SETTING, setting), (SOURCE_ENV_VAR, os.environ.get(ENV_VAR))):
         if value and str(value).strip():
             path = str(value).strip()
             if not (Path(path).is_file() or shutil.which(path)):
                 raise QgsProcessingException(
-                    f"The worker Python given by {source} does not exist: {path}. Fix: point it at a python "
-                    f"executable that has torch (Processing > Options > Providers > Stack Segmenter > Worker "
-                    f"Python), or clear it to use the Python QGIS runs in."
+                    f"The worker Python given by {source} does not exist: {path}. Fix: run Stack Segmenter > "
+                    "Utilities > Set up worker environment, or point it at a python executable that has torch "
+                    "(Processing > Options > Providers > Stack Segmenter > Worker Python), or clear it to use "
+                    "the Python QGIS runs in."
                 )
-            return shutil.which(path) or path, source
-    found = default_python()
-    if not found:
+            python = shutil.which(path) or path
+            made = env_root(python)
+            return python, f"{source} (an environment made by 'Set up worker environment')" if made else source
+    own = qgis_python()
+    made = setup_env_dir()
+    if is_ready_env(made) and (own is None or not has_module(own, "torch")):
+        return (str(venv_python(made)), f"the environment made by 'Set up worker environment' ({made}), because "
+                f"the Python QGIS runs in ({own or 'not found'}) has no torch")
+    if own is None:
         raise QgsProcessingException(
-            "No Python interpreter was found to run the training worker. Fix: set Processing > Options > "
-            f"Providers > Stack Segmenter > Worker Python (or the variable {ENV_VAR}) to a python executable "
-            "that has torch and torch-harmonics."
+            "No Python interpreter was found to run the training worker. Fix: run Stack Segmenter > Utilities > "
+            "Set up worker environment, or set Processing > Options > Providers > Stack Segmenter > Worker Python "
+            f"(or the variable {ENV_VAR}) to a python executable that has torch and torch-harmonics."
         )
-    return found, "the Python of the environment QGIS runs in"
+    return own, f"the environment QGIS's own Python runs in ({sys.prefix})"
+
+
+def configured_worker_python() -> Optional[str]:
+    """The provider setting "Worker Python" (None outside QGIS's processing framework)."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return None
+    value = ProcessingConfig.getSetting(WORKER_PYTHON_SETTING)
+    return str(value) if value else None
+
+
+def set_worker_python(python: str) -> None:
+    """Sets (saves) the provider setting "Worker Python"; "" clears it."""
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    if WORKER_PYTHON_SETTING not in ProcessingConfig.settings:
+        raise QgsProcessingException("The setting 'Worker Python' is not registered (is the Stack Segmenter "
+                                     "provider loaded?).")
+    ProcessingConfig.setSettingValue(WORKER_PYTHON_SETTING, python)
 
 
 def resolve_python(setting: Optional[str]) -> str:
@@ -90,21 +190,7 @@ def resolve_python(setting: Optional[str]) -> str:
     return choose_python(setting)[0]
 
 
-def install_instructions(python: str) -> str:
-    """The commands that install the worker's packages, per platform."""
-    return (
-        "How to fix it:\n"
-        f"  Linux: python3 -m venv --system-site-packages ~/stack_segmenter_env && "
-        f"~/stack_segmenter_env/bin/python -m pip install torch torch-harmonics, then set Worker Python to "
-        f"~/stack_segmenter_env/bin/python (or run: \"{python}\" -m pip install torch torch-harmonics)\n"
-        "  Windows: open the OSGeo4W Shell and run: python -m pip install torch torch-harmonics\n"
-        "  macOS: /Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip install torch torch-harmonics\n"
-        "  or point Processing > Options > Providers > Stack Segmenter > Worker Python (or the variable "
-        f"{ENV_VAR}) at a Python that already has torch."
-    )
-
-
-def _hidden_window_flags() -> int:
+def hidden_window_flags() -> int:
     """No console window flashing up on Windows."""
     return getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform.startswith("win") else 0
 
@@ -123,25 +209,6 @@ def _ask_to_stop(proc: "subprocess.Popen[str]") -> None:
         proc.send_signal(signal.SIGTERM)
 
 
-def ensure_torch(python: str) -> None:
-    """Fails before any work when the worker Python cannot import torch (cached per path)."""
-    if _TORCH_OK.get(python):
-        return
-    try:
-        proc = subprocess.run([python, "-c", "import torch"], cwd=str(PLUGIN_DIR), capture_output=True,
-                              text=True, timeout=120, env=worker_env(python), creationflags=_hidden_window_flags())
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise QgsProcessingException(f"The worker Python {python} could not be started ({exc}).\n"
-                                     + install_instructions(python)) from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise QgsProcessingException(
-            f"torch is not installed in the worker Python {python} ({last}). The Stack Segmenter tools need "
-            "torch and torch-harmonics there.\n" + install_instructions(python)
-        )
-    _TORCH_OK[python] = True
-
-
 def _same_path(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
@@ -153,9 +220,9 @@ def worker_env(python: str) -> Dict[str, str]:
     as "Worker Python" would otherwise load QGIS's standard library and fail.)
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-    own = default_python()
     # abspath, not realpath: a venv's python is a symlink to the base interpreter yet another environment
-    if own is None or _same_path(python) != _same_path(own):
+    own = {_same_path(p) for p in (qgis_python(), qgis_base_python()) if p}
+    if _same_path(python) not in own:
         env.pop("PYTHONHOME", None)
         env.pop("PYTHONPATH", None)
     return env
@@ -164,29 +231,35 @@ def worker_env(python: str) -> Dict[str, str]:
 # ----------------------------------------------------------------------------- running
 
 
-class WorkerRun:
-    """One worker process: reads its events, forwards them to feedback, handles cancel."""
+class ProcessRun:
+    """A child process whose stdout lines are handled on the calling thread; cancel stops it.
 
-    def __init__(self, python: str, command: str, args: Sequence[str], feedback: QgsProcessingFeedback,
-                 on_metric: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
-        self.cmd: List[str] = [python, "-m", "core", command, *[str(a) for a in args], "--events", "jsonl"]
+    Subclasses say what a line means (_handle_line) and what the run returns (_finish).
+    """
+
+    #: Debug line before the command ("" = none); said when the user cancels; when it must be killed.
+    ANNOUNCE = "Running: "
+    STOP_MESSAGE = "Cancel requested: stopping the process..."
+    KILL_MESSAGE = "The process did not stop in time; killing it."
+
+    def __init__(self, cmd: Sequence[str], feedback: QgsProcessingFeedback) -> None:
+        self.cmd: List[str] = [str(c) for c in cmd]
         self.feedback = feedback
-        self.on_metric = on_metric
-        self.result: Optional[Dict[str, Any]] = None
-        self.error: Optional[Dict[str, Any]] = None
         self.cancelled = False
         self.stderr_tail: Deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
 
-    def run(self) -> Dict[str, Any]:
-        """Runs to the end; returns the result event's value or raises QgsProcessingException."""
-        self.feedback.pushDebugInfo("Worker: " + " ".join(self.cmd))
+    def run(self) -> Any:
+        """Runs to the end; returns what _finish makes of it (or raises QgsProcessingException)."""
+        if self.ANNOUNCE:
+            self.feedback.pushDebugInfo(self.ANNOUNCE + " ".join(self.cmd))
         proc = self._start()
         readers = [threading.Thread(target=self._read_stdout, args=(proc,), daemon=True),
                    threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)]
         for t in readers:
             t.start()
         exited_at: Optional[float] = None
+        last_line = time.monotonic()
         while True:
             if self.feedback.isCanceled() and not self.cancelled:
                 self._stop(proc)
@@ -198,9 +271,12 @@ class WorkerRun:
                     exited_at = exited_at or time.monotonic()
                     if time.monotonic() - exited_at > ORPHAN_PIPE_SECONDS:
                         break
+                elif not self.cancelled:
+                    self._idle(time.monotonic() - last_line)
                 continue
             if line is None:
                 break
+            last_line = time.monotonic()
             self._handle_line(line)
         code = proc.wait()
         for reader, stream in zip(readers, (proc.stdout, proc.stderr)):
@@ -214,10 +290,12 @@ class WorkerRun:
         try:
             return subprocess.Popen(self.cmd, cwd=str(PLUGIN_DIR), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env,
-                                    bufsize=1, creationflags=_hidden_window_flags() | _own_group_flag())
+                                    bufsize=1, creationflags=hidden_window_flags() | _own_group_flag())
         except OSError as exc:
-            raise QgsProcessingException(f"Could not start the worker Python {self.cmd[0]}: {exc}. "
-                                         + install_instructions(self.cmd[0])) from None
+            raise QgsProcessingException(
+                f"Could not start {self.cmd[0]}: {exc}. Fix: run Stack Segmenter > Utilities > Set up worker "
+                "environment, or set Processing > Options > Providers > Stack Segmenter > Worker Python to a "
+                "python executable that has torch.") from None
 
     def _read_stdout(self, proc: "subprocess.Popen[str]") -> None:
         assert proc.stdout is not None
@@ -230,12 +308,19 @@ class WorkerRun:
         for line in proc.stderr:
             line = line.rstrip()
             if line and not line.startswith("\r"):
-                self.stderr_tail.append(line)
+                self._stderr_line(line)
+
+    def _stderr_line(self, line: str) -> None:
+        """Called on the reader thread: keep the last lines for the error message."""
+        self.stderr_tail.append(line)
+
+    def _idle(self, silent_seconds: float) -> None:
+        """Called about every POLL_SECONDS while the process runs without writing a line."""
 
     def _stop(self, proc: "subprocess.Popen[str]") -> None:
         """SIGTERM (Windows: CTRL_BREAK), a grace period for the checkpoint, then kill."""
         self.cancelled = True
-        self.feedback.pushInfo("Cancel requested: stopping the worker after its last safe checkpoint...")
+        self.feedback.pushInfo(self.STOP_MESSAGE)
         if proc.poll() is not None:
             return
         _ask_to_stop(proc)
@@ -243,8 +328,29 @@ class WorkerRun:
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if proc.poll() is None:
-            self.feedback.pushWarning("The worker did not stop in time; killing it.")
+            self.feedback.pushWarning(self.KILL_MESSAGE)
             proc.kill()
+
+    def _handle_line(self, line: str) -> None:
+        raise NotImplementedError
+
+    def _finish(self, code: int) -> Any:
+        raise NotImplementedError
+
+
+class WorkerRun(ProcessRun):
+    """One worker process: reads its JSON events, forwards them to feedback, handles cancel."""
+
+    ANNOUNCE = "Worker: "
+    STOP_MESSAGE = "Cancel requested: stopping the worker after its last safe checkpoint..."
+    KILL_MESSAGE = "The worker did not stop in time; killing it."
+
+    def __init__(self, python: str, command: str, args: Sequence[str], feedback: QgsProcessingFeedback,
+                 on_metric: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        super().__init__([python, "-m", "core", command, *[str(a) for a in args], "--events", "jsonl"], feedback)
+        self.on_metric = on_metric
+        self.result: Optional[Dict[str, Any]] = None
+        self.error: Optional[Dict[str, Any]] = None
 
     def _handle_line(self, line: str) -> None:
         line = line.strip()

@@ -441,48 +441,18 @@ def _run_list_models(_a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     return {"models": models}
 
 
-def _package_version(name: str) -> Optional[str]:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def check_environment() -> Dict[str, Any]:
-    """Versions of what the worker needs and whether a GPU is usable; never needs torch."""
-    packages: Dict[str, Optional[str]] = {}
-    for module, dist in (("torch", "torch"), ("torch_harmonics", "torch-harmonics"), ("rasterio", "rasterio"),
-                         ("geopandas", "geopandas"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
-                         ("matplotlib", "matplotlib"), ("pandas", "pandas")):
-        try:
-            mod = __import__(module)
-            packages[module] = str(getattr(mod, "__version__", None) or _package_version(dist) or "installed")
-        except Exception:  # noqa: BLE001 - a broken install is reported, not raised
-            packages[module] = None
-    cuda, gpus = False, []
-    if packages["torch"]:
-        import torch
-
-        cuda = bool(torch.cuda.is_available())
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    problems = [f"{name} is not importable by {sys.executable}" for name, v in packages.items() if v is None]
-    return {
-        "python": sys.executable,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": packages,
-        "cuda_available": cuda,
-        "gpus": gpus,
-        "problems": problems,
-    }
-
-
 def _run_check_env(_a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
+    from .environment import check_environment
+
     report = check_environment()
     cb.log(f"python {report['python_version']} at {report['python']}")
     for name, version in report["packages"].items():
         cb.log(f"{name}: {version or 'MISSING'}")
+    if report["torch_build"]:
+        cb.log(f"torch build: {report['torch_build']}")
     cb.log(f"GPU: {', '.join(report['gpus']) if report['gpus'] else 'none usable'}")
+    for problem in report["problems"]:
+        cb.log(f"problem: {problem}")
     return report
 
 

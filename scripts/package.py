@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "stack_segmenter"
 EXCLUDED_TOP = {"test", ".ci", "scripts", "bench", ".venv", "dist", "build", "docs", ".github"}
-EXCLUDED_FILES = {".gitignore", "Makefile", "pytest.ini", "constraints.txt", "requirements-dev.txt"}
+# constraints.txt stays: "Set up worker environment" installs the pins it holds.
+EXCLUDED_FILES = {".gitignore", "Makefile", "pytest.ini", "requirements-dev.txt"}
 #: README sections that talk about the repository (set-up, tests, benchmarks, developer docs).
 REPOSITORY_ONLY = re.compile(r"<!-- repository-only -->.*?<!-- /repository-only -->\n?", re.DOTALL)
 

@@ -112,15 +112,24 @@ def test_list_models_and_check_env_run_without_data(repo_root: Path) -> None:
     res = run_cli(repo_root, "check-env", "--events", "jsonl")
     report = json.loads(res.stdout.splitlines()[-1])["value"]
     assert report["packages"]["torch"] and report["packages"]["rasterio"] and report["problems"] == []
+    assert report["missing"] == [] and report["torch_build"] == "CPU" and report["cuda_available"] is False
+    assert report["venv"] is True and report["externally_managed"] is False and report["pip"]
 
 
 def test_check_env_without_torch_reports_it(repo_root: Path) -> None:
+    from core.environment import WORKER_PACKAGES
+
     """/usr/bin/python3 has Debian's geo stack but no torch: the report must say so, not crash."""
     res = subprocess.run(["/usr/bin/python3", "-m", "core", "check-env", "--events", "jsonl"], cwd=repo_root,
                          capture_output=True, text=True, timeout=120)
     report = json.loads(res.stdout.splitlines()[-1])["value"]
     assert report["packages"]["torch"] is None
     assert any("torch" in p for p in report["problems"])
+    # Every package the worker imports is listed; here only the two pip must add are missing.
+    assert set(report["packages"]) == {m for m, _ in WORKER_PACKAGES}
+    assert report["missing"] == ["torch", "torch-harmonics"] and report["torch_build"] is None
+    # Debian's system Python: PEP 668 refuses pip there, so the fix must be a venv (it can make one).
+    assert report["venv"] is False and report["externally_managed"] is True and report["ensurepip"] is True
 
 
 def test_main_returns_exit_code_for_core_errors(tmp_path: Path) -> None:

@@ -82,7 +82,8 @@ def test_package_zip_has_plugin_folder_and_nothing_excluded(repo_root: Path, tmp
     assert len(zips) == 1, out.stdout
     names = zipfile.ZipFile(zips[0]).namelist()
     assert all(n.startswith("stack_segmenter/") for n in names)
-    for needed in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "core/cli.py", "core/config.py"):
+    for needed in ("metadata.txt", "__init__.py", "plugin.py", "provider.py", "core/cli.py", "core/config.py",
+                   "constraints.txt"):  # the set-up tool installs the pins it holds
         assert f"stack_segmenter/{needed}" in names
     for bad in ("/test/", "/.venv/", "/.ci/", "__pycache__", ".pyc", "/.qgis-settings/", "/bench/", "Makefile"):
         assert not any(bad in n for n in names), bad

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,8 +25,10 @@ EXPECTED_PARAMETERS = {
     "stacksegmenter:evaluateprobabilitymap": [
         "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:checkenvironment": [],
+    "stacksegmenter:setupworker": ["TORCH_BUILD", "ENVIRONMENT_FOLDER"],
 }
 ADVANCED = {
+    "stacksegmenter:setupworker": {"ENVIRONMENT_FOLDER"},
     "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
                                       "CATEGORICAL_BANDS", "RESUME"},
     "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL"},
@@ -328,8 +331,11 @@ def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin:
 
 def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyData, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's /usr/bin/python3 refuses pip (PEP 668): the fix is the set-up tool or a venv, in one command."""
     import processing
     from qgis.core import QgsProcessingException
+
+    from stack_segmenter.algorithms import worker_setup
 
     bare = "/usr/bin/python3"
     if subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
@@ -339,14 +345,25 @@ def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyD
         processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path))
     message = str(info.value)
     assert "torch is not installed" in message and bare in message
-    assert "pip install torch" in message and "OSGeo4W" in message
+    assert "Missing in the worker Python /usr/bin/python3: torch, torch-harmonics." in message
+    assert "Set up worker environment" in message
+    env_python = worker_setup.venv_python(worker_setup.MANUAL_ENV)
+    one_command = (f"{bare} -m venv --system-site-packages {worker_setup.MANUAL_ENV} && {env_python} -m pip install "
+                   "--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu 'numpy<2' && "
+                   f"{env_python} -m pip install --no-deps torch-harmonics==0.9.3")
+    assert one_command in message
+    assert "pip install --user" not in message and "OSGeo4W" not in message  # not this platform's fix
     assert not (tmp_path / "model.pt").exists()
 
     report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
     assert report["PYTHON"] == bare or Path(report["PYTHON"]).resolve() == Path(bare).resolve()
-    assert report["TORCH_VERSION"] == "" and report["PROBLEMS"] >= 1
+    assert report["TORCH_VERSION"] == "" and report["TORCH_BUILD"] == "" and report["PROBLEMS"] >= 2
+    assert report["MISSING"] == "torch, torch-harmonics"
+    assert report["INSTALL_COMMAND"] == one_command
+    assert report["CHOSEN_BY"] == "the variable STACK_SEGMENTER_PYTHON"
     html = (tmp_path / "env.html").read_text(encoding="utf-8")
-    assert "MISSING" in html and "pip install torch" in html and "chosen by STACK_SEGMENTER_PYTHON" in html
+    assert "MISSING" in html and "Set up worker environment" in html
+    assert "chosen by the variable STACK_SEGMENTER_PYTHON" in html
 
 
 def test_check_environment_reports_the_venv(plugin: Any, tmp_path: Path) -> None:
@@ -356,10 +373,13 @@ def test_check_environment_reports_the_venv(plugin: Any, tmp_path: Path) -> None
 
     report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
     assert Path(report["PYTHON"]).parent == Path(sys.executable).parent
+    assert report["CHOSEN_BY"] == f"the environment QGIS's own Python runs in ({sys.prefix})"
     assert report["TORCH_VERSION"] == metadata.version("torch")
     assert report["TORCH_HARMONICS_VERSION"]
-    assert report["CUDA_AVAILABLE"] is False
-    assert report["PROBLEMS"] == 0
+    assert report["TORCH_BUILD"] == "CPU" and report["CUDA_AVAILABLE"] is False
+    assert report["PROBLEMS"] == 0 and report["MISSING"] == "" and report["INSTALL_COMMAND"] == ""
+    html = (tmp_path / "env.html").read_text(encoding="utf-8")
+    assert "torch build: CPU; GPU: none usable" in html
 
 
 def test_worker_python_resolution_order(plugin: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -370,10 +390,12 @@ def test_worker_python_resolution_order(plugin: Any, monkeypatch: pytest.MonkeyP
     from stack_segmenter.algorithms.base import WORKER_PYTHON_SETTING, configured_worker_python
 
     monkeypatch.delenv(worker.ENV_VAR, raising=False)
-    assert Path(worker.resolve_python(None)).parent == Path(sys.executable).parent  # first python3 on PATH
+    # The environment QGIS's own Python runs in (here the venv, as under `make test`).
+    assert worker.choose_python(None) == (str(Path(sys.prefix) / "bin" / "python3"),
+                                          f"the environment QGIS's own Python runs in ({sys.prefix})")
     monkeypatch.setenv(worker.ENV_VAR, "/usr/bin/python3")
-    assert worker.resolve_python(None) == "/usr/bin/python3"
-    assert worker.resolve_python(sys.executable) == sys.executable  # the setting wins
+    assert worker.choose_python(None) == ("/usr/bin/python3", "the variable STACK_SEGMENTER_PYTHON")
+    assert worker.choose_python(sys.executable) == (sys.executable, "the setting 'Worker Python'")  # the setting wins
     with pytest.raises(QgsProcessingException, match="Worker Python"):
         worker.resolve_python(str(tmp_path / "no_python"))
     old = ProcessingConfig.getSetting(WORKER_PYTHON_SETTING)
@@ -384,17 +406,34 @@ def test_worker_python_resolution_order(plugin: Any, monkeypatch: pytest.MonkeyP
         ProcessingConfig.setSettingValue(WORKER_PYTHON_SETTING, old or "")
 
 
+def test_python_first_on_path_is_never_chosen(plugin: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pyenv shim or another env's python3 first on PATH: the worker still runs in QGIS's own environment."""
+    from stack_segmenter.algorithms import worker
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    ran = tmp_path / "shim_ran"
+    (shims / "python3").write_text(f'#!/bin/sh\ntouch "{ran}"\nexec /usr/bin/python3 "$@"\n', encoding="utf-8")
+    (shims / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(worker.ENV_VAR, raising=False)
+    python, source = worker.choose_python(None)
+    assert python == str(Path(sys.prefix) / "bin" / "python3") and "QGIS's own Python" in source
+    assert not ran.exists()
+
+
 def test_worker_env_drops_qgis_python_paths_for_another_python(plugin: Any,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from stack_segmenter.algorithms import worker
 
     monkeypatch.setenv("PYTHONHOME", "/qgis/apps/Python39")
     monkeypatch.setenv("PYTHONPATH", "/qgis/python")
-    own = worker.default_python()
+    own = worker.qgis_python()
     assert own is not None
-    kept = worker.worker_env(own)
-    assert kept["PYTHONHOME"] == "/qgis/apps/Python39" and kept["PYTHONUNBUFFERED"] == "1"
-    other = worker.worker_env("/usr/bin/python3" if own != "/usr/bin/python3" else sys.executable)
+    for qgis_own in (own, worker.qgis_base_python()):  # QGIS's environment and the interpreter it is built on
+        kept = worker.worker_env(qgis_own)
+        assert kept["PYTHONHOME"] == "/qgis/apps/Python39" and kept["PYTHONUNBUFFERED"] == "1"
+    other = worker.worker_env("/opt/conda/envs/torch/bin/python")
     assert "PYTHONHOME" not in other and "PYTHONPATH" not in other
 
 

@@ -16,7 +16,7 @@ from qgis_helpers import QGIS_PROCESS, qgis_process_env
 
 ALGORITHM_IDS = {
     "stacksegmenter:trainsegmenter", "stacksegmenter:predictprobabilitymap",
-    "stacksegmenter:evaluateprobabilitymap", "stacksegmenter:checkenvironment",
+    "stacksegmenter:evaluateprobabilitymap", "stacksegmenter:checkenvironment", "stacksegmenter:setupworker",
 }
 
 
