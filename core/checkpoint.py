@@ -40,7 +40,7 @@ REQUIRED_KEYS = ("format", "model_name", "model_kwargs", "state_dict")
 #: Keys a member may hold to override the checkpoint's own (folds fit their own encoder).
 MEMBER_OVERRIDES = ("model_kwargs", "encoder", "calibration")
 #: Training state that belongs to one run, not to an ensemble bundled by ``save_ensemble``.
-TRAINING_STATE = ("optimizer", "scheduler", "rng", "best", "history")
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "best", "history", "patience_counter")
 
 
 def save_checkpoint(path: str | Path, ckpt: Dict[str, Any], log: Optional[LogFn] = None) -> Path:

@@ -98,6 +98,9 @@ def _add_train(sub: Any) -> None:
                    help="distributed data parallel; start with torchrun --nproc_per_node=N (gloo on CPU, nccl on GPU)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint (model, optimiser, scheduler, epoch, RNG state)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model already at the checkpoint path (without it, or --resume, an existing model "
+                        "is never replaced)")
     p.add_argument("--output_path", default="checkpoints_raster", help="output folder (default checkpoints_raster)")
     p.add_argument("--checkpoint_path", default=None,
                    help="write the checkpoint to this file instead of <output_path>/<model>/checkpoint.pt "
@@ -227,6 +230,7 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
         augment=a.enable_data_augmentation,
         ddp=a.enable_ddp,
         resume=a.resume,
+        overwrite=a.overwrite,
         output_path=a.output_path,
         checkpoint_path=a.checkpoint_path,
         seed=a.seed,

@@ -140,6 +140,7 @@ class TrainConfig(_JsonConfig):
     augment: bool = False
     ddp: bool = False
     resume: bool = False
+    overwrite: bool = False
     output_path: str = "checkpoints_raster"
     checkpoint_path: Optional[str] = None
     seed: int = 0
@@ -188,6 +189,9 @@ class TrainConfig(_JsonConfig):
         if not 1 <= int(self.ensemble) <= MAX_ENSEMBLE:
             raise ConfigError(f"ensemble is the number of members to train, 1 to {MAX_ENSEMBLE}; got {self.ensemble}")
         self.ensemble = int(self.ensemble)
+        if self.resume and self.overwrite:
+            raise ConfigError("resume continues the existing model and overwrite replaces it: choose one "
+                              "(--resume or --overwrite)")
         if self.checkpoint_path is not None and len(self.models) != 1:
             raise ConfigError("checkpoint_path names one file, so train exactly one model with it")
 

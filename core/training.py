@@ -41,11 +41,12 @@ from .device import autocast_for, resolve_device
 from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
-from .files import append_text, write_text_atomic
+from .files import append_text, prepare_folder, write_text_atomic
 from .labels import LabelRaster, rasterize_labels
 from .losses import make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
 from .models.registry import build_model, count_parameters, model_kwargs
+from .preflight import check_resume, check_same_split, check_train_targets
 from .raster import Box, RasterInfo, box_to_map, coverage_mask, read_info, read_valid_mask
 from .sampling import Split, make_split, resolve_tile, write_blocks_gpkg
 
@@ -96,11 +97,18 @@ class RunLog:
         if self._file is not None:
             append_text(self._file, message + "\n")
 
-    def attach(self, path: Path, backlog: List[str]) -> None:
-        """Starts a model's train.log with the shared preparation lines (backlog)."""
+    def attach(self, path: Path, backlog: List[str], resumed: bool = False) -> None:
+        """Starts a model's train.log with the shared preparation lines (backlog).
+
+        A resumed run appends to the log of the run it continues; a new run starts a new log.
+        """
         if not self._speak:
             return
-        write_text_atomic(path, "".join(line + "\n" for line in backlog))
+        text = "".join(line + "\n" for line in backlog)
+        if resumed and path.is_file():
+            append_text(path, f"--- resumed {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n" + text)
+        else:
+            write_text_atomic(path, text)
         self._file = path
 
 
@@ -120,6 +128,10 @@ def init_distributed(config: TrainConfig, log: LogFn) -> Dist:
     if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Dist(True, rank, world, local_rank)
+
+
+def _quiet(_message: str) -> None:
+    return None
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
@@ -472,9 +484,9 @@ def _versions() -> Dict[str, str]:
 
 
 def checkpoint_payload(config: TrainConfig, spec: ModelSpec, kwargs: Dict[str, Any], data: RasterData,
-                       td: TileData, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, epoch: int,
-                       history: List[Dict[str, Any]], best: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The self-describing checkpoint dict (keys listed in docs/ARCHITECTURE.md)."""
+                       td: TileData, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                       state: "LoopState") -> Dict[str, Any]:
+    """The self-describing checkpoint dict (keys listed in docs/ARCHITECTURE.md), loop state included."""
     info = data.info
     return {
         "model_name": spec.name,
@@ -500,10 +512,8 @@ def checkpoint_payload(config: TrainConfig, spec: ModelSpec, kwargs: Dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "epoch": int(epoch),
         "rng": rng_state(),
-        "history": history,
-        "best": best,
+        **state.to_checkpoint(),
     }
 
 
@@ -520,6 +530,62 @@ def monitor_score(metrics: Dict[str, float]) -> Tuple[str, float]:
     if auc is not None and math.isfinite(auc):
         return "val_roc_auc", float(auc)
     return "val_loss", -float(metrics.get("val_loss", float("inf")))
+
+
+# ----------------------------------------------------------------------------- loop state
+
+
+@dataclass
+class LoopState:
+    """Where the training loop stands, saved whole in every checkpoint and restored whole on resume.
+
+    A resumed run continues exactly where an uninterrupted one would be: the same epoch, the
+    same history, the same best weights and the same patience counter (early stopping).
+
+    Attributes:
+        epoch: epochs finished.
+        history: one metric dict per finished epoch (NaN as None).
+        best: ``{"epoch", "score", "metric", "state_dict"}`` of the best validation epoch.
+        stale: epochs since the best one (early stopping stops when it reaches --patience).
+    """
+
+    epoch: int = 0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best: Optional[Dict[str, Any]] = None
+    stale: int = 0
+
+    def to_checkpoint(self) -> Dict[str, Any]:
+        """The checkpoint keys that hold the loop state (``epoch``/``history``/``best`` as before)."""
+        return {"epoch": int(self.epoch), "history": list(self.history), "best": self.best,
+                "patience_counter": int(self.stale)}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Dict[str, Any]) -> "LoopState":
+        """The state a checkpoint holds; older checkpoints without a counter get it from the best epoch."""
+        epoch = int(ckpt.get("epoch") or 0)
+        best = ckpt.get("best")
+        stale = ckpt.get("patience_counter")
+        if stale is None:  # written before the counter was saved: epochs since the best one
+            stale = epoch - int(best["epoch"]) if best and best.get("epoch") else 0
+        return cls(epoch=epoch, history=list(ckpt.get("history") or []), best=best, stale=int(stale))
+
+    def record(self, row: Dict[str, Any], model: nn.Module) -> bool:
+        """Adds a finished epoch's metrics; keeps its weights when it is the best so far. Returns improved."""
+        name, score = monitor_score(row)
+        improved = self.best is None or self.best.get("metric") != name or score > float(self.best["score"])
+        if improved:
+            self.best = {"epoch": int(row["epoch"]), "score": score, "metric": name,
+                         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            self.stale = 0
+        else:
+            self.stale += 1
+        self.history.append(_json_safe(row))
+        self.epoch = int(row["epoch"])
+        return improved
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: ``patience`` epochs in a row without improvement (0 = never)."""
+        return bool(patience) and self.stale >= patience
 
 
 # ----------------------------------------------------------------------------- one model
@@ -548,21 +614,27 @@ def _loader(dataset: TileDataset, batch_size: int, config: TrainConfig, indices:
                       num_workers=config.num_workers, generator=g, persistent_workers=False)
 
 
-def _resume_state(config: TrainConfig, spec: ModelSpec, path: Path, log: LogFn) -> Optional[Dict[str, Any]]:
-    """The checkpoint to continue from, when --resume is set and one exists."""
-    if not config.resume:
-        return None
-    if not path.exists():
-        log(f"--resume: no checkpoint at {path} yet; starting {spec.name} from scratch")
-        return None
-    ckpt = load_checkpoint(path)
-    if ckpt["model_name"] != spec.name:
-        raise ConfigError(
-            f"--resume: {path} holds model {ckpt['model_name']}, not {spec.name}; "
-            "use another --output_path or train the same model"
-        )
-    log(f"resuming {spec.name} from {path} (after epoch {ckpt.get('epoch', 0)})")
-    return ckpt
+def tiles_for_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
+                    resumed: Optional[Dict[str, Any]], log: LogFn) -> TileData:
+    """Split, encoder and datasets of one model; a resumed model keeps its statistics and its split."""
+    tile, whole_globe = tile_for(config, spec, data, log)
+    if resumed is not None:  # the statistics the weights were trained with
+        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
+        check_same_split(td.split.val_blocks, resumed, config.checkpoint_file(spec.name))
+        return td
+    if (tile, whole_globe) not in tiles:
+        tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
+    return tiles[(tile, whole_globe)]
+
+
+def start_model_files(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData, runlog: RunLog,
+                      lines: List[str], resumed: bool) -> Path:
+    """The model folder's first files (train.log, validation_blocks.gpkg, config.json), once every check passed."""
+    out_dir = prepare_folder(config.model_dir(spec.name), "the training output folder (--output_path)")
+    runlog.attach(out_dir / "train.log", lines, resumed=resumed)
+    write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
+    write_text_atomic(out_dir / "config.json", config.to_json() + "\n")
+    return out_dir
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -645,9 +717,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     if n > 1:
         log(f"{label}: seed {seed}")
 
-    history: List[Dict[str, Any]] = []
-    best: Optional[Dict[str, Any]] = None
-    start = 0
+    state = LoopState()
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         if resumed.get("optimizer") and config.num_epochs > 0:
@@ -655,23 +725,28 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
             sched.load_state_dict(resumed["scheduler"])
         if resumed.get("rng"):
             restore_rng(resumed["rng"])
-        history, best, start = list(resumed.get("history") or []), resumed.get("best"), int(resumed.get("epoch", 0))
+        state = LoopState.from_checkpoint(resumed)
+    start = state.epoch
 
-    def payload(epoch: int) -> Dict[str, Any]:
-        return {**checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, epoch, history, best),
+    def payload() -> Dict[str, Any]:
+        return {**checkpoint_payload(config, spec, kwargs, data, td, model, opt, sched, state),
                 **ensemble.extras(index, config.seed)}
 
     if dist.main and index > 0 and resumed is None and config.num_epochs > 0:
         # The file now names this member as the one in training (epoch 0): a cancel before its
         # first epoch ends resumes HERE, never by re-training the finished member before it.
-        save_checkpoint(ckpt_path, payload(0), log=log)
+        save_checkpoint(ckpt_path, payload(), log=log)
     val_loader = _loader(td.val_set, config.batch_size, config)
     eval_step = replace(step, model=model)  # validation runs on the unwrapped model (no DDP sync)
-    stale = 0
     epochs_run = 0
+    last_epoch = config.num_epochs
     if config.num_epochs > 0 and start >= config.num_epochs:
         log(f"{label} already trained {start} epoch(s) (--num_epochs {config.num_epochs}); nothing to train")
-    for epoch in range(start + 1, config.num_epochs + 1):
+    elif resumed is not None and state.should_stop(config.patience):
+        log(f"{label} stopped early at epoch {start} ({state.stale} epoch(s) without improvement, --patience "
+            f"{config.patience}); nothing to train (raise --patience to go on)")
+        last_epoch = start
+    for epoch in range(start + 1, last_epoch + 1):
         seed_everything(epoch_seed(seed, epoch, dist.rank))
         indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist)
         loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
@@ -684,31 +759,24 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
 
         train_loss = run_epoch(step, loader, cb, where, on_batch)
         ev = evaluate(eval_step, val_loader, cb, config.seed)
-        lr = float(sched.get_last_lr()[0])
         row = {"model": spec.name, **({"member": index + 1} if n > 1 else {}), "epoch": epoch,
-               "train_loss": train_loss, **ev.metrics, "lr": lr}
-        history.append(_json_safe(row))
+               "train_loss": train_loss, **ev.metrics, "lr": float(sched.get_last_lr()[0])}
+        improved = state.record(row, model)
         epochs_run += 1
-        name, score = monitor_score(ev.metrics)
-        improved = best is None or best.get("metric") != name or score > float(best["score"])
-        if improved:
-            best = {"epoch": epoch, "score": score, "metric": name,
-                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            stale = 0
-        else:
-            stale += 1
         if dist.main:
-            save_checkpoint(ckpt_path, payload(epoch), log=log)
+            save_checkpoint(ckpt_path, payload(), log=log)
         cb.metric(_json_safe(row))
         log(_epoch_line(row, improved))
         progress((epoch - start) / max(1, config.num_epochs - start))
-        if config.patience and stale >= config.patience:
-            log(f"early stopping: {name} has not improved for {stale} epoch(s) (best epoch {best['epoch']})")
+        if state.should_stop(config.patience):
+            assert state.best is not None
+            log(f"early stopping: {state.best['metric']} has not improved for {state.stale} epoch(s) "
+                f"(best epoch {state.best['epoch']})")
             break
-    final_epoch = history[-1]["epoch"] if history else start
-    if best is not None and best.get("state_dict"):
-        model.load_state_dict(best["state_dict"])
-    return MemberOutcome(model, eval_step, history, best, epochs_run, final_epoch, payload(final_epoch))
+    outcome_payload = payload()  # the last epoch's weights, before the best ones are loaded
+    if state.best is not None and state.best.get("state_dict"):
+        model.load_state_dict(state.best["state_dict"])
+    return MemberOutcome(model, eval_step, state.history, state.best, epochs_run, state.epoch, outcome_payload)
 
 
 def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model: nn.Module, step: Step,
@@ -784,33 +852,32 @@ def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], lo
 
 def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
                 dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
-                backlog: List[str], progress: Callable[[float], None]) -> ModelRun:
+                backlog: List[str], progress: Callable[[float], None],
+                resumed: Optional[Dict[str, Any]] = None) -> ModelRun:
     """Trains (or, with 0 epochs, only validates) one model, as ``config.ensemble`` members, and writes its files.
 
     Members differ only by seed (initial weights, window draws, augmentation) and share the
     split and band statistics. The file is rewritten after every epoch and after every
     member (calibrated) finishes, so a cancel keeps the finished members and ``--resume``
     continues the member in training, then trains the rest.
+
+    ``resumed``: the checkpoint to continue (checked by preflight.check_resume). Nothing is
+    written for this model until its split and statistics are ready (and, on resume, the
+    split is the checkpoint's).
     """
     out_dir = config.model_dir(spec.name)
     ckpt_path = config.checkpoint_file(spec.name)
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        runlog.attach(out_dir / "train.log", backlog)
     log = runlog
-    resumed = _resume_state(config, spec, ckpt_path, log)
+    first_line = len(runlog.lines)
+    if resumed is not None:
+        log(f"resuming {spec.name} from {ckpt_path} (after epoch {resumed.get('epoch', 0)})")
+    elif config.resume:
+        log(f"--resume: no checkpoint at {ckpt_path} yet; starting {spec.name} from scratch")
     ensemble, resumed_index = _resumed_ensemble(config, resumed, log)
-    tile, whole_globe = tile_for(config, spec, data, log)
-    if resumed is not None:  # the statistics the weights were trained with
-        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
-    else:
-        if (tile, whole_globe) not in tiles:
-            tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
-        td = tiles[(tile, whole_globe)]
+    td = tiles_for_model(config, spec, data, tiles, resumed, log)
     if dist.main:
-        write_blocks_gpkg(td.split.val_blocks, data.info, out_dir / "validation_blocks.gpkg")
-        write_text_atomic(out_dir / "config.json", config.to_json() + "\n")
-    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=tile)
+        start_model_files(config, spec, data, td, runlog, backlog + runlog.lines[first_line:], resumed is not None)
+    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=td.tile)
     only_validate = config.num_epochs == 0 and resumed is not None
     n = ensemble.size if config.num_epochs > 0 else 1
 
@@ -923,8 +990,10 @@ def train(
     metrics are None).
 
     Raises:
-        ConfigError: impossible device / AMP combination (before any data is read).
-        DataError: unusable inputs. ResourceError: out of memory. TrainingError: NaN loss.
+        ConfigError: impossible device / AMP combination, a model already at the checkpoint path
+            without --resume / --overwrite, a --resume that would not continue the same run
+            (all before anything is written).
+        DataError: unusable inputs, an output over an input. ResourceError: out of memory. TrainingError: NaN loss.
         Cancelled: ``should_stop`` said so; the last finished epoch's checkpoint is on disk.
     """
     from .reports import write_reports
@@ -935,9 +1004,14 @@ def train(
                       log if dist.main else None, metric if dist.main else None)
     runlog = RunLog(cb.log, dist.main)
     try:
+        resumes = check_train_targets(config, [s.name for s in specs], runlog)  # before anything is read
         device = pick_device(config.device, dist)
         autocast = autocast_for(config.amp_mode, device)
         data = prepare_raster(config, runlog)
+        for spec in specs:  # every refusal comes before the first file of any model is written
+            ckpt = resumes[spec.name]
+            if ckpt is not None:
+                check_resume(config, spec.name, ckpt, data.info, tile_for(config, spec, data, _quiet)[0], runlog)
         backlog = list(runlog.lines)
         tiles: Dict[Any, TileData] = {}
         runs: List[ModelRun] = []
@@ -947,7 +1021,7 @@ def train(
 
             try:
                 run = train_model(config, spec, data, tiles, dist, device, autocast, cb, runlog, backlog,
-                                  model_progress)
+                                  model_progress, resumes[spec.name])
             except (RuntimeError, MemoryError) as exc:
                 if _is_oom(exc):
                     raise ResourceError(

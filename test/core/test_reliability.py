@@ -185,3 +185,192 @@ def test_full_disk_while_training_is_a_clean_error_and_keeps_the_last_checkpoint
     from core.checkpoint import load_checkpoint
 
     assert load_checkpoint(ckpt)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- outputs never overwrite inputs
+
+
+def _copy_stack(stack: Any, folder: Path) -> Tuple[Path, Path]:
+    """A private copy of the tiny stack and its points (tests may try to destroy them)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    raster = Path(shutil.copy(stack.path, folder / "stack.tif"))
+    return raster, folder
+
+
+@pytest.mark.parametrize("victim", ["raster", "labels", "labels_dbf"])
+def test_train_refuses_a_checkpoint_path_that_is_an_input(repo_root: Path, tiny_stack: Any, tiny_points: Any,
+                                                          tmp_path: Path, victim: str) -> None:
+    import shutil
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    raster = Path(shutil.copy(tiny_stack.path, inputs / "stack.tif"))
+    for part in tiny_points.path.parent.glob(tiny_points.path.stem + ".*"):
+        shutil.copy(part, inputs / part.name)
+    labels = inputs / tiny_points.path.name
+    target = {"raster": raster, "labels": labels, "labels_dbf": labels.with_suffix(".dbf")}[victim]
+    before = hashes(inputs)
+    run = cli(repo_root, "train", "--raster_path", str(raster), "--shapefile_path", str(labels), "--models", TINY,
+              "--tile_size", "32", "--num_epochs", "1", "--device", "cpu", "--checkpoint_path", str(target),
+              "--output_path", str(tmp_path / "out"))
+    run.assert_clean_failure()
+    role = "input raster" if victim == "raster" else "labels"
+    assert f"is the {role}" in run.error and "--checkpoint_path" in run.error, run.error
+    assert hashes(inputs) == before and not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_an_output_that_is_the_model(repo_root: Path, model: Path, tiny_stack: Any,
+                                                     tmp_path: Path) -> None:
+    import shutil
+
+    mine = Path(shutil.copy(model, tmp_path / "model.pt"))
+    before = hashes(tmp_path)
+    run = cli(repo_root, "predict", "--checkpoint", str(mine), "--raster_path", str(tiny_stack.path),
+              "--output_path", str(mine), "--device", "cpu")
+    run.assert_clean_failure()
+    assert "is the model file" in run.error and "--output_path" in run.error
+    assert hashes(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- a trained model is never replaced
+
+
+@pytest.fixture
+def trained_folder(model: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained model's output folder (checkpoint, train.log, config.json, ...)."""
+    import shutil
+
+    return Path(shutil.copytree(model.parent.parent, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("extra", [("--num_epochs", "0"), ()], ids=["zero-epochs", "rerun"])
+def test_an_existing_model_needs_resume_or_overwrite(repo_root: Path, tiny_stack: Any, tiny_points: Any,
+                                                     trained_folder: Path, extra: Tuple[str, ...]) -> None:
+    before = hashes(trained_folder)
+    run = cli(repo_root, *train_args(tiny_stack, tiny_points, trained_folder, *extra))
+    run.assert_clean_failure()
+    assert "already holds a trained model" in run.error and "1 epoch" in run.error
+    assert "--resume" in run.error and "--overwrite" in run.error
+    assert hashes(trained_folder) == before  # no config.json, train.log or validation_blocks.gpkg rewritten
+
+
+def test_overwrite_replaces_the_model_on_purpose(tiny_stack: Any, tiny_points: Any, trained_folder: Path) -> None:
+    from core.checkpoint import load_checkpoint
+    from core.errors import ConfigError
+
+    ckpt = trained_folder / TINY / "checkpoint.pt"
+    cfg = dict(raster_path=str(tiny_stack.path), labels=LabelOptions(labels_path=str(tiny_points.path)),
+               models=[TINY], tile_size=(32, 32), num_epochs=0, output_path=str(trained_folder), device="cpu",
+               patience=0)
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(**cfg, resume=True, overwrite=True)
+    logs: List[str] = []
+    train(TrainConfig(**cfg, overwrite=True), log=logs.append)
+    assert load_checkpoint(ckpt)["epoch"] == 0
+    assert any("--overwrite" in line and "will be replaced" in line for line in logs)
+
+
+def _four_band_copy(stack: Any, path: Path) -> Path:
+    import rasterio
+
+    with rasterio.open(stack.path) as src:
+        profile = src.profile | {"count": 4}
+        data = src.read([1, 2, 3, 4])
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_a_refused_resume_writes_nothing(repo_root: Path, tiny_stack: Any, tiny_points: Any, trained_folder: Path,
+                                         tmp_path: Path) -> None:
+    four = _four_band_copy(tiny_stack, tmp_path / "four.tif")
+    before = hashes(trained_folder)
+    args = list(train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--num_epochs", "2"))
+    args[args.index("--raster_path") + 1] = str(four)
+    run = cli(repo_root, *args)
+    run.assert_clean_failure()
+    assert "--resume" in run.error and "band count 4 (checkpoint 5)" in run.error, run.error
+    assert hashes(trained_folder) == before
+
+    run = cli(repo_root, *train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--tile_size", "16",
+                                     "--seed", "3"))
+    run.assert_clean_failure()
+    assert "tile size 16 x 16 (checkpoint 32 x 32)" in run.error and "seed 3 (checkpoint 0)" in run.error
+    assert hashes(trained_folder) == before
+
+
+def test_resume_names_optimisation_changes_and_appends_to_the_log(tiny_stack: Any, tiny_points: Any,
+                                                                  trained_folder: Path) -> None:
+    log_file = trained_folder / TINY / "train.log"
+    first_log = log_file.read_text()
+    logs: List[str] = []
+    cfg = TrainConfig(raster_path=str(tiny_stack.path), labels=LabelOptions(labels_path=str(tiny_points.path)),
+                      models=[TINY], tile_size=(32, 32), num_epochs=2, batch_size=8, output_path=str(trained_folder),
+                      device="cpu", patience=0, resume=True, loss="focal", learning_rate=1e-3)
+    result = train(cfg, log=logs.append)["models"][TINY]
+    assert result["epoch"] == 2 and result["epochs_run"] == 1
+    warning = next(line for line in logs if "settings that differ" in line)
+    assert "loss 'focal' (checkpoint 'weighted_ce_dice')" in warning and "learning_rate 0.001" in warning
+    text = log_file.read_text()
+    assert text.startswith(first_log) and "--- resumed" in text  # the first run's log is kept
+
+
+# ----------------------------------------------------------------------------- leftovers of a killed run
+
+
+def _leftover_of_a_killed_run(repo_root: Path, target: Path) -> Path:
+    """Starts a process that begins writing ``target`` the way the core does, then kill -9 it."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.files import temp_path; "
+            "p = temp_path(sys.argv[2]); p.write_bytes(b'half a file'); print(p, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(repo_root), str(target)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    leftover = Path(proc.stdout.readline().strip())
+    proc.kill()
+    proc.wait()
+    assert leftover.is_file()
+    return leftover
+
+
+def test_the_next_run_removes_leftovers_of_a_killed_one(repo_root: Path, model: Path, tiny_stack: Any,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "map.tif"
+    leftover = _leftover_of_a_killed_run(repo_root, out)
+    legacy = tmp_path / ".map.x1y2z3w4.partial.tif"  # the name earlier versions used
+    legacy.write_bytes(b"torn")
+    unrelated = tmp_path / ".map.tif.notes"
+    unrelated.write_text("mine")
+    run = cli(repo_root, "predict", "--checkpoint", str(model), "--raster_path", str(tiny_stack.path),
+              "--output_path", str(out), "--device", "cpu")
+    assert run.code == 0, run.stderr[-2000:]
+    assert not leftover.exists() and not legacy.exists() and unrelated.read_text() == "mine"
+    assert any("left by an interrupted run" in line for line in run.logs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map.tif", ".map.tif.notes"])
+
+
+# ----------------------------------------------------------------------------- permissions
+
+
+def test_every_output_is_readable_by_the_group_and_others_under_umask_022(
+        repo_root: Path, tiny_stack: Any, tiny_points: Any, tmp_path: Path) -> None:
+    import stat
+
+    out = tmp_path / "run"
+    run = cli(repo_root, *train_args(tiny_stack, tiny_points, out), umask=0o022)
+    assert run.code == 0, run.stderr[-2000:]
+    ckpt = out / TINY / "checkpoint.pt"
+    run = cli(repo_root, "predict", "--checkpoint", str(ckpt), "--raster_path", str(tiny_stack.path),
+              "--output_path", str(tmp_path / "maps" / "map.tif"), "--device", "cpu", umask=0o022)
+    assert run.code == 0, run.stderr[-2000:]
+    run = cli(repo_root, "evaluate", "--probability_map", str(tmp_path / "maps" / "map.tif"), "--labels",
+              str(tiny_points.path), "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "eval"), umask=0o022)
+    assert run.code == 0, run.stderr[-2000:]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"checkpoint.pt", "metrics.json", "metrics.pkl", "curves.png", "map.tif", "roc_pr.png",
+            "config.json", "train.log", "validation_blocks.gpkg"} <= {p.name for p in files}
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+    dirs = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*") if p.is_dir()}
+    assert set(dirs.values()) == {"0o755"}, dirs

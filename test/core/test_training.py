@@ -200,6 +200,70 @@ def test_early_stopping_stops_when_nothing_improves(tiny_stack, tiny_points, tmp
     assert res["models"][TINY]["epochs_run"] < 8
 
 
+def _stale_counts(history: List[Dict[str, Any]]) -> List[int]:
+    """The patience counter after each epoch, recomputed from the history (as the loop counts it)."""
+    from core.training import monitor_score
+
+    best, stale, out = None, 0, []
+    for row in history:
+        name, score = monitor_score({k: (float("nan") if v is None else v) for k, v in row.items()})
+        if best is None or best[0] != name or score > best[1]:
+            best, stale = (name, score), 0
+        else:
+            stale += 1
+        out.append(stale)
+    return out
+
+
+def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one_with_early_stopping(
+        tiny_stack, tiny_points, tmp_path: Path) -> None:
+    """The patience counter is part of the saved loop state: resuming does not restart it."""
+    kw = dict(num_epochs=12, patience=3, learning_rate=2e-3)
+    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", **kw))["models"][TINY]
+    history = load_checkpoint(tmp_path / "full" / TINY / "checkpoint.pt")["history"]
+    stale = _stale_counts(history)
+    assert full["epoch"] < 12 and stale[-1] == 3, "the uninterrupted run must stop early for this test to mean anything"
+    cut = max(i + 1 for i, s in enumerate(stale[:-1]) if s > 0)  # stop after an epoch that did not improve
+    done: List[int] = []
+    with pytest.raises(Cancelled):
+        train(_config(tiny_stack, tiny_points, tmp_path / "cut", **kw), should_stop=lambda: len(done) >= cut,
+              metric=lambda m: done.append(m["epoch"]))
+    saved = load_checkpoint(tmp_path / "cut" / TINY / "checkpoint.pt")
+    assert saved["epoch"] == cut and saved["patience_counter"] == stale[cut - 1] > 0
+    rec = Recorder()
+    resumed = train(_config(tiny_stack, tiny_points, tmp_path / "cut", resume=True, **kw), **rec.kwargs())["models"][TINY]
+    assert resumed["epoch"] == full["epoch"], "the resumed run must stop early at the same epoch"
+    assert [m["epoch"] for m in rec.metrics] == list(range(cut + 1, full["epoch"] + 1))
+    again = load_checkpoint(tmp_path / "cut" / TINY / "checkpoint.pt")
+    assert again["history"] == history and again["best"]["epoch"] == load_checkpoint(
+        tmp_path / "full" / TINY / "checkpoint.pt")["best"]["epoch"]
+    for key in full["metrics"]:
+        assert resumed["metrics"][key] == pytest.approx(full["metrics"][key], rel=1e-5, abs=1e-6)
+    # Resuming a run that already stopped early trains nothing more.
+    rec = Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path / "full", resume=True, **kw), **rec.kwargs())
+    assert rec.metrics == [] and any("stopped early" in line for line in rec.logs)
+
+
+def test_loop_state_round_trips_through_the_checkpoint(tmp_path: Path) -> None:
+    from core.checkpoint import save_checkpoint
+    from core.training import LoopState
+
+    model = torch.nn.Linear(3, 2)
+    state = LoopState()
+    for epoch, auc in enumerate([0.6, 0.7, 0.65, 0.64], start=1):
+        state.record({"model": TINY, "epoch": epoch, "val_roc_auc": auc, "val_loss": 1.0 - auc}, model)
+    assert (state.epoch, state.stale, state.best["epoch"]) == (4, 2, 2)
+    save_checkpoint(tmp_path / "c.pt", {"model_name": TINY, "model_kwargs": {}, "state_dict": {},
+                                        **state.to_checkpoint()})
+    back = LoopState.from_checkpoint(load_checkpoint(tmp_path / "c.pt"))
+    assert (back.epoch, back.stale, back.history) == (state.epoch, state.stale, state.history)
+    assert back.best["epoch"] == 2 and back.best["score"] == pytest.approx(0.7)
+    assert all(torch.equal(back.best["state_dict"][k], v) for k, v in state.best["state_dict"].items())
+    legacy = {k: v for k, v in state.to_checkpoint().items() if k != "patience_counter"}
+    assert LoopState.from_checkpoint(legacy).stale == 2  # older checkpoints: epochs since the best one
+
+
 def test_bf16_autocast_trains_on_cpu(tiny_stack, tiny_points, tmp_path: Path) -> None:
     res = train(_config(tiny_stack, tiny_points, tmp_path, amp_mode="bf16", num_epochs=1))["models"][TINY]
     assert math.isfinite(res["metrics"]["val_loss"])
