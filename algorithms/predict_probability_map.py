@@ -36,11 +36,12 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     DEVICE = "DEVICE"
     SPHERICAL = "SPHERICAL"
     OUTPUT = "OUTPUT"
+    UNCERTAINTY = "UNCERTAINTY"
 
     FLAGS = {
         "--checkpoint": MODEL, "--raster_path": INPUT, "--output_path": OUTPUT, "--mask_path": MASK,
         "--tile_size": TILE_SIZE, "--overlap": OVERLAP, "--batch_size": BATCH_SIZE, "--device": DEVICE,
-        "--spherical": SPHERICAL,
+        "--spherical": SPHERICAL, "--uncertainty_path": UNCERTAINTY,
     }
 
     ICON = "predict.svg"
@@ -50,7 +51,9 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "
         "the positive-class probability (0 to 1) on the input raster's grid, predicted with overlapping "
         "windows and blended without seams. The raster must have the same bands as in training. Nodata "
-        "(and pixels outside the mask) stay nodata. The map is loaded with a viridis colour ramp on [0, 1]."
+        "(and pixels outside the mask) stay nodata. An ensemble model (several members) predicts the mean of "
+        "its members and can also write their spread as an uncertainty map. The map loads in classes of "
+        "area (top 1, 5, 10, 20 % of the map, as Evaluate reports them)."
     )
 
     def name(self) -> str:
@@ -81,26 +84,47 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                                                defaultValue=False),
                  "For global EPSG:4326 rasters and spherical models: the whole globe at once.", advanced=True)
         self.add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Probability map")),
-                 "The probability GeoTIFF (0 to 1, nodata where the input is nodata).")
+                 "The probability GeoTIFF (0 to 1, nodata where the input is nodata). A model trained by this "
+                 "plugin is calibrated: the map's mean over the training area is the training base rate. It "
+                 "loads in classes of area: the top 1, 5, 10 and 20 % of the map.")
+        self.add(QgsProcessingParameterRasterDestination(self.UNCERTAINTY, self.tr("Uncertainty"), optional=True,
+                                                         createByDefault=False),
+                 "Optional, for a model trained as an ensemble ('Ensemble members' 2 or more): the per-pixel "
+                 "standard deviation across the members (0 where they agree, larger where they differ).")
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         python = self.worker_python()
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        stale_stats = Path(output + ".aux.xml")  # GDAL's cached statistics of a map we are replacing
-        if stale_stats.is_file():
-            stale_stats.unlink()
+        spread = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
+        for path in filter(None, (output, spread)):
+            stale_stats = Path(path + ".aux.xml")  # GDAL's cached statistics of a map we are replacing
+            if stale_stats.is_file():
+                stale_stats.unlink()
         args = self._args(parameters, context, feedback, output)
+        if spread:
+            args += ["--uncertainty_path", spread]
         result = self.run_core("predict", args, feedback, python)
         written = str(result.get("output_path") or output)
-        name = styling.layer_name(result.get("model_name"))
-        if styling.write_style_sidecar(written):
-            feedback.pushInfo(self.tr("Style written beside the map (.qml)"))
+        model = result.get("model_name")
+        self._finish(written, output, styling.layer_name(model, bool(result.get("calibrated", True))),
+                     "probability", context, feedback)
+        outputs: Dict[str, Any] = {self.OUTPUT: written, self.UNCERTAINTY: None}
+        if spread:
+            outputs[self.UNCERTAINTY] = str(result.get("uncertainty_path") or spread)
+            self._finish(outputs[self.UNCERTAINTY], spread, styling.uncertainty_layer_name(model), "uncertainty",
+                         context, feedback)
+        return outputs
+
+    def _finish(self, written: str, output: str, name: str, kind: str, context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> None:
+        """Writes the map's .qml style beside it and styles and names the layer QGIS loads."""
+        if styling.write_style_sidecar(written, kind):
+            feedback.pushInfo(self.tr("Style written beside the map: {}").format(Path(written).with_suffix(".qml")))
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = name
-            details.setPostProcessor(styling.make_styler(name))
-        return {self.OUTPUT: written}
+            details.setPostProcessor(styling.make_styler(name, kind))
 
     def _args(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
               output: str) -> List[str]:

@@ -21,7 +21,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.config import AMP_MODES, DEFAULT_LOSS, LOSSES
+from ..core.config import AMP_MODES, DEFAULT_ENSEMBLE, DEFAULT_LOSS, LOSSES, MAX_ENSEMBLE
 from ..core.models.catalog import PRESET_MODELS
 from .base import StackSegmenterAlgorithm
 
@@ -64,6 +64,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     PATIENCE = "PATIENCE"
     CATEGORICAL_BANDS = "CATEGORICAL_BANDS"
     RESUME = "RESUME"
+    ENSEMBLE = "ENSEMBLE"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS_RUN = "EPOCHS_RUN"
@@ -76,7 +77,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--point_buffer": POINT_BUFFER, "--seed": SEED, "--device": DEVICE, "--amp_mode": AMP_MODE,
         "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
         "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
-        "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
+        "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER, "--ensemble": ENSEMBLE,
     }
 
     ICON = "train.svg"
@@ -175,6 +176,11 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
                  "1-based numbers of bands holding class codes (e.g. lithology), separated by commas: one-hot "
                  "encoded instead of normalised.", advanced=True)
+        self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer, DEFAULT_ENSEMBLE,
+                                              minValue=1, maxValue=MAX_ENSEMBLE),
+                 "Models trained with different seeds into the one model file; Predict averages them and can map "
+                 "where they disagree (its Uncertainty output, which needs 2 or more). Training takes this many "
+                 "times longer.", advanced=True)
         self.add(QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from the output model"),
                                                defaultValue=False),
                  "Continue training from the checkpoint already at the output model path.", advanced=True)
@@ -250,6 +256,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             "--label_smoothing_factor", repr(self.parameterAsDouble(p, self.LABEL_SMOOTHING, context)),
             "--loss", LOSSES[self.parameterAsEnum(p, self.LOSS, context)],
             "--patience", str(self.parameterAsInt(p, self.PATIENCE, context)),
+            "--ensemble", str(self.parameterAsInt(p, self.ENSEMBLE, context)),
         ]
         for option, flag in ((self.TILE_SIZE, "--tile_size"), (self.STRIDE, "--stride")):
             value = self.parameterAsInt(p, option, context)

@@ -56,3 +56,12 @@ def predicted(trained: Dict[str, Any], tiny_data: TinyData, tmp_path_factory: py
     out = tmp_path_factory.mktemp("predicted")
     return processing.run("stacksegmenter:predictprobabilitymap", {
         "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": str(out / "probability.tif")})
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(plugin: Any, tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """Train segmenter with 2 ensemble members (shared by the uncertainty tests; read-only)."""
+    import processing
+
+    out = tmp_path_factory.mktemp("trained_ensemble")
+    return processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, out, ENSEMBLE=2))

@@ -19,9 +19,10 @@ EXPECTED_PARAMETERS = {
         "INPUT", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
         "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE", "AMP_MODE",
         "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS", "RESUME",
-        "OUTPUT_MODEL", "OUTPUT_FOLDER"],
+        "ENSEMBLE", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:predictprobabilitymap": [
-        "INPUT", "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT"],
+        "INPUT", "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT",
+        "UNCERTAINTY"],
     "stacksegmenter:evaluateprobabilitymap": [
         "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:checkenvironment": [],
@@ -30,7 +31,7 @@ EXPECTED_PARAMETERS = {
 ADVANCED = {
     "stacksegmenter:setupworker": {"ENVIRONMENT_FOLDER"},
     "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
-                                      "CATEGORICAL_BANDS", "RESUME"},
+                                      "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE"},
     "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL"},
 }
 REQUIRED = {
@@ -172,7 +173,7 @@ def test_dialogs_open_offscreen(plugin: Any, qgis_iface: Any, alg_id: str, monke
     try:
         wrappers = dialog.mainWidget().wrappers
         for name in EXPECTED_PARAMETERS[alg_id]:
-            if name not in ("OUTPUT", "OUTPUT_MODEL", "OUTPUT_FOLDER"):
+            if name not in ("OUTPUT", "OUTPUT_MODEL", "OUTPUT_FOLDER", "UNCERTAINTY"):
                 assert name in wrappers, f"{alg_id}: no widget for {name}"
         assert dialog.windowTitle()
     finally:
@@ -208,15 +209,29 @@ def test_predict_writes_the_probability_map_with_its_style(predicted: Dict[str, 
 
 
 def assert_probability_renderer(layer: Any) -> None:
-    """Single-band pseudocolour on [0, 1] with a viridis-like ramp (dark purple -> yellow)."""
-    from qgis.core import QgsSingleBandPseudoColorRenderer
+    """Area-percentile classes (top 1/5/10/20 % of the map and the rest), viridis colours, named in the legend."""
+    from qgis.core import QgsColorRampShader, QgsSingleBandPseudoColorRenderer
 
     renderer = layer.renderer()
     assert isinstance(renderer, QgsSingleBandPseudoColorRenderer), type(renderer)
-    assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
-    items = renderer.shader().rasterShaderFunction().colorRampItemList()
-    assert items[0].value == 0.0 and items[-1].value == 1.0
+    shader = renderer.shader().rasterShaderFunction()
+    assert shader.colorRampType() == QgsColorRampShader.Type.Discrete
+    items = shader.colorRampItemList()
+    labels = [item.label for item in items]
+    assert labels[0].startswith("Remaining 80 % of area") and labels[-1].startswith("Top 1 % of area"), labels
+    assert [lbl.split(" (")[0] for lbl in labels[1:-1]] == ["Top 10-20 % of area", "Top 5-10 % of area",
+                                                             "Top 1-5 % of area"]
     assert items[0].color.name() == "#440154" and items[-1].color.name() == "#fde725"
+    with rasterio_open(layer.source()) as src:
+        tags = src.tags()
+    # Each class ends just below the next class's cut-off, which Predict stored in the map.
+    assert items[0].value < float(tags["top20_cutoff"]) and items[-2].value < float(tags["top1_cutoff"])
+
+
+def rasterio_open(path: str) -> Any:
+    import rasterio
+
+    return rasterio.open(path)
 
 
 def test_run_and_load_results_styles_and_names_the_layer(plugin: Any, qgis_iface: Any, trained: Dict[str, Any],
@@ -236,6 +251,63 @@ def test_run_and_load_results_styles_and_names_the_layer(plugin: Any, qgis_iface
         assert_probability_renderer(layer)
     finally:
         QgsProject.instance().removeAllMapLayers()
+
+
+def test_predict_with_uncertainty_writes_two_styled_maps(trained_ensemble: Dict[str, Any], tiny_data: TinyData,
+                                                        tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsColorRampShader, QgsRasterLayer, QgsSingleBandPseudoColorRenderer
+
+    result = processing.run("stacksegmenter:predictprobabilitymap", {
+        "INPUT": str(tiny_data.raster), "MODEL": trained_ensemble["OUTPUT_MODEL"],
+        "OUTPUT": str(tmp_path / "probability.tif"), "UNCERTAINTY": str(tmp_path / "uncertainty.tif")})
+    assert Path(result["UNCERTAINTY"]) == tmp_path / "uncertainty.tif"
+    with rasterio_open(result["OUTPUT"]) as src:
+        mean = src.read(1, masked=True)
+        assert src.tags()["members"] == "2" and src.tags()["calibrated"] == "yes"
+    with rasterio_open(result["UNCERTAINTY"]) as src:
+        spread = src.read(1, masked=True)
+    assert (spread.mask == mean.mask).all() and spread.mask[:8, :8].all()
+    assert float(spread.min()) >= 0.0 and float(spread.max()) > 0.0  # two seeds never agree everywhere
+    for path in (result["OUTPUT"], result["UNCERTAINTY"]):
+        assert Path(path).with_suffix(".qml").is_file()
+    assert_probability_renderer(QgsRasterLayer(result["OUTPUT"], "p", "gdal"))
+    layer = QgsRasterLayer(result["UNCERTAINTY"], "u", "gdal")  # picks up its own .qml
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    shader = renderer.shader().rasterShaderFunction()
+    assert shader.colorRampType() == QgsColorRampShader.Type.Interpolated
+    items = shader.colorRampItemList()
+    assert items[0].value == 0.0 and items[0].label == "0 (members agree)" and items[-1].value > 0
+
+
+def test_run_and_load_results_loads_the_uncertainty_layer_too(plugin: Any, qgis_iface: Any,
+                                                              trained_ensemble: Dict[str, Any],
+                                                              tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProject
+
+    processing.runAndLoadResults("stacksegmenter:predictprobabilitymap", {
+        "INPUT": str(tiny_data.raster), "MODEL": trained_ensemble["OUTPUT_MODEL"],
+        "OUTPUT": str(tmp_path / "p.tif"), "UNCERTAINTY": str(tmp_path / "u.tif")})
+    try:
+        names = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
+        assert names == ["Probability (unet_sc2_layers4_e32)", "Uncertainty (unet_sc2_layers4_e32)"]
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
+def test_uncertainty_of_a_single_model_is_refused_with_the_fix(plugin: Any, trained: Dict[str, Any],
+                                                               tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("stacksegmenter:predictprobabilitymap", {
+            "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": str(tmp_path / "p.tif"),
+            "UNCERTAINTY": str(tmp_path / "u.tif")})
+    assert "needs an ensemble" in str(info.value) and "Ensemble members" in str(info.value)
+    assert not (tmp_path / "p.tif").exists() and not (tmp_path / "u.tif").exists()
 
 
 def test_evaluate_returns_scores_and_an_html_summary(plugin: Any, trained: Dict[str, Any],

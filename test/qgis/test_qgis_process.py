@@ -57,6 +57,22 @@ def test_train_then_predict_under_qgis_process(env: Dict[str, str], tiny_data: T
     assert prob.with_suffix(".qml").is_file()
 
 
+def test_predict_with_uncertainty_under_qgis_process(env: Dict[str, str], trained_ensemble: Dict[str, Any],
+                                                    tiny_data: TinyData, tmp_path: Path) -> None:
+    import rasterio
+
+    prob, spread = tmp_path / "probability.tif", tmp_path / "uncertainty.tif"
+    out = run_json(env, "stacksegmenter:predictprobabilitymap", {
+        "INPUT": tiny_data.raster, "MODEL": trained_ensemble["OUTPUT_MODEL"], "OUTPUT": prob, "UNCERTAINTY": spread})
+    assert Path(out["results"]["UNCERTAINTY"]) == spread and Path(out["results"]["OUTPUT"]) == prob
+    with rasterio.open(spread) as src:
+        data = src.read(1, masked=True)
+        assert src.tags()["members"] == "2"
+    assert float(data.min()) >= 0.0 and float(data.max()) > 0.0 and data.mask[:8, :8].all()
+    assert spread.with_suffix(".qml").is_file() and prob.with_suffix(".qml").is_file()
+    assert "top 1 % of area" in prob.with_suffix(".qml").read_text().lower()
+
+
 def test_error_under_qgis_process_is_the_core_message(env: Dict[str, str], tiny_data: TinyData,
                                                        tmp_path: Path) -> None:
     params = {"INPUT": tiny_data.raster, "MODEL": tmp_path / "missing.pt", "OUTPUT": tmp_path / "p.tif"}
