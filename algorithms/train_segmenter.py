@@ -175,7 +175,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
                  "Stops after this many epochs without validation improvement.", advanced=True)
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
                  "1-based numbers of bands holding class codes (e.g. lithology), separated by commas: one-hot "
-                 "encoded instead of normalised.", advanced=True)
+                 "encoded instead of normalised. The 64 most frequent codes get a channel each; rarer codes, and "
+                 "codes unseen in training, share one 'other' channel.", advanced=True)
         self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer, DEFAULT_ENSEMBLE,
                                               minValue=1, maxValue=MAX_ENSEMBLE),
                  "Models trained with different seeds into the one model file; Predict averages them and can map "

@@ -118,7 +118,8 @@ def _add_train(sub: Any) -> None:
                    help="train N members (seeds seed..seed+N-1) into one checkpoint; predict averages them and can "
                         f"map their spread (--uncertainty_path); default {DEFAULT_ENSEMBLE}")
     p.add_argument("--categorical_bands", type=int, nargs="+", default=[], metavar="BAND",
-                   help="1-based bands holding class codes (e.g. lithology): one-hot encoded, not normalised")
+                   help="1-based bands holding class codes (e.g. lithology): one-hot encoded, not normalised; "
+                        "the 64 most frequent codes get a channel each, rarer and unseen ones share 'other'")
     _add_events(p)
 
 

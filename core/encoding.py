@@ -2,14 +2,16 @@
 
 The statistics come from the TRAINING AREA only (training windows, inside the study mask,
 valid pixels) and travel in the checkpoint as JSON-able primitives, so prediction encodes
-a new raster exactly as training did. A class code never seen in training encodes as all
-zeros ("other"), never as an error.
+a new raster exactly as training did. Real lithology maps hold 100+ codes, most of them
+rare: a class band keeps its ``MAX_CATEGORIES`` most frequent codes (one channel each)
+and groups the rest into one "other" channel. A code never seen in training encodes as
+"other" when the band has that channel, else as all zeros; never as an error.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -18,9 +20,13 @@ from .raster import Box, chunks, coverage_mask, open_raster, read_window
 
 LogFn = Callable[[str], None]
 
-FORMAT = "stack_segmenter.encoder/1"
+FORMAT = "stack_segmenter.encoder/2"
+#: Formats ``from_dict`` reads (1: no "other" channels).
+FORMATS = ("stack_segmenter.encoder/1", FORMAT)
 MAX_CATEGORIES = 64
-"""Most distinct codes a categorical band may hold (each becomes one input channel)."""
+"""Codes of a categorical band kept as channels of their own (the most frequent); rarer ones share "other"."""
+MAX_DISTINCT = 10_000
+"""More distinct values than this and a "categorical" band is taken for a continuous one (refused)."""
 MAX_SAMPLES = 100_000
 """Most pixels kept (uniform random subsample) to estimate the numeric statistics."""
 CLIP_PERCENTILES = (0.5, 99.5)
@@ -45,7 +51,8 @@ class BandEncoder:
     Attributes:
         band_names: names of the raw bands (descriptions or band_N).
         mean, std: per raw band; unused (0, 1) for categorical bands.
-        categories: 1-based band number (as str, JSON keys) -> sorted list of codes.
+        categories: 1-based band number (as str, JSON keys) -> sorted list of the codes kept.
+        other: 1-based band numbers (as str) whose rare and unseen codes share an "other" channel.
         z_clip: standardised values are clipped to [-z_clip, z_clip].
     """
 
@@ -54,12 +61,14 @@ class BandEncoder:
     std: List[float]
     categories: Dict[str, List[float | int]] = field(default_factory=dict)
     z_clip: float = Z_CLIP
+    other: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.band_names)
         if len(self.mean) != n or len(self.std) != n:
             raise DataError(f"encoder holds {n} band names but {len(self.mean)} means and {len(self.std)} stds")
         self.categories = {str(k): list(v) for k, v in self.categories.items()}
+        self.other = sorted({str(b) for b in self.other}, key=int)
 
     @property
     def band_count(self) -> int:
@@ -71,19 +80,30 @@ class BandEncoder:
         """1-based numbers of the one-hot encoded bands."""
         return sorted(int(k) for k in self.categories)
 
+    def _channels(self, band: int) -> int:
+        """Channels of 1-based ``band``: 1 (numeric), or its codes kept (+ 1 for "other")."""
+        cats = self.categories.get(str(band))
+        if cats is None:
+            return 1
+        return len(cats) + (1 if str(band) in self.other else 0)
+
     @property
     def out_channels(self) -> int:
-        """Channels after encoding: one per numeric band, one per category of a class band."""
-        return sum(len(self.categories[str(b)]) if str(b) in self.categories else 1
-                   for b in range(1, self.band_count + 1))
+        """Channels after encoding: one per numeric band, one per kept code (and "other") of a class band."""
+        return sum(self._channels(b) for b in range(1, self.band_count + 1))
 
     @property
     def channel_names(self) -> List[str]:
-        """Name of each encoded channel (``name`` or ``name=code``)."""
+        """Name of each encoded channel (``name``, ``name=code`` or ``name=other``)."""
         out: List[str] = []
         for b, name in enumerate(self.band_names, start=1):
             cats = self.categories.get(str(b))
-            out.extend([f"{name}={c}" for c in cats] if cats is not None else [name])
+            if cats is None:
+                out.append(name)
+                continue
+            out.extend(f"{name}={c}" for c in cats)
+            if str(b) in self.other:
+                out.append(f"{name}=other")
         return out
 
     def encode(self, data: np.ndarray, valid: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -113,6 +133,9 @@ class BandEncoder:
                 for k, code in enumerate(cats):
                     out[ch + k] = data[b] == np.float32(code)
                 ch += len(cats)
+                if str(b + 1) in self.other:  # rare codes, and codes never seen in training
+                    out[ch] = ~np.isin(data[b], np.asarray(cats, dtype=np.float32))
+                    ch += 1
         out[:, ~valid] = 0.0
         return out
 
@@ -126,6 +149,7 @@ class BandEncoder:
             "std": [float(v) for v in self.std],
             "categories": {str(k): [_code(c) for c in v] for k, v in self.categories.items()},
             "z_clip": float(self.z_clip),
+            "other": [str(b) for b in self.other],
             "out_channels": int(self.out_channels),
         }
 
@@ -136,7 +160,7 @@ class BandEncoder:
         Raises:
             DataError: the dict is not an encoder of this format.
         """
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in FORMATS:
             raise DataError(f"band statistics in the checkpoint are not in format {FORMAT!r}; retrain the model")
         return cls(
             band_names=list(d["band_names"]),
@@ -144,6 +168,7 @@ class BandEncoder:
             std=[float(v) for v in d["std"]],
             categories={str(k): list(v) for k, v in d.get("categories", {}).items()},
             z_clip=float(d.get("z_clip", Z_CLIP)),
+            other=[str(b) for b in d.get("other", [])],
         )
 
 
@@ -196,15 +221,32 @@ def _check_bands(categorical_bands: Sequence[int], count: int) -> List[int]:
     return bands
 
 
-def _add_codes(found: Dict[int, Set[float]], data: np.ndarray, sel: np.ndarray, bands: List[int],
-               names: List[str], max_categories: int) -> None:
+def _add_codes(found: Dict[int, Dict[float, int]], data: np.ndarray, sel: np.ndarray, bands: List[int],
+               names: List[str], max_distinct: int) -> None:
+    """Counts each categorical band's codes; refuses bands that are not class codes."""
     for b in bands:
-        found[b].update(np.unique(data[b - 1][sel]).tolist())
-        if len(found[b]) > max_categories:
+        codes, counts = np.unique(data[b - 1][sel], return_counts=True)
+        fractional = codes[codes != np.round(codes)]
+        if fractional.size:
             raise DataError(
-                f"categorical band {b} ({names[b - 1]}) holds more than {max_categories} distinct codes; "
+                f"categorical band {b} ({names[b - 1]}) holds values that are not whole numbers (e.g. "
+                f"{float(fractional[0]):g}); it looks continuous: drop it from --categorical_bands, or reclassify "
+                "it to integer class codes"
+            )
+        tally = found[b]
+        for code, count in zip(codes.tolist(), counts.tolist()):
+            tally[code] = tally.get(code, 0) + int(count)
+        if len(tally) > max_distinct:
+            raise DataError(
+                f"categorical band {b} ({names[b - 1]}) holds more than {max_distinct} distinct codes; "
                 "it looks continuous: drop it from --categorical_bands, or reclassify it to fewer classes"
             )
+
+
+def keep_frequent(tally: Dict[float, int], most: int) -> tuple[List[float | int], bool]:
+    """The ``most`` most frequent codes (sorted), and whether rarer ones were left for "other"."""
+    ranked = sorted(tally, key=lambda c: (-tally[c], c))
+    return sorted(_code(c) for c in ranked[:most]), len(ranked) > most
 
 
 def fit_encoder(
@@ -215,17 +257,21 @@ def fit_encoder(
     mask: Optional[np.ndarray] = None,
     max_samples: int = MAX_SAMPLES,
     max_categories: int = MAX_CATEGORIES,
+    max_distinct: int = MAX_DISTINCT,
     seed: int = 0,
     log: Optional[LogFn] = None,
 ) -> BandEncoder:
     """Fits the encoder on the valid pixels covered by ``windows`` (inside ``mask``).
 
     Reads chunk by chunk (each pixel once, however much the windows overlap); memory is
-    bounded by ``max_samples`` pixels. ``windows`` are (row0, col0, row1, col1) boxes.
+    bounded by ``max_samples`` pixels. ``windows`` are (row0, col0, row1, col1) boxes. A
+    categorical band keeps its ``max_categories`` most frequent codes; the rest share an
+    "other" channel.
 
     Raises:
         ConfigError: a categorical band number outside the raster.
-        DataError: no valid pixel in the training area, or too many categories.
+        DataError: no valid pixel in the training area, or a categorical band that is not
+            class codes (fractional values, or more than ``max_distinct`` distinct ones).
     """
     log = log or _noop
     rng = np.random.default_rng(seed)
@@ -234,7 +280,7 @@ def fit_encoder(
         bands = _check_bands(categorical_bands, src.count)
         cover = coverage_mask((src.height, src.width), windows, mask)
         reservoir = _Reservoir(max_samples, rng)
-        found: Dict[int, Set[float]] = {b: set() for b in bands}
+        found: Dict[int, Dict[float, int]] = {b: {} for b in bands}
         for r0, c0, r1, c1 in chunks(src.height, src.width):
             inside = cover[r0:r1, c0:c1]
             if not inside.any():
@@ -242,19 +288,28 @@ def fit_encoder(
             data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
             sel = valid & inside
             reservoir.add(data[:, sel])
-            _add_codes(found, data, sel, bands, names, max_categories)
+            _add_codes(found, data, sel, bands, names, max_distinct)
     if reservoir.seen == 0 or reservoir.values is None:
         raise DataError(
             "the training area holds no valid pixel (all nodata or outside the study mask); "
             "check the raster's nodata, the mask (--mask_path) and the tile size"
         )
     means, stds = zip(*(robust_mean_std(reservoir.values[b]) for b in range(len(names))))
+    kept = {b: keep_frequent(found[b], max_categories) for b in bands}
     encoder = BandEncoder(
         band_names=names, mean=list(means), std=list(stds),
-        categories={str(b): sorted(_code(c) for c in found[b]) for b in bands},
+        categories={str(b): kept[b][0] for b in bands}, other=[str(b) for b in bands if kept[b][1]],
     )
     log(f"band statistics from {reservoir.seen} valid training pixel(s) (sample of {reservoir.values.shape[1]}); "
         f"{encoder.band_count} band(s) -> {encoder.out_channels} input channel(s)")
     for b in bands:
-        log(f"categorical band {b} ({names[b - 1]}): {len(found[b])} code(s) {encoder.categories[str(b)]}")
+        codes = encoder.categories[str(b)]
+        if kept[b][1]:
+            total = sum(found[b].values())
+            covered = sum(found[b][c] for c in found[b] if _code(c) in set(codes))
+            log(f"categorical band {b} ({names[b - 1]}): {len(found[b])} codes; the {len(codes)} most frequent "
+                f"kept as channels ({100.0 * covered / max(1, total):.1f} % of the training pixels), the "
+                f"{len(found[b]) - len(codes)} rarer ones (and any code unseen in training) share one 'other' channel")
+        else:
+            log(f"categorical band {b} ({names[b - 1]}): {len(found[b])} code(s) {codes}")
     return encoder

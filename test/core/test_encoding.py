@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from core.encoding import BandEncoder, fit_encoder, robust_mean_std
+from core.encoding import MAX_CATEGORIES, BandEncoder, fit_encoder, robust_mean_std
 from core.errors import ConfigError, DataError
 from core.raster import open_raster, read_window
 
@@ -115,8 +115,10 @@ def test_to_dict_is_plain_json_and_round_trips(tiny_stack):
 def test_errors(tiny_stack):
     with pytest.raises(ConfigError, match="bands 1..5"):
         fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[6])
-    with pytest.raises(DataError, match="more than 8 distinct codes"):
-        fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[2], max_categories=8)
+    with pytest.raises(DataError, match="band 2 .*not whole numbers.*looks continuous"):
+        fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[2])
+    with pytest.raises(DataError, match="more than 3 distinct codes"):
+        fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[5], max_distinct=3)
     nothing = np.zeros((96, 128), dtype=bool)
     with pytest.raises(DataError, match="no valid pixel"):
         fit_encoder(tiny_stack.path, WHOLE, mask=nothing)
@@ -134,3 +136,52 @@ def test_real_cloncurry_class_bands(shared_data):
     assert set(enc.categories["2"]) <= set(range(1, 11))
     assert enc.band_names[0] == "dist2breccia" and enc.std[0] > 0
     json.dumps(enc.to_dict())
+
+
+def _write_codes(tmp_path, codes: np.ndarray):
+    """A 2-band raster: a numeric band and a class band holding ``codes``."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    h, w = codes.shape
+    numeric = np.random.default_rng(1).normal(size=(h, w)).astype(np.float32)
+    path = tmp_path / "codes.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=2, dtype="float32", crs="EPSG:3067",
+                       transform=from_origin(500000, 7000000, 10, 10), nodata=-9999.0) as dst:
+        dst.write(np.stack([numeric, codes.astype(np.float32)]))
+    return path
+
+
+def test_many_codes_keep_the_most_frequent_and_group_the_rest_as_other(tmp_path):
+    """A lithology band of 300 codes (skewed frequencies, as real maps): 64 channels + 'other', no error."""
+    rng = np.random.default_rng(0)
+    weights = 1.0 / np.arange(1, 301) ** 0.7
+    codes = 1000 + rng.choice(300, size=(120, 150), p=weights / weights.sum())
+    path = _write_codes(tmp_path, codes)
+    enc = fit_encoder(path, [(0, 0, 120, 150)], categorical_bands=[2])
+    kept = enc.categories["2"]
+    assert len(kept) == MAX_CATEGORIES and enc.other == ["2"]
+    assert enc.out_channels == 1 + MAX_CATEGORIES + 1 and enc.channel_names[-1].endswith("=other")
+    values, counts = np.unique(codes, return_counts=True)
+    assert min(counts[np.isin(values, kept)]) >= max(counts[~np.isin(values, kept)])  # the most frequent kept
+    data = np.stack([np.zeros_like(codes, dtype=np.float32), codes.astype(np.float32)])
+    data[1, :5, :5] = 99999  # a code never seen in training
+    valid = np.ones(codes.shape, dtype=bool)
+    x = enc.encode(data, valid)
+    onehot, other = x[1:-1], x[-1]
+    assert (onehot.sum(axis=0) + other == 1).all()  # every pixel in exactly one class channel
+    assert other[:5, :5].all()  # unseen: "other"
+    rare = ~np.isin(codes, kept)
+    rare[:5, :5] = False
+    assert rare.any() and other[rare].all() and not other[np.isin(codes, kept) & (data[1] != 99999)].any()
+    back = BandEncoder.from_dict(json.loads(json.dumps(enc.to_dict())))
+    np.testing.assert_array_equal(back.encode(data, valid), x)
+
+
+def test_encoders_written_before_other_channels_still_load(tiny_stack):
+    enc = fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[5])
+    old = enc.to_dict()
+    old["format"] = "stack_segmenter.encoder/1"
+    del old["other"]
+    back = BandEncoder.from_dict(old)
+    assert back.other == [] and back.out_channels == enc.out_channels == 4 + 4
