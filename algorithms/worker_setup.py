@@ -96,10 +96,16 @@ def install_commands(python: str, missing: Sequence[str], build: str = "cpu",
     return commands
 
 
+def _cmd_quote(arg: str) -> str:
+    """cmd.exe quoting: spaces and its metacharacters (``numpy<2`` would redirect) go inside quotes."""
+    return f'"{arg}"' if not arg or any(ch in arg for ch in ' \t<>|&^()"') else arg
+
+
 def render(commands: Sequence[Sequence[str]], platform: str = sys.platform) -> str:
-    """One command line (``a && b``) for the platform's shell (cmd.exe quoting on Windows)."""
-    join = subprocess.list2cmdline if platform.startswith("win") else shlex.join
-    return " && ".join(join(list(c)) for c in commands)
+    """One command line (``a && b``) for the platform's shell (the OSGeo4W Shell is cmd.exe on Windows)."""
+    if platform.startswith("win"):
+        return " && ".join(" ".join(_cmd_quote(a) for a in c) for c in commands)
+    return " && ".join(shlex.join(list(c)) for c in commands)
 
 
 def manual_fix(python: str, report: Dict[str, Any], build: str = "cpu") -> Tuple[str, str]:
@@ -410,8 +416,13 @@ def set_up(folder: Path, build: str, feedback: QgsProcessingFeedback) -> SetupRe
             f"{folder} is not empty and was not made by this tool. Fix: pick a new or empty folder for the environment.")
     base = preflight(build, feedback)
     _remove(folder, feedback)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / BUILDING_MARKER).write_text("made by Stack Segmenter's 'Set up worker environment'\n", encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / BUILDING_MARKER).write_text("made by Stack Segmenter's 'Set up worker environment'\n",
+                                              encoding="utf-8")
+    except OSError as exc:
+        raise QgsProcessingException(f"Cannot make the environment folder {folder}: {exc}. Fix: pick a folder you "
+                                     "can write to (advanced parameter 'Environment folder').") from None
     started = time.monotonic()
     try:
         report = _make(folder, build, base, feedback)

@@ -93,7 +93,10 @@ def test_install_commands_follow_the_shipped_pins(plugin: Any, repo_root: Path) 
     assert ws.render(linux, "linux").count(" && ") == 1 and "'numpy<2'" in ws.render(linux, "linux")
     windows = ws.render(ws.install_commands(r"C:\OSGeo4W\apps\Python312\python.exe", ["torch"], "cpu", "win32"),
                         "win32")
-    assert windows.startswith(r"C:\OSGeo4W\apps\Python312\python.exe -m pip install") and "numpy<2" in windows
+    assert windows.startswith(r"C:\OSGeo4W\apps\Python312\python.exe -m pip install")
+    assert '"numpy<2"' in windows  # cmd.exe would read an unquoted < as a redirection
+    spaced = ws.render([[r"C:\Program Files\QGIS 3.34\apps\Python312\python.exe", "-m", "pip"]], "win32")
+    assert spaced == r'"C:\Program Files\QGIS 3.34\apps\Python312\python.exe" -m pip'
 
 
 def test_fix_is_one_command_per_platform(plugin: Any) -> None:
