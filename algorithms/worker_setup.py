@@ -324,7 +324,7 @@ def preflight(build: str, feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         raise QgsProcessingException(
             f"QGIS's own Python was not found (looked in {getattr(sys, 'base_prefix', sys.prefix)}). Fix: set "
             "Processing > Options > Providers > Stack Segmenter > Worker Python to a Python that has torch.")
-    feedback.pushInfo(f"QGIS's own Python: {base}")
+    feedback.pushInfo(f"QGIS's own Python, which the environment is made from and whose packages it sees: {base}")
     report = check_report(base, feedback)
     report["base_python"] = base
     if build == "cuda":

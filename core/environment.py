@@ -21,6 +21,7 @@ WORKER_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("torch_harmonics", "torch-harmonics"),
     ("rasterio", "rasterio"),
     ("geopandas", "geopandas"),
+    ("fiona", "fiona"),  # core/labels.py lists layers with it; geopandas >= 1 no longer brings it
     ("numpy", "numpy"),
     ("scipy", "scipy"),
     ("sklearn", "scikit-learn"),
