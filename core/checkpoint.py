@@ -234,3 +234,23 @@ def save_ensemble(path: str | Path, checkpoints: Sequence[Dict[str, Any] | str |
     base["members"] = members
     base["ensemble"] = {"size": len(members), "source": "save_ensemble"}
     return save_checkpoint(path, base)
+
+
+def describe_checkpoint(path: str | Path) -> Dict[str, Any]:
+    """What a model needs from a raster, in JSON (``python -m core model-info``): the bands by name,
+    which are categorical, and how it was trained. The QGIS tools ask it before they stack the
+    evidence layers (categorical bands are resampled by nearest neighbour)."""
+    ckpt = load_checkpoint(path)
+    names = [str(n) for n in ckpt.get("band_names") or []]
+    encoder = ensemble_members(ckpt)[0].get("encoder") or {}  # members share the bands and their kinds
+    categorical = sorted(int(b) for b in (encoder.get("categories") or {}))
+    return {
+        "checkpoint": str(path),
+        "model_name": ckpt.get("model_name"),
+        "band_names": names,
+        "categorical_bands": [names[b - 1] if 0 < b <= len(names) else f"band_{b}" for b in categorical],
+        "tile_size": ckpt.get("tile_size"),
+        "epoch": ckpt.get("epoch"),
+        "crs_wkt": ckpt.get("crs_wkt"),
+        "pixel_size": ckpt.get("pixel_size"),
+    }

@@ -117,9 +117,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="N",
                    help="train N members (seeds seed..seed+N-1) into one checkpoint; predict averages them and can "
                         f"map their spread (--uncertainty_path); default {DEFAULT_ENSEMBLE}")
-    p.add_argument("--categorical_bands", type=int, nargs="+", default=[], metavar="BAND",
-                   help="1-based bands holding class codes (e.g. lithology): one-hot encoded, not normalised; "
-                        "the 64 most frequent codes get a channel each, rarer and unseen ones share 'other'")
+    p.add_argument("--categorical_bands", nargs="+", default=[], metavar="BAND",
+                   help="bands holding class codes (e.g. lithology), by name (the band description) or 1-based "
+                        "number: one-hot encoded, not normalised; the 64 most frequent codes get a channel each, "
+                        "rarer and unseen ones share 'other'")
     _add_events(p)
 
 
@@ -186,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_demo(sub)
+    p = sub.add_parser("model-info", help="what a trained model needs: band names, categorical bands, tile size",
+                       description="Prints what a checkpoint was trained on (band names, categorical bands, tile "
+                                   "size, epochs, grid) without predicting anything.")
+    p.add_argument("--checkpoint", required=True, help="the .pt file written by training")
+    _add_events(p)
     p = sub.add_parser("list-models", help="list the model presets")
     _add_events(p)
     p = sub.add_parser("check-env", help="report Python, package versions and GPUs (works without torch)")
@@ -439,6 +445,15 @@ def _run_demo(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     return make_demo_data(a.output_dir, seed=a.seed, log=cb.log, **sizes)
 
 
+def _run_model_info(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
+    from .checkpoint import describe_checkpoint
+
+    info = describe_checkpoint(a.checkpoint)
+    cb.log(f"{info['model_name']}, {info['epoch']} epoch(s), bands: {', '.join(info['band_names'])}"
+           + (f"; categorical: {', '.join(info['categorical_bands'])}" if info["categorical_bands"] else ""))
+    return info
+
+
 def _run_list_models(_a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     models = [{"name": n, "description": d} for n, d in list_models()]
     for m in models:
@@ -466,6 +481,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace, Callbacks], Dict[str, Any]]] =
     "predict": _run_predict,
     "evaluate": _run_evaluate,
     "make-demo-data": _run_demo,
+    "model-info": _run_model_info,
     "list-models": _run_list_models,
     "check-env": _run_check_env,
 }

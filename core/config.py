@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from .errors import ConfigError
 from .models.catalog import DEFAULT_MODELS, parse_model_name
@@ -58,6 +58,20 @@ def _pair(value: Any, name: str) -> Optional[Tuple[int, int]]:
     if h <= 0 or w <= 0:
         raise ConfigError(f"{name} must be positive, got {h} x {w}; e.g. --{name} 256 256")
     return (h, w)
+
+
+def categorical_band_list(values: Any) -> List[Union[int, str]]:
+    """Categorical bands as 1-based numbers (sorted) then band names (as given, stripped); digits become numbers."""
+    numbers, names = set(), []
+    for value in values or []:
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            if int(text) < 1:
+                raise ConfigError(f"categorical_bands are 1-based band numbers or band names, got {value!r}")
+            numbers.add(int(text))
+        elif text and text not in names:
+            names.append(text)
+    return [*sorted(numbers), *names]
 
 
 def _check_device(device: str) -> None:
@@ -149,7 +163,7 @@ class TrainConfig(_JsonConfig):
     loss: str = DEFAULT_LOSS
     patience: int = 20
     num_workers: int = 0
-    categorical_bands: List[int] = field(default_factory=list)
+    categorical_bands: List[Union[int, str]] = field(default_factory=list)
     ensemble: int = DEFAULT_ENSEMBLE
 
     def __post_init__(self) -> None:
@@ -182,10 +196,7 @@ class TrainConfig(_JsonConfig):
             raise ConfigError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
-        bad = [b for b in self.categorical_bands if int(b) < 1]
-        if bad:
-            raise ConfigError(f"categorical_bands are 1-based band numbers, got {bad}")
-        self.categorical_bands = sorted({int(b) for b in self.categorical_bands})
+        self.categorical_bands = categorical_band_list(self.categorical_bands)
         if not 1 <= int(self.ensemble) <= MAX_ENSEMBLE:
             raise ConfigError(f"ensemble is the number of members to train, 1 to {MAX_ENSEMBLE}; got {self.ensemble}")
         self.ensemble = int(self.ensemble)

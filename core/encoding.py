@@ -213,12 +213,27 @@ def robust_mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, std if std > 1e-12 else 1.0
 
 
-def _check_bands(categorical_bands: Sequence[int], count: int) -> List[int]:
-    bands = sorted({int(b) for b in categorical_bands})
-    bad = [b for b in bands if not 1 <= b <= count]
+def _check_bands(categorical_bands: Sequence[int | str], names: Sequence[str]) -> List[int]:
+    """Band numbers (1-based) and band names (exact, else ignoring case) -> sorted 1-based numbers."""
+    count = len(names)
+    folded = {n.lower(): i for i, n in reversed(list(enumerate(names, start=1)))}
+    bands, unknown = set(), []
+    for b in categorical_bands:
+        if isinstance(b, int) or str(b).isdigit():
+            bands.add(int(b))
+        elif str(b) in names:
+            bands.add(list(names).index(str(b)) + 1)
+        elif str(b).lower() in folded:
+            bands.add(folded[str(b).lower()])
+        else:
+            unknown.append(str(b))
+    if unknown:
+        raise ConfigError(f"categorical band(s) {', '.join(map(repr, unknown))} are not band names of the raster; "
+                          f"its bands are {', '.join(names)} (--categorical_bands takes names or 1-based numbers)")
+    bad = sorted(b for b in bands if not 1 <= b <= count)
     if bad:
         raise ConfigError(f"categorical band(s) {bad} do not exist; the raster has bands 1..{count} (--categorical_bands)")
-    return bands
+    return sorted(bands)
 
 
 def _add_codes(found: Dict[int, Dict[float, int]], data: np.ndarray, sel: np.ndarray, bands: List[int],
@@ -252,7 +267,7 @@ def keep_frequent(tally: Dict[float, int], most: int) -> tuple[List[float | int]
 def fit_encoder(
     raster_path: str | Path,
     windows: Sequence[Box],
-    categorical_bands: Sequence[int] = (),
+    categorical_bands: Sequence[int | str] = (),
     *,
     mask: Optional[np.ndarray] = None,
     max_samples: int = MAX_SAMPLES,
@@ -277,7 +292,7 @@ def fit_encoder(
     rng = np.random.default_rng(seed)
     with open_raster(raster_path) as src:
         names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
-        bands = _check_bands(categorical_bands, src.count)
+        bands = _check_bands(categorical_bands, names)
         cover = coverage_mask((src.height, src.width), windows, mask)
         reservoir = _Reservoir(max_samples, rng)
         found: Dict[int, Dict[float, int]] = {b: {} for b in bands}

@@ -105,3 +105,20 @@ def test_weights_that_do_not_fit_the_model_are_a_data_error(tmp_path: Path) -> N
     data["model_name"] = "unet_sc2_layers3_e8"
     with pytest.raises(DataError, match="do not fit"):
         ck.build_model_from_checkpoint(ck.load_checkpoint(ck.save_checkpoint(tmp_path / "c.pt", data)))
+
+
+def test_model_info_names_bands_and_categorical_ones(repo_root: Path, tmp_path: Path) -> None:
+    """`python -m core model-info`: what QGIS asks before it stacks evidence layers for a model."""
+    import json
+    import subprocess
+    import sys
+
+    data = _ckpt(0) | {"band_names": ["mag", "grav", "lith"], "encoder": {"categories": {"3": [1, 2]}},
+                       "tile_size": [32, 32]}
+    path = ck.save_checkpoint(tmp_path / "m.pt", data)
+    info = ck.describe_checkpoint(path)
+    assert info["band_names"] == ["mag", "grav", "lith"] and info["categorical_bands"] == ["lith"]
+    proc = subprocess.run([sys.executable, "-m", "core", "model-info", "--checkpoint", str(path), "--events", "jsonl"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    result = [json.loads(line) for line in proc.stdout.splitlines() if '"result"' in line][0]["value"]
+    assert proc.returncode == 0 and result["categorical_bands"] == ["lith"] and result["tile_size"] == [32, 32]

@@ -54,6 +54,9 @@ def test_original_flags_map_to_config() -> None:
     assert cfg.labels.positive_values == ["water", "wet"] and cfg.labels.label_column is None
     assert cfg.categorical_bands == [1, 3]
     assert TrainConfig.from_json(cfg.to_json()) == cfg
+    named = train_config_from_args(build_parser().parse_args([
+        "train", "--raster_path", "r.tif", "--shapefile_path", "l.shp", "--categorical_bands", "lith_code", "4"]))
+    assert named.categorical_bands == [4, "lith_code"]
 
 
 def test_unknown_model_fails_before_reading_data(repo_root: Path, tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ def test_categorical_band_is_one_hot_and_unseen_codes_are_zero(tiny_stack):
     assert not x[:, ~valid].any()  # invalid pixels encode as 0
 
 
+def test_categorical_bands_by_name(tiny_stack):
+    """The band description picks the band (exact, else ignoring case), as a number does."""
+    by_number = fit_encoder(tiny_stack.path, WHOLE, categorical_bands=[5])
+    assert fit_encoder(tiny_stack.path, WHOLE, categorical_bands=["lithology"]).categories == by_number.categories
+    assert fit_encoder(tiny_stack.path, WHOLE, categorical_bands=["LITHOLOGY"]).categories == by_number.categories
+    with pytest.raises(ConfigError, match="'geology' are not band names.*lithology"):
+        fit_encoder(tiny_stack.path, WHOLE, categorical_bands=["geology"])
+
+
 def test_numeric_encoding_is_standardised_and_clipped(tiny_stack):
     enc = fit_encoder(tiny_stack.path, WHOLE)
     with open_raster(tiny_stack.path) as src:
