@@ -10,6 +10,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms.base import COMMON_TAGS, WORKER_PYTHON_SETTING, help_url
+from .algorithms.build_evidence_stack import BuildEvidenceStackAlgorithm
 from .algorithms.check_environment import CheckEnvironmentAlgorithm
 from .algorithms.evaluate_probability_map import EvaluateProbabilityMapAlgorithm
 from .algorithms.predict_probability_map import PredictProbabilityMapAlgorithm
@@ -24,6 +25,7 @@ ALGORITHMS = (
     TrainSegmenterAlgorithm,
     PredictProbabilityMapAlgorithm,
     EvaluateProbabilityMapAlgorithm,
+    BuildEvidenceStackAlgorithm,
     CheckEnvironmentAlgorithm,
     SetupWorkerEnvironmentAlgorithm,
 )

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
     QgsProcessingUtils,
     QgsRasterFileWriter,
     QgsRasterLayer,
@@ -27,7 +32,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from . import worker, worker_setup
+from . import evidence, worker, worker_setup
 from .worker import WORKER_PYTHON_SETTING, configured_worker_python  # noqa: F401 (the plugin's public names)
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -56,6 +61,11 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
     ICON = "stack_segmenter.svg"
     #: Search words of this tool, beside COMMON_TAGS.
     TAGS: Tuple[str, ...] = ()
+    #: Ids of the evidence-layer parameters (add_evidence_parameters).
+    INPUT = "INPUT"
+    TARGET_CRS = "TARGET_CRS"
+    TARGET_RESOLUTION = "TARGET_RESOLUTION"
+    TARGET_EXTENT = "TARGET_EXTENT"
     #: Command-line flags of the core -> this tool's parameter ids, so a core message that names a
     #: flag ("e.g. --positive_values water") also names the field the user sees in the dialog.
     FLAGS: Dict[str, str] = {}
@@ -113,12 +123,55 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
 
     # ------------------------------------------------------------------ inputs as files
 
+    # ------------------------------------------------------------------ evidence layers
+
+    def add_evidence_parameters(self, help_text: str, grid_advanced: bool = True) -> None:
+        """INPUT (one or more rasters) and the optional reference grid: TARGET_CRS, TARGET_RESOLUTION,
+        TARGET_EXTENT (Train, Predict, Cross-validate and Build evidence stack declare the same)."""
+        self.add(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Evidence layers"),
+                                                      QgsProcessing.SourceType.TypeRaster),
+                 help_text + " One multi-band raster, or several rasters (any grids): several are aligned to "
+                 "the first one's grid and stacked, bands named after their layers.")
+        self.add(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Reference grid: CRS"), optional=True),
+                 "CRS the evidence layers are aligned to; empty: the first layer's.", advanced=grid_advanced)
+        self.add(QgsProcessingParameterNumber(self.TARGET_RESOLUTION, self.tr("Reference grid: pixel size"),
+                                              QgsProcessingParameterNumber.Type.Double, optional=True,
+                                              minValue=0.0),
+                 "Pixel size in the reference CRS's units; empty or 0: the first layer's.",
+                 advanced=grid_advanced)
+        self.add(QgsProcessingParameterExtent(self.TARGET_EXTENT, self.tr("Reference grid: extent"), optional=True),
+                 "Area of the stack; empty: the first layer's extent.", advanced=grid_advanced)
+
+    def evidence_plan(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                      feedback: QgsProcessingFeedback, always_vrt: bool = False) -> evidence.StackPlan:
+        """The evidence layers (INPUT) and reference grid, worked out; ``plan.write(vrt, ...)`` makes the
+        raster the worker reads (see evidence.py)."""
+        layers = [lyr for lyr in self.parameterAsLayerList(parameters, self.INPUT, context)
+                  if isinstance(lyr, QgsRasterLayer)]
+        if not layers:
+            raise QgsProcessingException(self.tr("No evidence raster given (INPUT): choose one or more raster layers"))
+        sources = [(evidence.layer_label(lyr), self.layer_file(lyr, context, feedback)) for lyr in layers]
+        crs: Optional[QgsCoordinateReferenceSystem] = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
+        if crs is not None and not crs.isValid():
+            crs = None
+        resolution = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context) or None
+        extent = None
+        if parameters.get(self.TARGET_EXTENT) not in (None, ""):
+            extent = self.parameterAsExtent(parameters, self.TARGET_EXTENT, context, crs or layers[0].crs())
+        return evidence.plan_stack(sources, crs=crs, resolution=resolution, extent=extent, always_vrt=always_vrt)
+
     def raster_file(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext,
                     feedback: QgsProcessingFeedback) -> str:
         """A path GDAL/rasterio can open: the layer's own file, or a temporary GeoTIFF copy."""
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, name))
+        return self.layer_file(layer, context, feedback)
+
+    def layer_file(self, layer: QgsRasterLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> str:
+        """The raster layer's own file, or a temporary GeoTIFF copy when it has none (virtual rasters, WMS)."""
+        if not layer.isValid():
+            raise QgsProcessingException(self.tr("The raster layer {} is not valid").format(layer.name()))
         if layer.providerType() == "gdal" and layer.source():
             return layer.source()
         feedback.pushInfo(self.tr("Writing {} to a temporary GeoTIFF for the worker").format(layer.name()))
@@ -208,6 +261,10 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
             if not hint:
                 raise
             raise QgsProcessingException(f"{exc}\n{hint}") from None
+
+    def label(self, name: str) -> str:
+        """A parameter's label as the dialog shows it, without its explanation in brackets."""
+        return self.parameterDefinition(name).description().split(" (")[0]
 
     def parameter_hint(self, message: str) -> str:
         """'--positive_values is the parameter "Positive values" (POSITIVE_VALUES)' for flags in a message."""

@@ -13,11 +13,11 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
-from . import styling
+from . import evidence, styling
 from .base import StackSegmenterAlgorithm
 
 Integer = QgsProcessingParameterNumber.Type.Integer
@@ -49,11 +49,12 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
 
     SUMMARY = (
         "Turns a model trained by 'Train segmenter' into a probability map: a single-band float32 GeoTIFF of "
-        "the positive-class probability (0 to 1) on the input raster's grid, predicted with overlapping "
-        "windows and blended without seams. The raster must have the same bands as in training. Nodata "
-        "(and pixels outside the mask) stay nodata. An ensemble model (several members) predicts the mean of "
-        "its members and can also write their spread as an uncertainty map. The map loads in classes of "
-        "area (top 1, 5, 10, 20 % of the map, as Evaluate reports them)."
+        "the positive-class probability (0 to 1) on the evidence's grid (the first layer's, or the chosen "
+        "reference grid), predicted with overlapping windows and blended without seams. The evidence layers may "
+        "come in any order: the model finds its bands by name (and names any that are missing). Nodata (and "
+        "pixels outside the mask) stay nodata. An ensemble model (several members) predicts the mean of its "
+        "members and can also write their spread as an uncertainty map. The map loads named after the model, "
+        "in classes of area (top 1, 5, 10, 20 % of the map, as Evaluate reports them)."
     )
 
     def name(self) -> str:
@@ -63,8 +64,8 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         return self.tr("Predict probability map")
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802 (Qt API)
-        self.add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster stack")),
-                 "The raster to predict; the same bands, in the same order, as the model was trained on.")
+        self.add_evidence_parameters("The evidence to predict: the bands the model was trained on, found by name "
+                                     "(a single-band layer's name, a band's description) in any order.")
         self.add(QgsProcessingParameterFile(self.MODEL, self.tr("Trained model"), extension="pt"),
                  "The .pt file written by 'Train segmenter'.")
         self.add(QgsProcessingParameterFeatureSource(
@@ -96,17 +97,20 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         python = self.worker_python()
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        model = self.parameterAsFile(parameters, self.MODEL, context)
         spread = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
         for path in filter(None, (output, spread)):
             stale_stats = Path(path + ".aux.xml")  # GDAL's cached statistics of a map we are replacing
             if stale_stats.is_file():
                 stale_stats.unlink()
-        args = self._args(parameters, context, feedback, output)
+        plan = self.evidence_plan(parameters, context, feedback)
+        categorical = self._model_categorical(model, plan, feedback, python) if plan.aligning else []
+        stack = plan.write(Path(QgsProcessingUtils.generateTempFilename("evidence_stack.vrt")), categorical, feedback)
+        args = self._args(parameters, context, feedback, model, stack.path, output)
         if spread:
             args += ["--uncertainty_path", spread]
         result = self.run_core("predict", args, feedback, python)
         written = str(result.get("output_path") or output)
-        model = result.get("model_name")
         self._finish(written, output, styling.layer_name(model, bool(result.get("calibrated", True))),
                      "probability", context, feedback)
         outputs: Dict[str, Any] = {self.OUTPUT: written, self.UNCERTAINTY: None}
@@ -126,12 +130,17 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
             details.name = name
             details.setPostProcessor(styling.make_styler(name, kind))
 
+    def _model_categorical(self, model: str, plan: evidence.StackPlan, feedback: QgsProcessingFeedback,
+                           python: str) -> List[int]:
+        """The stack bands the model treats as categorical (they are aligned by nearest neighbour)."""
+        info = self.run_core("model-info", ["--checkpoint", model], feedback, python)
+        wanted = {str(n).lower() for n in info.get("categorical_bands") or []}
+        return [i for i, name in enumerate(plan.names, start=1) if name.lower() in wanted]
+
     def _args(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
-              output: str) -> List[str]:
+              model: str, raster: str, output: str) -> List[str]:
         p = parameters
-        args = ["--checkpoint", self.parameterAsFile(p, self.MODEL, context),
-                "--raster_path", self.raster_file(p, self.INPUT, context, feedback),
-                "--output_path", output,
+        args = ["--checkpoint", model, "--raster_path", raster, "--output_path", output,
                 "--overlap", repr(self.parameterAsDouble(p, self.OVERLAP, context)),
                 "--batch_size", str(self.parameterAsInt(p, self.BATCH_SIZE, context)),
                 "--device", self.parameterAsString(p, self.DEVICE, context).strip() or "auto"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from qgis.core import (
     QgsColorRampShader,
+    QgsFillSymbol,
     QgsGradientColorRamp,
     QgsGradientStop,
     QgsMapLayer,
@@ -30,6 +31,8 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRasterShader,
     QgsSingleBandPseudoColorRenderer,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
 
@@ -208,6 +211,61 @@ def uncertainty_top(path: str) -> float:
     return top if top > 0 else 1.0
 
 
+#: Model file names that say nothing on their own (the CLI's <output>/<model>/checkpoint.pt).
+_GENERIC_MODEL_STEMS = {"checkpoint", "model", "best", "last"}
+
+
+def model_label(model_path: Optional[str]) -> str:
+    """A model's short, distinct name: its file name (with its folder when the file name is generic)."""
+    if not model_path:
+        return ""
+    path = Path(model_path)
+    if path.stem.lower() in _GENERIC_MODEL_STEMS and path.parent.name:
+        return f"{path.parent.name}/{path.stem}"
+    return path.stem
+
+
+def layer_name(model_path: Optional[str], calibrated: bool = True) -> str:
+    """The map's layer name says what it is and which model made it: "Prospectivity (copper_v2)", or
+    "Prospectivity score (...)" when the values are not calibrated probabilities."""
+    kind = "Prospectivity" if calibrated else "Prospectivity score"
+    label = model_label(model_path)
+    return f"{kind} ({label})" if label else kind
+
+
+def uncertainty_layer_name(model_path: Optional[str]) -> str:
+    """The uncertainty layer's name (the members' spread), after the model file like the map's."""
+    label = model_label(model_path)
+    return f"Uncertainty ({label})" if label else "Uncertainty"
+
+
+class BlocksStyler(QgsProcessingLayerPostProcessorInterface):
+    """Validation blocks as red outlines (no fill), so the map and the deposits show through."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (Qt API)
+                         feedback: QgsProcessingFeedback) -> None:
+        if isinstance(layer, QgsVectorLayer) and layer.isValid():
+            symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "#e31a1c",
+                                                 "outline_width": "0.6", "outline_style": "dash"})
+            layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+            layer.setName(self.name)
+            layer.triggerRepaint()
+
+
+def load_validation_blocks(context: QgsProcessingContext, gpkg: str, model: str) -> str:
+    """Asks QGIS to load a training run's validation blocks when the tool finishes; returns the layer's name."""
+    name = f"Validation blocks ({model})" if model else "Validation blocks"
+    uri = f"{gpkg}|layername=validation_blocks"
+    details = QgsProcessingContext.LayerDetails(name, context.project(), name)
+    details.setPostProcessor(_keep(BlocksStyler(name)))
+    context.addLayerToLoadOnCompletion(uri, details)
+    return name
+
+
 def uncertainty_renderer(layer: QgsRasterLayer, band: int = 1) -> QgsSingleBandPseudoColorRenderer:
     """Light (members agree, 0) to dark red (the map's 99th percentile of spread and above)."""
     top = uncertainty_top(layer.source())
@@ -231,17 +289,6 @@ def apply_uncertainty_style(layer: QgsRasterLayer, name: Optional[str] = None) -
     if name:
         layer.setName(name)
     layer.triggerRepaint()
-
-
-def layer_name(model_name: Optional[str], calibrated: bool = True) -> str:
-    """The layer name says which model made the map, and whether it is a probability or a score."""
-    kind = "Probability" if calibrated else "Prospectivity score"
-    return f"{kind} ({model_name})" if model_name else kind
-
-
-def uncertainty_layer_name(model_name: Optional[str]) -> str:
-    """The uncertainty layer's name (the members' spread)."""
-    return f"Uncertainty ({model_name})" if model_name else "Uncertainty"
 
 
 STYLES = {"probability": apply_probability_style, "uncertainty": apply_uncertainty_style}
@@ -272,12 +319,16 @@ class ProbabilityStyler(QgsProcessingLayerPostProcessorInterface):
             STYLES[self.kind](layer, self.name)
 
 
-_KEEP_ALIVE: List[ProbabilityStyler] = []
+_KEEP_ALIVE: List[QgsProcessingLayerPostProcessorInterface] = []
 
 
-def make_styler(name: str, kind: str = "probability") -> ProbabilityStyler:
-    """A post-processor that outlives the algorithm call (Processing holds only a pointer)."""
-    styler = ProbabilityStyler(name, kind)
+def _keep(styler: QgsProcessingLayerPostProcessorInterface) -> QgsProcessingLayerPostProcessorInterface:
+    """Keeps a post-processor alive after the algorithm call (Processing holds only a pointer)."""
     _KEEP_ALIVE.append(styler)
     del _KEEP_ALIVE[:-64]
     return styler
+
+
+def make_styler(name: str, kind: str = "probability") -> ProbabilityStyler:
+    """A post-processor that styles (and names) the probability or uncertainty layer QGIS loads."""
+    return _keep(ProbabilityStyler(name, kind))  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -17,13 +18,15 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
 
 from ..core.config import AMP_MODES, DEFAULT_ENSEMBLE, DEFAULT_LOSS, LOSSES, MAX_ENSEMBLE
-from ..core.models.catalog import PRESET_MODELS
+from ..core.models.catalog import PRESET_MODELS, parse_model_name
+from . import evidence, styling
 from .base import StackSegmenterAlgorithm
+from .runs import RunFolder, unset_destination
+from .worker import WorkerCancelled
 
 Integer = QgsProcessingParameterNumber.Type.Integer
 Double = QgsProcessingParameterNumber.Type.Double
@@ -68,6 +71,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS_RUN = "EPOCHS_RUN"
+    RUN_FOLDER = "RUN_FOLDER"
 
     FLAGS = {
         "--raster_path": INPUT, "--shapefile_path": LABELS, "--labels": LABELS, "--label_column": LABEL_FIELD,
@@ -84,11 +88,13 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     TAGS = ("train", "model", "neural network", "unet", "transformer", "pytorch", "labels", "deposits")
 
     SUMMARY = (
-        "Trains a segmentation network (one architecture per run) on a multi-band raster stack with point or "
-        "polygon labels, e.g. known mineral deposits, landslides or water bodies. Validation uses spatially "
-        "separate blocks. Writes the trained model (.pt, which 'Predict probability map' uses) and a folder "
-        "with figures, metrics and the log. The work runs in a separate Python process that needs torch "
-        "(see 'Check environment')."
+        "Trains a segmentation network (one architecture per run) on evidence rasters with point or polygon "
+        "labels, e.g. known mineral deposits, landslides or water bodies. The evidence is one multi-band raster "
+        "or several rasters on any grids (aligned to the first one's grid, bands named after their layers). "
+        "Validation uses spatially separate blocks. Each run keeps its model (.pt, which 'Predict probability "
+        "map' uses), figures, metrics and log in a new folder beside the saved project (else in "
+        "~/StackSegmenter/runs) unless you choose one; QGIS then loads the validation blocks. The work runs in "
+        "a separate Python process that needs torch (see 'Check environment')."
     )
 
     def name(self) -> str:
@@ -104,9 +110,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self._add_outputs()
 
     def _add_inputs(self) -> None:
-        self.add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster stack")),
-                 "The multi-band evidence raster (any GDAL raster; every band is an input channel). "
-                 "Nodata pixels are ignored.")
+        self.add_evidence_parameters("The evidence rasters (geophysics, geochemistry, distances, lithology codes; "
+                                     "every band is an input channel). Nodata pixels are ignored.")
         self.add(QgsProcessingParameterFeatureSource(
             self.LABELS, self.tr("Labels"),
             [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon]),
@@ -174,9 +179,10 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
                                               Integer, 20, minValue=0),
                  "Stops after this many epochs without validation improvement.", advanced=True)
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
-                 "1-based numbers of bands holding class codes (e.g. lithology), separated by commas: one-hot "
-                 "encoded instead of normalised. The 64 most frequent codes get a channel each; rarer codes, and "
-                 "codes unseen in training, share one 'other' channel.", advanced=True)
+                 "Bands holding class codes (e.g. lithology): band names (a single-band layer's name, or a band "
+                 "description) or 1-based numbers, separated by commas. One-hot encoded instead of normalised (the "
+                 "64 most frequent codes get a channel each; rarer codes, and codes unseen in training, share one "
+                 "'other' channel), and resampled by nearest neighbour when layers are aligned.", advanced=True)
         self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer, DEFAULT_ENSEMBLE,
                                               minValue=1, maxValue=MAX_ENSEMBLE),
                  "Models trained with different seeds into the one model file; Predict averages them and can map "
@@ -184,17 +190,21 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
                  "times longer.", advanced=True)
         self.add(QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from the output model"),
                                                defaultValue=False),
-                 "Continue training from the checkpoint already at the output model path.", advanced=True)
+                 "Continue training from the model already at 'Trained model' (give its path).", advanced=True)
 
     def _add_outputs(self) -> None:
-        self.add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
-                                                       fileFilter=self.tr("PyTorch checkpoint (*.pt)")),
-                 "The trained model (.pt): weights, band statistics and everything prediction needs.")
-        self.add(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Training outputs folder"),
-                                                         defaultValue=QgsProcessing.TEMPORARY_OUTPUT,
-                                                         optional=True),
-                 "Figures, metrics (metrics.json, metrics.pkl), configuration, validation blocks and the log; "
-                 "a temporary folder by default.")
+        self.add(QgsProcessingParameterFileDestination(
+            self.OUTPUT_MODEL, self.tr("Trained model (empty = kept in the run folder)"),
+            fileFilter=self.tr("PyTorch checkpoint (*.pt)"), optional=True, createByDefault=False),
+            "The trained model (.pt): weights, band statistics and everything prediction needs. Empty: "
+            "<run folder>/<run folder name>.pt.")
+        self.add(QgsProcessingParameterFolderDestination(
+            self.OUTPUT_FOLDER, self.tr("Training outputs folder (empty = a new folder per run)"), optional=True,
+            createByDefault=False),
+            "Figures, metrics, the training report, validation blocks, the evidence stack and the log. Empty: a "
+            "new folder per run (model name and time) in 'stack_segmenter_runs' beside the saved project, "
+            "else in ~/StackSegmenter/runs; never a temporary folder.")
+        self.addOutput(QgsProcessingOutputFolder(self.RUN_FOLDER, self.tr("Run folder")))
         self.addOutput(QgsProcessingOutputNumber(self.EPOCHS_RUN, self.tr("Epochs run")))
         for output_id, _key, label in SCORE_OUTPUTS:
             self.addOutput(QgsProcessingOutputNumber(output_id, self.tr(label)))
@@ -205,30 +215,62 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         python = self.worker_python()
         architecture = PRESET_MODELS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-        if not model_path.lower().endswith(".pt"):
-            model_path += ".pt"
         args = self._option_args(parameters, context)  # checks the options before anything is written
-        args += self._input_args(parameters, context, feedback)
-        folder = self.output_folder(parameters, self.OUTPUT_FOLDER, context)
-        Path(model_path).parent.mkdir(parents=True, exist_ok=True)
-        args += ["--models", architecture, "--checkpoint_path", model_path, "--output_path", folder]
+        plan = self.evidence_plan(parameters, context, feedback)
+        categorical = evidence.resolve_bands(self.parameterAsString(parameters, self.CATEGORICAL_BANDS, context),
+                                             plan.names, self.tr("Categorical bands"))
+        args += self._label_args(parameters, context, feedback)
+        run = self._run_folder(parameters, context, architecture)
+        epochs: List[int] = []
         try:
-            result = self.run_core("train", args, feedback, python)
+            stack = plan.write(run.folder / "evidence_stack.vrt", categorical, feedback)
+            args += ["--raster_path", stack.path, *self._categorical_args(categorical)]
+            args += ["--models", architecture, "--checkpoint_path", str(run.model), "--output_path", str(run.folder)]
+            result = self.run_core("train", args, feedback, python,
+                                   on_metric=lambda m: epochs.append(int(m.get("epoch") or 0)))
         except QgsProcessingException as exc:
-            if feedback.isCanceled() and Path(model_path).is_file():
-                raise QgsProcessingException(
-                    self.tr("{} The last good checkpoint is kept at {} (tick 'Resume' to continue).")
-                    .format(str(exc), model_path)) from None
-            raise
-        return self._outputs(result, architecture, model_path, folder)
+            raise self._ended_early(exc, parameters, run, epochs, feedback) from None
+        return self._outputs(result, architecture, run, context)
 
-    def _input_args(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+    def _run_folder(self, parameters: Dict[str, Any], context: QgsProcessingContext, architecture: str) -> RunFolder:
+        """The run's folder and model path: as given, else a new lasting folder (never a temporary one)."""
+        folder = model = None
+        if not unset_destination(parameters.get(self.OUTPUT_FOLDER)):
+            folder = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_FOLDER, context))
+        if not unset_destination(parameters.get(self.OUTPUT_MODEL)):
+            model = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context))
+            if model.suffix.lower() != ".pt":
+                model = model.with_name(model.name + ".pt")
+        if self.parameterAsBoolean(parameters, self.RESUME, context) and model is None:
+            raise QgsProcessingException(self.tr(
+                '"{}" continues the model at "{}": give that model\'s .pt file there').format(
+                self.label(self.RESUME), self.label(self.OUTPUT_MODEL)))
+        run = RunFolder.make(folder, model, context.project(), parse_model_name(architecture).arch)
+        run.model.parent.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def _ended_early(self, exc: QgsProcessingException, parameters: Dict[str, Any], run: RunFolder,
+                     epochs: List[int], feedback: QgsProcessingFeedback) -> QgsProcessingException:
+        """The error to show after a cancel or a failure: what was kept, and how to continue."""
+        discarded = run.discard()
+        if not isinstance(exc, WorkerCancelled):
+            return exc
+        if not run.model.is_file():
+            where = self.tr("its folder {} was removed").format(run.folder) if discarded else str(run.folder)
+            return QgsProcessingException(self.tr(
+                "Cancelled. No model was kept: no epoch had finished ({}).").format(where))
+        done = self.tr("after epoch {}").format(max(epochs)) if epochs else self.tr("unchanged")
+        return QgsProcessingException(self.tr(
+            'Cancelled. Kept: the model {} at {}, and the training outputs in {}. To continue, run "{}" again with '
+            '"{}" = {} and, under Advanced parameters, "{}" ticked.').format(
+            done, run.model, run.folder, self.displayName(), self.label(self.OUTPUT_MODEL), run.model,
+            self.label(self.RESUME)))
+
+    def _label_args(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                     feedback: QgsProcessingFeedback) -> List[str]:
         labels = self.vector_file(parameters, self.LABELS, context, feedback)
         assert labels is not None  # required parameter
-        args = ["--raster_path", self.raster_file(parameters, self.INPUT, context, feedback),
-                "--shapefile_path", labels[0]]
+        args = ["--shapefile_path", labels[0]]
         if labels[1]:
             args += ["--layer", labels[1]]
         fields = self.parameterAsFields(parameters, self.LABEL_FIELD, context)
@@ -241,6 +283,10 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         if mask is not None:
             args += ["--mask_path", self.vector_uri(mask)]
         return args
+
+    @staticmethod
+    def _categorical_args(bands: List[int]) -> List[str]:
+        return ["--categorical_bands", *map(str, bands)] if bands else []
 
     def _option_args(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> List[str]:
         p = parameters
@@ -263,29 +309,28 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             value = self.parameterAsInt(p, option, context)
             if value > 0:
                 args += [flag, str(value)]
-        bands = self.split_values(self.parameterAsString(p, self.CATEGORICAL_BANDS, context))
-        if bands:
-            if not all(b.isdigit() and int(b) > 0 for b in bands):
-                raise QgsProcessingException(self.tr(
-                    "Categorical bands must be 1-based band numbers separated by commas (e.g. 3, 7); got {}")
-                    .format(", ".join(bands)))
-            args += ["--categorical_bands", *bands]
         if self.parameterAsBoolean(p, self.AUGMENT, context):
             args.append("--enable_data_augmentation")
         if self.parameterAsBoolean(p, self.RESUME, context):
             args.append("--resume")
         return args
 
-    def _outputs(self, result: Dict[str, Any], architecture: str, model_path: str, folder: str) -> Dict[str, Any]:
+    def _outputs(self, result: Dict[str, Any], architecture: str, run: RunFolder,
+                 context: QgsProcessingContext) -> Dict[str, Any]:
         models = result.get("models") or {}
         entry = models.get(architecture) or (next(iter(models.values())) if models else {})
         metrics = entry.get("metrics") or {}
+        model = entry.get("checkpoint") or str(run.model)
         outputs: Dict[str, Any] = {
-            self.OUTPUT_MODEL: entry.get("checkpoint") or model_path,
-            self.OUTPUT_FOLDER: folder,
+            self.OUTPUT_MODEL: model,
+            self.OUTPUT_FOLDER: str(run.folder),
+            self.RUN_FOLDER: str(run.folder),
             self.EPOCHS_RUN: entry.get("epochs_run"),
         }
         for output_id, key, _label in SCORE_OUTPUTS:
             value = metrics.get(key)
             outputs[output_id] = float(value) if value is not None else None
+        blocks = Path(entry.get("output_dir") or run.folder) / "validation_blocks.gpkg"
+        if blocks.is_file():
+            styling.load_validation_blocks(context, str(blocks), styling.model_label(model))
         return outputs

@@ -40,6 +40,10 @@ ORPHAN_PIPE_SECONDS = 5.0
 _HAS_MODULE: Dict[Tuple[str, str], bool] = {}
 
 
+class WorkerCancelled(QgsProcessingException):
+    """The user cancelled: the worker stopped at its next safe point (the tool says what was kept)."""
+
+
 # ----------------------------------------------------------------------------- which Python
 
 
@@ -342,7 +346,7 @@ class WorkerRun(ProcessRun):
     """One worker process: reads its JSON events, forwards them to feedback, handles cancel."""
 
     ANNOUNCE = "Worker: "
-    STOP_MESSAGE = "Cancel requested: stopping the worker after its last safe checkpoint..."
+    STOP_MESSAGE = "Cancel requested: stopping the worker at its next safe point..."
     KILL_MESSAGE = "The worker did not stop in time; killing it."
 
     def __init__(self, python: str, command: str, args: Sequence[str], feedback: QgsProcessingFeedback,
@@ -377,9 +381,7 @@ class WorkerRun(ProcessRun):
             self.error = event
 
     def _handle_metric(self, values: Dict[str, Any]) -> None:
-        # The core also logs a readable line per epoch; the raw numbers go to the debug log.
-        text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        self.feedback.pushDebugInfo(text)
+        # The core logs one readable line per epoch; the numbers go only to the tool (no second line).
         if self.on_metric is not None:
             self.on_metric(values)
 
@@ -388,10 +390,10 @@ class WorkerRun(ProcessRun):
             kind = str(self.error.get("type") or "Error")
             message = str(self.error.get("message") or "")
             if kind == "Cancelled" or self.cancelled:
-                raise QgsProcessingException(f"Cancelled: {message}" if message else "Cancelled.")
+                raise WorkerCancelled("Cancelled.")
             raise QgsProcessingException(message or f"The worker failed ({kind}).")
         if self.cancelled:
-            raise QgsProcessingException("Cancelled: the worker was stopped.")
+            raise WorkerCancelled("Cancelled.")
         if code != 0 or self.result is None:
             tail = "\n".join(self.stderr_tail) or "(the worker wrote nothing on stderr)"
             raise QgsProcessingException(

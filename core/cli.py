@@ -326,8 +326,7 @@ class EventSink:
             return
         if self.quiet:
             return
-        text = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
-        self._write_line(text)
+        # The core logs one readable line per epoch; here the bar only names the epoch that runs next.
         if "epoch" in values and self._bar is not None:
             # One bar segment per epoch: the description names the epoch that is running.
             self._epoch_label = f"{values.get('model', '')} epoch {int(values['epoch']) + 1}".strip()
@@ -372,10 +371,6 @@ class EventSink:
 
     def callbacks(self, should_stop: Callable[[], bool]) -> Callbacks:
         return Callbacks(progress=self.progress, should_stop=should_stop, log=self.log, metric=self.metric)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _json_default(obj: Any) -> Any:

@@ -275,6 +275,7 @@ def fit_encoder(
     max_distinct: int = MAX_DISTINCT,
     seed: int = 0,
     log: Optional[LogFn] = None,
+    progress: Optional[Callable[[float], None]] = None,
 ) -> BandEncoder:
     """Fits the encoder on the valid pixels covered by ``windows`` (inside ``mask``).
 
@@ -282,6 +283,7 @@ def fit_encoder(
     bounded by ``max_samples`` pixels. ``windows`` are (row0, col0, row1, col1) boxes. A
     categorical band keeps its ``max_categories`` most frequent codes; the rest share an
     "other" channel.
+    ``progress`` gets the fraction of chunks read.
 
     Raises:
         ConfigError: a categorical band number outside the raster.
@@ -296,7 +298,10 @@ def fit_encoder(
         cover = coverage_mask((src.height, src.width), windows, mask)
         reservoir = _Reservoir(max_samples, rng)
         found: Dict[int, Dict[float, int]] = {b: {} for b in bands}
-        for r0, c0, r1, c1 in chunks(src.height, src.width):
+        boxes = chunks(src.height, src.width)
+        for i, (r0, c0, r1, c1) in enumerate(boxes, start=1):
+            if progress is not None:
+                progress(i / len(boxes))
             inside = cover[r0:r1, c0:c1]
             if not inside.any():
                 continue

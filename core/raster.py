@@ -11,7 +11,7 @@ import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -270,16 +270,20 @@ def coverage_mask(shape: tuple[int, int], windows: Sequence[Box], mask: Optional
     return cover
 
 
-def read_valid_mask(path: str | Path) -> np.ndarray:
+def read_valid_mask(path: str | Path, progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
     """The validity mask of the whole raster (bool (H, W)), read chunk by chunk.
 
-    One byte per pixel: the stack itself is never held in memory.
+    One byte per pixel: the stack itself is never held in memory. ``progress`` gets the
+    fraction read after each chunk (a whole pass over a large stack takes a while).
     """
     with open_raster(path) as src:
         out = np.zeros((src.height, src.width), dtype=bool)
-        for r0, c0, r1, c1 in chunks(src.height, src.width):
+        boxes = chunks(src.height, src.width)
+        for i, (r0, c0, r1, c1) in enumerate(boxes, start=1):
             _, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
             out[r0:r1, c0:c1] = valid
+            if progress is not None:
+                progress(i / len(boxes))
     return out
 
 

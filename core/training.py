@@ -58,6 +58,8 @@ MAX_FIGURES = 4
 MAX_VAL_PIXELS = 2_000_000
 """Validation pixels kept for the AUCs (a seeded subsample beyond that)."""
 METRIC_KEYS = ("val_loss", "val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc")
+PREPARATION = 0.05
+"""Share of the progress bar for reading the labels, the valid pixels and the band statistics."""
 
 
 # ----------------------------------------------------------------------------- run context
@@ -181,11 +183,13 @@ def is_global_raster(info: RasterInfo) -> bool:
     return True
 
 
-def prepare_raster(config: TrainConfig, log: LogFn) -> RasterData:
-    """Reads the raster's metadata, burns the labels and finds the usable pixels."""
+def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None
+                   ) -> RasterData:
+    """Reads the raster's metadata, burns the labels and finds the usable pixels (``progress`` 0..1)."""
     info = read_info(config.raster_path)
     labels = rasterize_labels(config.labels, info, log)
-    usable = read_valid_mask(config.raster_path)
+    progress(0.1)
+    usable = read_valid_mask(config.raster_path, lambda f: progress(0.1 + 0.9 * f))
     if labels.study_mask is not None:
         usable &= labels.study_mask
     if not usable.any():
@@ -212,7 +216,8 @@ def _grown_mask(shape: Tuple[int, int], boxes: List[Box], buffer: Tuple[int, int
 
 
 def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], whole_globe: bool,
-                  encoder: Optional[BandEncoder], log: LogFn) -> TileData:
+                  encoder: Optional[BandEncoder], log: LogFn,
+                  progress: Optional[Callable[[float], None]] = None) -> TileData:
     """Spatial split, band encoder (training area only) and the two datasets for a tile size.
 
     For the whole globe, the split uses the automatic planar tile to place validation
@@ -233,7 +238,7 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
         train_windows, val_windows, val_mask = split.train_windows, split.val_windows, lab.study_mask
     if encoder is None:
         encoder = fit_encoder(config.raster_path, train_windows, config.categorical_bands,
-                              mask=train_mask, seed=config.seed, log=log)
+                              mask=train_mask, seed=config.seed, log=log, progress=progress)
     pos_fraction = _positive_fraction(lab.labels, coverage_mask(data.info.shape, train_windows, train_mask))
     train_set = TileDataset(config.raster_path, train_windows, lab.labels, encoder,
                             train_mask if whole_globe else lab.study_mask, augment=config.augment,
@@ -615,7 +620,8 @@ def _loader(dataset: TileDataset, batch_size: int, config: TrainConfig, indices:
 
 
 def tiles_for_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
-                    resumed: Optional[Dict[str, Any]], log: LogFn) -> TileData:
+                    resumed: Optional[Dict[str, Any]], log: LogFn,
+                    progress: Optional[Callable[[float], None]] = None) -> TileData:
     """Split, encoder and datasets of one model; a resumed model keeps its statistics and its split."""
     tile, whole_globe = tile_for(config, spec, data, log)
     if resumed is not None:  # the statistics the weights were trained with
@@ -623,7 +629,7 @@ def tiles_for_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tile
         check_same_split(td.split.val_blocks, resumed, config.checkpoint_file(spec.name))
         return td
     if (tile, whole_globe) not in tiles:
-        tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log)
+        tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log, progress)
     return tiles[(tile, whole_globe)]
 
 
@@ -746,7 +752,9 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         log(f"{label} stopped early at epoch {start} ({state.stale} epoch(s) without improvement, --patience "
             f"{config.patience}); nothing to train (raise --patience to go on)")
         last_epoch = start
+    durations: List[float] = []
     for epoch in range(start + 1, last_epoch + 1):
+        epoch_started = time.time()
         seed_everything(epoch_seed(seed, epoch, dist.rank))
         indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist)
         loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
@@ -766,7 +774,8 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         if dist.main:
             save_checkpoint(ckpt_path, payload(), log=log)
         cb.metric(_json_safe(row))
-        log(_epoch_line(row, improved))
+        durations.append(time.time() - epoch_started)
+        log(_epoch_line(row, improved) + _pace(durations, config.num_epochs - epoch))
         progress((epoch - start) / max(1, config.num_epochs - start))
         if state.should_stop(config.patience):
             assert state.best is not None
@@ -853,8 +862,11 @@ def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], lo
 def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
                 dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
                 backlog: List[str], progress: Callable[[float], None],
-                resumed: Optional[Dict[str, Any]] = None) -> ModelRun:
+                resumed: Optional[Dict[str, Any]] = None,
+                setup_progress: Optional[Callable[[float], None]] = None) -> ModelRun:
     """Trains (or, with 0 epochs, only validates) one model, as ``config.ensemble`` members, and writes its files.
+
+    ``setup_progress`` (0..1) follows the band statistics, ``progress`` (0..1) the training.
 
     Members differ only by seed (initial weights, window draws, augmentation) and share the
     split and band statistics. The file is rewritten after every epoch and after every
@@ -874,7 +886,7 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
     elif config.resume:
         log(f"--resume: no checkpoint at {ckpt_path} yet; starting {spec.name} from scratch")
     ensemble, resumed_index = _resumed_ensemble(config, resumed, log)
-    td = tiles_for_model(config, spec, data, tiles, resumed, log)
+    td = tiles_for_model(config, spec, data, tiles, resumed, log, setup_progress)
     if dist.main:
         start_model_files(config, spec, data, td, runlog, backlog + runlog.lines[first_line:], resumed is not None)
     kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=td.tile)
@@ -967,6 +979,22 @@ def _epoch_line(row: Dict[str, Any], improved: bool) -> str:
             + (" (best so far)" if improved else ""))
 
 
+def _duration(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _pace(durations: List[float], epochs_left: int) -> str:
+    """'; 12.3 s/epoch, about 20 min left' from the epochs timed so far (early stopping may end sooner)."""
+    per_epoch = sum(durations) / len(durations)
+    left = f"about {_duration(per_epoch * epochs_left)} left" if epochs_left > 0 else "last epoch"
+    return f"; {per_epoch:.1f} s/epoch, {left}"
+
+
 def _final_line(name: str, m: Dict[str, float]) -> str:
     return (f"{name} final validation (best weights): loss {_fmt(m['val_loss'])}, mean IoU {_fmt(m['val_iou'])}, "
             f"accuracy {_fmt(m['val_accuracy'])}, ROC AUC {_fmt(m['val_roc_auc'])}, PR AUC {_fmt(m['val_pr_auc'])}")
@@ -1007,7 +1035,7 @@ def train(
         resumes = check_train_targets(config, [s.name for s in specs], runlog)  # before anything is read
         device = pick_device(config.device, dist)
         autocast = autocast_for(config.amp_mode, device)
-        data = prepare_raster(config, runlog)
+        data = prepare_raster(config, runlog, lambda f: cb.progress(PREPARATION * 0.6 * f))
         for spec in specs:  # every refusal comes before the first file of any model is written
             ckpt = resumes[spec.name]
             if ckpt is not None:
@@ -1017,11 +1045,16 @@ def train(
         runs: List[ModelRun] = []
         for i, spec in enumerate(specs):
             def model_progress(frac: float, i: int = i) -> None:
-                cb.progress(min(1.0, (i + max(0.0, min(1.0, frac))) / len(specs)))
+                share = min(1.0, (i + max(0.0, min(1.0, frac))) / len(specs))
+                cb.progress(PREPARATION + (1.0 - PREPARATION) * share)
+
+            def setup_progress(frac: float, i: int = i) -> None:
+                if i == 0:  # the first model's band statistics end the preparation
+                    cb.progress(PREPARATION * (0.6 + 0.4 * min(1.0, frac)))
 
             try:
                 run = train_model(config, spec, data, tiles, dist, device, autocast, cb, runlog, backlog,
-                                  model_progress, resumes[spec.name])
+                                  model_progress, resumes[spec.name], setup_progress)
             except (RuntimeError, MemoryError) as exc:
                 if _is_oom(exc):
                     raise ResourceError(

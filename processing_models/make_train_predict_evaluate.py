@@ -30,8 +30,9 @@ from qgis.core import (  # noqa: E402 - after the path set-up
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 from qgis.PyQt.QtCore import QPointF  # noqa: E402
 
@@ -57,8 +58,9 @@ def _inputs() -> List[Tuple[QgsProcessingParameterDefinition, str]]:
     point_or_polygon = [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon]
     integer = QgsProcessingParameterNumber.Type.Integer
     return [
-        (QgsProcessingParameterRasterLayer("INPUT", "Evidence raster stack"),
-         "The multi-band evidence raster (every band is an input channel); nodata pixels are ignored."),
+        (QgsProcessingParameterMultipleLayers("INPUT", "Evidence layers", QgsProcessing.SourceType.TypeRaster),
+         "One multi-band raster or several rasters on any grids (aligned to the first one's grid, bands named "
+         "after their layers); every band is an input channel, nodata pixels are ignored."),
         (QgsProcessingParameterFeatureSource("LABELS", "Labels (known deposits or targets)", point_or_polygon),
          "Points (buffered) or polygons (burned) of the positives, optionally negatives via the label field."),
         (QgsProcessingParameterField("LABEL_FIELD", "Label field", parentLayerParameterName="LABELS",
@@ -68,6 +70,9 @@ def _inputs() -> List[Tuple[QgsProcessingParameterDefinition, str]]:
         (QgsProcessingParameterFeatureSource("MASK", "Study area mask", [QgsProcessing.SourceType.TypeVectorPolygon],
                                              optional=True),
          "Polygons of the study area: pixels outside are ignored for training and scoring, and nodata in the map."),
+        (QgsProcessingParameterString("CATEGORICAL_BANDS", "Categorical bands", optional=True),
+         "Bands holding class codes (e.g. lithology): band names (a single-band layer's name) or 1-based numbers, "
+         "separated by commas."),
         (QgsProcessingParameterEnum("ARCHITECTURE", "Architecture", options=list(PRESETS), defaultValue=0),
          "The network; unet_* suits projected rasters, s2* models whole-globe EPSG:4326 rasters."),
         (QgsProcessingParameterNumber("EPOCHS", "Epochs", integer, 100, minValue=0),
@@ -130,6 +135,7 @@ def build() -> QgsProcessingModelAlgorithm:
         "INPUT": Source.fromModelParameter("INPUT"), **given,
         "ARCHITECTURE": Source.fromModelParameter("ARCHITECTURE"), "EPOCHS": Source.fromModelParameter("EPOCHS"),
         "TILE_SIZE": Source.fromModelParameter("TILE_SIZE"),
+        "CATEGORICAL_BANDS": Source.fromModelParameter("CATEGORICAL_BANDS"),
     })
     _output(train, TRAINED_MODEL, "OUTPUT_MODEL", 200)
     predict = _child("stacksegmenter:predictprobabilitymap", "predict", "Predict probability map", 420, {

@@ -72,6 +72,14 @@ def test_train_writes_every_output_and_a_loadable_checkpoint(tiny_stack, tiny_po
     assert [m["epoch"] for m in rec.metrics] == [1, 2]
     assert all(METRIC_KEYS <= set(m) for m in rec.metrics)
     assert rec.progress == sorted(rec.progress) and rec.progress[-1] == pytest.approx(1.0)
+    # The bar moves while labels, valid pixels and band statistics are read, before any epoch.
+    from core.training import PREPARATION
+
+    assert len([v for v in rec.progress if 0 < v <= PREPARATION]) >= 3
+    epoch_lines = [line for line in rec.logs if line.startswith(f"{TINY} epoch ")]
+    assert len(epoch_lines) == 2, epoch_lines  # one line per epoch
+    assert "s/epoch, about" in epoch_lines[0] and "left" in epoch_lines[0]
+    assert epoch_lines[1].endswith("s/epoch, last epoch")
     log_text = (folder / "train.log").read_text()
     assert "validation split" in log_text and f"{TINY} epoch 2" in log_text
 

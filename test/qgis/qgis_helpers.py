@@ -88,6 +88,51 @@ def make_tiny_data(folder: Path, seed: int = 7) -> TinyData:
     return TinyData(folder, raster, labels_gpkg, labels_shp, mask, positives, negatives)
 
 
+@dataclass
+class EvidenceLayers:
+    """The tiny stack's bands as separate rasters on different grids, plus a lithology code raster."""
+
+    signal: Path  # 10 m, the labels' grid (the reference when it comes first)
+    noise_fine: Path  # 20 m
+    noise_coarse: Path  # 5 m, a larger extent
+    lithology: Path  # 40 m, uint8 class codes 1..3, nodata 0
+
+    @property
+    def paths(self) -> List[Path]:
+        return [self.signal, self.noise_fine, self.noise_coarse, self.lithology]
+
+
+def make_evidence_layers(data: TinyData, folder: Path) -> EvidenceLayers:
+    """Writes the evidence layers (seeded, from the tiny stack) with their own pixel sizes and extents."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(data.raster) as src:
+        bands = src.read()
+
+    def write(name: str, array: np.ndarray, pixel: float, left: float = LEFT, top: float = TOP,
+              nodata: float = NODATA, dtype: str = "float32") -> Path:
+        path = folder / f"{name}.tif"
+        profile = dict(driver="GTiff", width=array.shape[1], height=array.shape[0], count=1, dtype=dtype, crs=CRS,
+                       transform=from_origin(left, top, pixel, pixel), nodata=nodata)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array.astype(dtype), 1)
+        return path
+
+    fine = bands[1].reshape(SIZE // 2, 2, SIZE // 2, 2).mean(axis=(1, 3))
+    fine[:4, :4] = NODATA
+    coarse = np.pad(np.kron(bands[2], np.ones((2, 2))), 20, mode="edge")  # 5 m, 100 m wider on every side
+    yy, xx = np.mgrid[0:SIZE // 4, 0:SIZE // 4]
+    lithology = (1 + (xx // 11 + yy // 13) % 3).astype(np.uint8)  # 40 m blocks of codes 1, 2, 3
+    return EvidenceLayers(
+        signal=write("signal", bands[0], PIXEL),
+        noise_fine=write("noise_fine", fine, 2 * PIXEL),
+        noise_coarse=write("noise_coarse", coarse, PIXEL / 2, LEFT - 100.0, TOP + 100.0),
+        lithology=write("lithology", lithology, 4 * PIXEL, nodata=0, dtype="uint8"),
+    )
+
+
 def train_params(data: TinyData, out: Path, **extra: Any) -> Dict[str, Any]:
     """Train parameters for the tiny dataset: 1 epoch, 32-pixel tiles, the default U-Net."""
     params: Dict[str, Any] = {

@@ -14,30 +14,33 @@ import pytest
 
 from qgis_helpers import SIZE, TinyData, pixel_xy, train_params
 
+GRID = ["TARGET_CRS", "TARGET_RESOLUTION", "TARGET_EXTENT"]
 EXPECTED_PARAMETERS = {
     "stacksegmenter:trainsegmenter": [
-        "INPUT", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
+        "INPUT", *GRID, "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
         "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE", "AMP_MODE",
         "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS", "RESUME",
         "ENSEMBLE", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:predictprobabilitymap": [
-        "INPUT", "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT",
+        "INPUT", *GRID, "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT",
         "UNCERTAINTY"],
     "stacksegmenter:evaluateprobabilitymap": [
         "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
+    "stacksegmenter:buildevidencestack": ["INPUT", *GRID, "CATEGORICAL_BANDS", "OUTPUT"],
     "stacksegmenter:checkenvironment": [],
     "stacksegmenter:setupworker": ["TORCH_BUILD", "ENVIRONMENT_FOLDER"],
 }
 ADVANCED = {
     "stacksegmenter:setupworker": {"ENVIRONMENT_FOLDER"},
     "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
-                                      "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE"},
-    "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL"},
+                                      "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE", *GRID},
+    "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", *GRID},
 }
 REQUIRED = {
-    "stacksegmenter:trainsegmenter": {"INPUT", "LABELS", "OUTPUT_MODEL"},
+    "stacksegmenter:trainsegmenter": {"INPUT", "LABELS"},  # the model and its folder default to a lasting place
     "stacksegmenter:predictprobabilitymap": {"INPUT", "MODEL", "OUTPUT"},
     "stacksegmenter:evaluateprobabilitymap": {"PROBABILITY_MAP", "LABELS", "OUTPUT_FOLDER"},
+    "stacksegmenter:buildevidencestack": {"INPUT", "OUTPUT"},
 }
 
 
@@ -247,7 +250,7 @@ def test_run_and_load_results_styles_and_names_the_layer(plugin: Any, qgis_iface
                   if Path(lyr.source()).resolve() == out.resolve()]
         assert len(layers) == 1, result
         layer = layers[0]
-        assert layer.name() == "Probability (unet_sc2_layers4_e32)"
+        assert layer.name() == f"Prospectivity ({Path(trained['OUTPUT_MODEL']).parent.name}/model)"
         assert_probability_renderer(layer)
     finally:
         QgsProject.instance().removeAllMapLayers()
@@ -292,7 +295,8 @@ def test_run_and_load_results_loads_the_uncertainty_layer_too(plugin: Any, qgis_
         "OUTPUT": str(tmp_path / "p.tif"), "UNCERTAINTY": str(tmp_path / "u.tif")})
     try:
         names = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
-        assert names == ["Probability (unet_sc2_layers4_e32)", "Uncertainty (unet_sc2_layers4_e32)"]
+        label = f"{Path(trained_ensemble['OUTPUT_MODEL']).parent.name}/model"  # the model file (model.pt)
+        assert names == [f"Prospectivity ({label})", f"Uncertainty ({label})"]
     finally:
         QgsProject.instance().removeAllMapLayers()
 
@@ -383,12 +387,17 @@ def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin:
         processing.run("stacksegmenter:trainsegmenter", params, feedback=feedback)
     stopped = time.monotonic()
     assert feedback.cancelled_at > 0, "no epoch finished before the run ended"
-    assert any(line.startswith("model unet_sc2_layers4_e32, epoch 1, train_loss") for line in feedback.infos)
+    epoch_1 = [line for line in feedback.infos if re.search(r"\bepoch 1\b", line)]
+    assert len(epoch_1) == 1 and epoch_1[0].startswith("unet_sc2_layers4_e32 epoch 1: train_loss"), epoch_1
     assert 0 < max(feedback.progress_values) < 100  # the bar moved, the run did not finish
     assert stopped - feedback.cancelled_at < 12.0, "the worker did not stop within a few seconds"
-    assert "Cancelled" in str(info.value)
-    assert Path(params["OUTPUT_MODEL"]).is_file(), "the last good checkpoint must stay"
-    assert str(params["OUTPUT_MODEL"]) in str(info.value)
+    message = str(info.value)
+    model = params["OUTPUT_MODEL"]
+    assert message.startswith(f"Cancelled. Kept: the model after epoch ") and f" at {model}" in message
+    # How to continue, with the parameters named as the dialog shows them.
+    assert f'"Trained model" = {model}' in message
+    assert 'under Advanced parameters, "Resume from the output model" ticked' in message
+    assert Path(model).is_file(), "the last good checkpoint must stay"
     assert stopped - started < 120
 
     # RESUME continues from that checkpoint up to EPOCHS in all.
@@ -593,6 +602,7 @@ def test_bad_categorical_bands_are_refused_before_the_worker(plugin: Any, tiny_d
     import processing
     from qgis.core import QgsProcessingException
 
-    with pytest.raises(QgsProcessingException, match="1-based band numbers"):
-        processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path, CATEGORICAL_BANDS="x, 3"))
+    with pytest.raises(QgsProcessingException, match="'geology' is not a band.*signal, noise_fine"):
+        processing.run("stacksegmenter:trainsegmenter",
+                       train_params(tiny_data, tmp_path, CATEGORICAL_BANDS="geology, 3"))
     assert not (tmp_path / "training").exists()

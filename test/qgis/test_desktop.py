@@ -77,5 +77,6 @@ def test_desktop_loads_plugin_and_styles_the_prediction(plugins_dir: Path, train
     report = json.loads(report_path.read_text())
     assert "error" not in report, report["error"]
     assert report["plugin_loaded"] and report["provider"]
-    assert report["layers"] == [["Probability (unet_sc2_layers4_e32)", "singlebandpseudocolor"]]
+    model = Path(trained["OUTPUT_MODEL"])
+    assert report["layers"] == [[f"Prospectivity ({model.parent.name}/{model.stem})", "singlebandpseudocolor"]]
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
