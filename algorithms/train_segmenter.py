@@ -21,7 +21,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.config import AMP_MODES, DEFAULT_ENSEMBLE, DEFAULT_LOSS, LOSSES, MAX_ENSEMBLE
+from ..core.config import AMP_MODES, LOSSES, MAX_ENSEMBLE, TrainConfig
 from ..core.models.catalog import PRESET_MODELS, parse_model_name
 from . import evidence, styling
 from .base import StackSegmenterAlgorithm
@@ -30,6 +30,8 @@ from .worker import WorkerCancelled
 
 Integer = QgsProcessingParameterNumber.Type.Integer
 Double = QgsProcessingParameterNumber.Type.Double
+DEFAULTS = TrainConfig.defaults()
+"""The core's defaults: the dialog, the command line and the API agree."""
 
 #: Validation scores of the core's train result -> numeric outputs.
 SCORE_OUTPUTS = (
@@ -65,6 +67,9 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     AUGMENT = "AUGMENT"
     LOSS = "LOSS"
     PATIENCE = "PATIENCE"
+    WEIGHT_DECAY = "WEIGHT_DECAY"
+    BAND_PENALTY = "BAND_PENALTY"
+    PU_PRIOR = "PU_PRIOR"
     CATEGORICAL_BANDS = "CATEGORICAL_BANDS"
     RESUME = "RESUME"
     ENSEMBLE = "ENSEMBLE"
@@ -81,6 +86,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--point_buffer": POINT_BUFFER, "--seed": SEED, "--device": DEVICE, "--amp_mode": AMP_MODE,
         "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
         "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
+        "--weight_decay": WEIGHT_DECAY, "--band_penalty": BAND_PENALTY, "--pu_prior": PU_PRIOR,
         "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER, "--ensemble": ENSEMBLE,
     }
 
@@ -129,17 +135,20 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
 
     def _add_training_options(self) -> None:
         self.add(QgsProcessingParameterEnum(self.ARCHITECTURE, self.tr("Architecture"), options=list(PRESET_MODELS),
-                                            defaultValue=0),
-                 "The network: unet_* (planar U-Net, fast, the default for projected rasters), transformer_* "
-                 "(windowed attention, slower), s2unet_* / s2segformer_* (spherical, for global EPSG:4326 "
-                 "rasters).")
-        self.add(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), Integer, 100, minValue=0),
+                                            defaultValue=PRESET_MODELS.index(DEFAULTS["models"][0])),
+                 "The network: pixel_* (per-pixel network with band selection, made for tens of point labels), "
+                 "cnn_* (small CNN that sees a few pixels around), unet_* (planar U-Net: spatial patterns, needs "
+                 "many labels), transformer_* (windowed attention, slower), s2unet_* / s2segformer_* (spherical, "
+                 "for global EPSG:4326 rasters).")
+        self.add(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), Integer, DEFAULTS["num_epochs"],
+                                              minValue=0),
                  "Passes over the training tiles (0: train nothing, only validate). Early stopping may end "
                  "sooner (see Patience).")
-        self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, 4, minValue=1),
+        self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, DEFAULTS["batch_size"],
+                                              minValue=1),
                  "Tiles per optimisation step; lower it when memory runs out.")
-        lr = QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), Double, 1e-4,
-                                          minValue=0.0)
+        lr = QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), Double,
+                                          DEFAULTS["learning_rate"], minValue=0.0)
         lr.setMetadata({"widget_wrapper": {"decimals": 6}})
         self.add(lr, "AdamW learning rate.")
         self.add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size (pixels, 0 = automatic)"),
@@ -149,10 +158,12 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterNumber(self.STRIDE, self.tr("Stride (pixels, 0 = tile size)"),
                                               Integer, 0, minValue=0),
                  "Step between training tiles; smaller than the tile size gives overlapping tiles.")
-        self.add(QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction"), Double, 0.2,
+        self.add(QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction"), Double,
+                                              DEFAULTS["val_fraction"],
                                               minValue=0.0, maxValue=0.9),
                  "Share of the area held out in spatially separate validation blocks.")
-        self.add(QgsProcessingParameterString(self.POINT_BUFFER, self.tr("Point buffer"), defaultValue="0.5"),
+        self.add(QgsProcessingParameterString(self.POINT_BUFFER, self.tr("Point buffer"),
+                                              defaultValue=DEFAULTS["labels"].point_buffer),
                  "Radius burned around label points: pixels (0.5, 1.5px) or map units (250m, 2km).")
         self.add(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), Integer, 0, minValue=0),
                  "The same seed repeats a CPU run exactly.")
@@ -169,21 +180,37 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterNumber(self.LABEL_SMOOTHING, self.tr("Label smoothing"), Double, 0.0,
                                               minValue=0.0, maxValue=0.49),
                  "Softens the 0/1 targets (0 = off).", advanced=True)
-        self.add(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Data augmentation"), defaultValue=False),
-                 "Random flips and 90-degree rotations (spherical models: longitude roll and flips).",
-                 advanced=True)
+        self.add(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Data augmentation"),
+                                               defaultValue=DEFAULTS["augment"]),
+                 "Band noise and band dropout; for models that see neighbours also random flips and 90-degree "
+                 "rotations (spherical models: longitude roll and flips).", advanced=True)
         self.add(QgsProcessingParameterEnum(self.LOSS, self.tr("Loss"), options=list(LOSSES),
-                                            defaultValue=LOSSES.index(DEFAULT_LOSS)),
-                 "Imbalance-aware loss; the default suits rare positives.", advanced=True)
+                                            defaultValue=LOSSES.index(DEFAULTS["loss"])),
+                 "Imbalance-aware loss; pu (positive-unlabelled) treats unlabelled ground as unknown, not as "
+                 "barren, which suits known deposits as points.", advanced=True)
+        prior = QgsProcessingParameterNumber(self.PU_PRIOR, self.tr("PU prior (share of the area, 0 = labelled share)"),
+                                             Double, DEFAULTS["pu_prior"], minValue=0.0, maxValue=0.49)
+        prior.setMetadata({"widget_wrapper": {"decimals": 4}})
+        self.add(prior, "pu loss: the share of the unlabelled area assumed to hold positives; 0 weighs presences "
+                        "against the background as MaxEnt does.", advanced=True)
+        self.add(QgsProcessingParameterNumber(self.WEIGHT_DECAY, self.tr("Weight decay"), Double,
+                                              DEFAULTS["weight_decay"], minValue=0.0),
+                 "AdamW weight decay: shrinks every weight a little each step (regularisation).", advanced=True)
+        self.add(QgsProcessingParameterNumber(self.BAND_PENALTY, self.tr("Band penalty (0 = off)"), Double,
+                                              DEFAULTS["band_penalty"], minValue=0.0),
+                 "Group-lasso penalty on the weights that read each band (pixel_* and cnn_* models): the model "
+                 "learns to lean on few bands, as a sparse logistic regression does. The log lists the band "
+                 "weights.", advanced=True)
         self.add(QgsProcessingParameterNumber(self.PATIENCE, self.tr("Early stopping patience (epochs, 0 = off)"),
-                                              Integer, 20, minValue=0),
+                                              Integer, DEFAULTS["patience"], minValue=0),
                  "Stops after this many epochs without validation improvement.", advanced=True)
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
                  "Bands holding class codes (e.g. lithology): band names (a single-band layer's name, or a band "
                  "description) or 1-based numbers, separated by commas. One-hot encoded instead of normalised (the "
                  "64 most frequent codes get a channel each; rarer codes, and codes unseen in training, share one "
                  "'other' channel), and resampled by nearest neighbour when layers are aligned.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer, DEFAULT_ENSEMBLE,
+        self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer,
+                                              DEFAULTS["ensemble"],
                                               minValue=1, maxValue=MAX_ENSEMBLE),
                  "Models trained with different seeds into the one model file; Predict averages them and can map "
                  "where they disagree (its Uncertainty output, which needs 2 or more). Training takes this many "
@@ -295,7 +322,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             "--batch_size", str(self.parameterAsInt(p, self.BATCH_SIZE, context)),
             "--learning_rate", repr(self.parameterAsDouble(p, self.LEARNING_RATE, context)),
             "--val_fraction", repr(self.parameterAsDouble(p, self.VAL_FRACTION, context)),
-            "--point_buffer=" + (self.parameterAsString(p, self.POINT_BUFFER, context).strip() or "0.5"),
+            "--point_buffer=" + (self.parameterAsString(p, self.POINT_BUFFER, context).strip()
+                                  or DEFAULTS["labels"].point_buffer),
             "--seed", str(self.parameterAsInt(p, self.SEED, context)),
             "--device", self.parameterAsString(p, self.DEVICE, context).strip() or "auto",
             "--amp_mode", AMP_MODES[self.parameterAsEnum(p, self.AMP_MODE, context)],
@@ -304,6 +332,9 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             "--loss", LOSSES[self.parameterAsEnum(p, self.LOSS, context)],
             "--patience", str(self.parameterAsInt(p, self.PATIENCE, context)),
             "--ensemble", str(self.parameterAsInt(p, self.ENSEMBLE, context)),
+            "--pu_prior", repr(self.parameterAsDouble(p, self.PU_PRIOR, context)),
+            "--weight_decay", repr(self.parameterAsDouble(p, self.WEIGHT_DECAY, context)),
+            "--band_penalty", repr(self.parameterAsDouble(p, self.BAND_PENALTY, context)),
         ]
         for option, flag in ((self.TILE_SIZE, "--tile_size"), (self.STRIDE, "--stride")):
             value = self.parameterAsInt(p, option, context)

@@ -19,11 +19,10 @@ import traceback
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from .config import (AMP_MODES, DEFAULT_ENSEMBLE, DEFAULT_LOSS, LOSSES, EvaluateConfig, LabelOptions, PredictConfig,
-                     TrainConfig)
+from .config import AMP_MODES, LOSSES, EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
 from .errors import Cancelled, ConfigError, CoreError, ResourceError
 from .events import Callbacks
-from .models.catalog import DEFAULT_MODELS, list_models
+from .models.catalog import list_models
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -71,6 +70,7 @@ def _pair_or_none(values: Optional[List[int]], flag: str) -> Optional[List[int]]
 
 
 def _add_train(sub: Any) -> None:
+    d = TrainConfig.defaults()
     p = sub.add_parser("train", help="train segmentation models on a raster stack and vector labels",
                        description="Train one or more segmentation models (each in turn) on a raster stack with "
                                    "vector labels. Writes <output_path>/<model>/checkpoint.pt, figures/, "
@@ -83,11 +83,19 @@ def _add_train(sub: Any) -> None:
                         "smaller; spherical models on a global raster take the whole globe")
     p.add_argument("--stride", type=int, nargs="+", default=None, metavar="N",
                    help="step between training tiles (height width); default = the tile size")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
-                   help="models to train in turn (see `list-models`); default: " + " ".join(DEFAULT_MODELS))
-    p.add_argument("--num_epochs", type=int, default=100, help="epochs (0: train nothing, only validate)")
-    p.add_argument("--batch_size", type=int, default=4, help="tiles per batch (default 4)")
-    p.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--models", nargs="+", default=list(d["models"]), metavar="NAME",
+                   help="models to train in turn (see `list-models`); default: " + " ".join(d["models"]))
+    p.add_argument("--num_epochs", type=int, default=d["num_epochs"],
+                   help=f"epochs (0: train nothing, only validate; default {d['num_epochs']})")
+    p.add_argument("--batch_size", type=int, default=d["batch_size"],
+                   help=f"tiles per batch (default {d['batch_size']})")
+    p.add_argument("--learning_rate", type=float, default=d["learning_rate"],
+                   help=f"AdamW learning rate (default {d['learning_rate']:g})")
+    p.add_argument("--weight_decay", type=float, default=d["weight_decay"],
+                   help=f"AdamW (decoupled) weight decay (default {d['weight_decay']:g})")
+    p.add_argument("--band_penalty", type=float, default=d["band_penalty"],
+                   help="group-lasso penalty on the weights that read each band, so the model leans on few bands "
+                        f"(models with a band layer: pixel_*, cnn_*; 0 = off; default {d['band_penalty']:g})")
     p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (default 1.0)")
     p.add_argument("--label_smoothing_factor", type=float, default=0.0, help="label smoothing in [0, 0.5)")
     p.add_argument("--amp_mode", choices=AMP_MODES, default="none",
@@ -109,14 +117,18 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--val_fraction", type=float, default=0.2,
                    help="share of the area held out in spatial validation blocks (default 0.2)")
-    p.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
-                   help=f"imbalance-aware loss (default {DEFAULT_LOSS})")
-    p.add_argument("--patience", type=int, default=20,
-                   help="stop after this many epochs without validation improvement (0: never)")
+    p.add_argument("--loss", choices=LOSSES, default=d["loss"],
+                   help=f"imbalance-aware loss (default {d['loss']}); pu: positive-unlabelled, for point labels")
+    p.add_argument("--pu_prior", type=float, default=d["pu_prior"],
+                   help="pu loss: share of the unlabelled area assumed to be positive (0 = the labelled share, "
+                        f"i.e. presence-background weighting; default {d['pu_prior']:g})")
+    p.add_argument("--patience", type=int, default=d["patience"],
+                   help=f"stop after this many epochs without validation improvement (0: never; default "
+                        f"{d['patience']})")
     p.add_argument("--num_workers", type=int, default=0, help="data loader worker processes (default 0)")
-    p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="N",
+    p.add_argument("--ensemble", type=int, default=d["ensemble"], metavar="N",
                    help="train N members (seeds seed..seed+N-1) into one checkpoint; predict averages them and can "
-                        f"map their spread (--uncertainty_path); default {DEFAULT_ENSEMBLE}")
+                        f"map their spread (--uncertainty_path); default {d['ensemble']}")
     p.add_argument("--categorical_bands", nargs="+", default=[], metavar="BAND",
                    help="bands holding class codes (e.g. lithology), by name (the band description) or 1-based "
                         "number: one-hot encoded, not normalised; the 64 most frequent codes get a channel each, "
@@ -248,6 +260,9 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
         num_workers=a.num_workers,
         categorical_bands=list(a.categorical_bands),
         ensemble=a.ensemble,
+        weight_decay=a.weight_decay,
+        band_penalty=a.band_penalty,
+        pu_prior=a.pu_prior,
     )
 
 

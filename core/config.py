@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .models.catalog import DEFAULT_MODELS, parse_model_name
 
 AMP_MODES = ("none", "fp16", "bf16")
-LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice")
+LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice", "pu")
 DEFAULT_LOSS = "weighted_ce_dice"
 DEFAULT_TILE = 256
 #: Models trained (different seeds) into one checkpoint and averaged by predict. Flip here.
@@ -165,6 +165,9 @@ class TrainConfig(_JsonConfig):
     num_workers: int = 0
     categorical_bands: List[Union[int, str]] = field(default_factory=list)
     ensemble: int = DEFAULT_ENSEMBLE
+    weight_decay: float = 1e-2
+    band_penalty: float = 0.0
+    pu_prior: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -196,6 +199,12 @@ class TrainConfig(_JsonConfig):
             raise ConfigError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.band_penalty >= 0:
+            raise ConfigError(f"band_penalty must be >= 0 (0 = off), got {self.band_penalty}")
+        if not 0.0 <= self.pu_prior < 0.5:
+            raise ConfigError(f"pu_prior must be in [0, 0.5) (0 = the labelled share), got {self.pu_prior}")
         self.categorical_bands = categorical_band_list(self.categorical_bands)
         if not 1 <= int(self.ensemble) <= MAX_ENSEMBLE:
             raise ConfigError(f"ensemble is the number of members to train, 1 to {MAX_ENSEMBLE}; got {self.ensemble}")
@@ -205,6 +214,17 @@ class TrainConfig(_JsonConfig):
                               "(--resume or --overwrite)")
         if self.checkpoint_path is not None and len(self.models) != 1:
             raise ConfigError("checkpoint_path names one file, so train exactly one model with it")
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Every field's default: the one source the CLI's and the QGIS tool's defaults read."""
+        out: Dict[str, Any] = {}
+        for f in fields(cls):
+            if f.default_factory is not MISSING:  # type: ignore[misc]
+                out[f.name] = f.default_factory()  # type: ignore[misc]
+            elif f.default is not MISSING:
+                out[f.name] = f.default
+        return out
 
     def model_dir(self, model_name: str) -> Path:
         """The original layout: <output_path>/<model_name>/."""

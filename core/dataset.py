@@ -7,7 +7,7 @@ once per process, so DataLoader workers and DDP ranks each hold their own handle
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,6 +62,82 @@ def augment_spherical(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
     return x.contiguous(), y.contiguous(), valid.contiguous()
 
 
+MEMORY_BYTES = 1024**3
+"""A raster whose encoded form fits in this many bytes is read once and kept in memory."""
+BAND_NOISE = 0.1
+"""Std of the Gaussian noise added to standardised numeric bands (``augment_bands``)."""
+BAND_DROPOUT = 0.1
+"""Chance that a band is blanked (set to its mean, 0) in a training sample (``augment_bands``)."""
+
+
+def augment_bands(x: torch.Tensor, valid: torch.Tensor, groups: Sequence[Sequence[int]], *,
+                  noise: float = BAND_NOISE, drop: float = BAND_DROPOUT) -> torch.Tensor:
+    """Evidence-stack augmentation of a batch (B, C, H, W): band noise and band dropout.
+
+    Each sample loses each raw band (all channels of its ``groups`` entry, so a one-hot
+    categorical band goes as a whole) with chance ``drop``, so the model cannot lean on
+    one band; numeric bands (single-channel groups) get Gaussian noise of std ``noise``
+    (in standard deviations), as measurements carry. Invalid pixels stay 0. Uses the
+    torch RNG, which training seeds per epoch (resume repeats it).
+    """
+    b, c = x.shape[:2]
+    keep = torch.ones(b, c, device=x.device, dtype=x.dtype)
+    numeric = torch.zeros(c, device=x.device, dtype=x.dtype)
+    dropped = torch.rand(b, len(groups), device=x.device) < drop
+    for g, channels in enumerate(groups):
+        keep[:, list(channels)] = (~dropped[:, g]).to(x.dtype)[:, None]
+        if len(channels) == 1:
+            numeric[channels[0]] = 1.0
+    noisy = x + noise * torch.randn_like(x) * numeric[None, :, None, None]
+    return noisy * keep[:, :, None, None] * valid[:, None].to(x.dtype)
+
+
+class EncodedRaster:
+    """A small raster read once, chunk by chunk, and kept encoded in memory.
+
+    Training revisits every window each epoch; for rasters whose encoded form fits in
+    ``MEMORY_BYTES`` (the demo data, most single-study stacks) reading and decoding
+    compressed blocks again each epoch costs far more than the model (64 x 64 windows of a
+    256-tiled, deflated stack decode whole blocks for every window). Larger rasters are
+    read window by window as before (``fits`` says which).
+    """
+
+    def __init__(self, raster_path: str, encoder: BandEncoder) -> None:
+        from .raster import chunks, open_raster
+
+        with open_raster(raster_path) as src:
+            height, width = src.height, src.width
+            self.x = np.zeros((encoder.out_channels, height, width), dtype=np.float32)
+            self.valid = np.zeros((height, width), dtype=bool)
+            for r0, c0, r1, c1 in chunks(height, width):
+                data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
+                encoder.encode(data, valid, out=self.x[:, r0:r1, c0:c1])
+                self.valid[r0:r1, c0:c1] = valid
+
+    @staticmethod
+    def nbytes(height: int, width: int, encoder: BandEncoder) -> int:
+        """Bytes the encoded raster takes."""
+        return height * width * (4 * encoder.out_channels + 1)
+
+    @classmethod
+    def fits(cls, height: int, width: int, encoder: BandEncoder, budget: int = MEMORY_BYTES) -> bool:
+        """Whether the encoded raster fits the memory budget."""
+        return cls.nbytes(height, width, encoder) <= budget
+
+    def window(self, box: Box) -> Tuple[np.ndarray, np.ndarray]:
+        """Encoded (C, h, w) and validity (h, w) of a box (0 / invalid outside the raster)."""
+        r0, c0, r1, c1 = box
+        _, height, width = self.x.shape
+        if r0 >= 0 and c0 >= 0 and r1 <= height and c1 <= width:
+            return self.x[:, r0:r1, c0:c1].copy(), self.valid[r0:r1, c0:c1].copy()
+        x = np.zeros((self.x.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
+        valid = _crop(self.valid, box, False)
+        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, height), min(c1, width)
+        if rr0 < rr1 and cc0 < cc1:
+            x[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = self.x[:, rr0:rr1, cc0:cc1]
+        return x, valid
+
+
 class TileDataset(Dataset):
     """Windows of a raster as training/validation samples.
 
@@ -73,6 +149,8 @@ class TileDataset(Dataset):
         study_mask: bool (H, W), pixels outside are not valid (None = everywhere).
         augment: random flips/rotations (planar) or longitude roll + flip (spherical).
         spherical: the raster is a global lat/lon grid.
+        memory: the whole raster already encoded in memory (``EncodedRaster``, shared by
+            the training and validation sets of small rasters): windows become slices.
 
     Items: ``{"x": float32 (C_out, H, W), "y": int64 (H, W), "valid": bool (H, W)}``
     where valid = every band holds data AND inside the study mask.
@@ -88,6 +166,7 @@ class TileDataset(Dataset):
         *,
         augment: bool = False,
         spherical: bool = False,
+        memory: Optional["EncodedRaster"] = None,
     ) -> None:
         if study_mask is not None and study_mask.shape != labels.shape:
             raise DataError(f"study mask {study_mask.shape} and labels {labels.shape} differ in shape")
@@ -100,6 +179,7 @@ class TileDataset(Dataset):
         self.spherical = spherical
         self._src: Any = None
         self._pid: Optional[int] = None
+        self.memory = memory
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -109,6 +189,24 @@ class TileDataset(Dataset):
         state = dict(self.__dict__)
         state["_src"], state["_pid"] = None, None
         return state
+
+    def _read(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoded x, labels and validity of one window (sliced from memory when the raster is there)."""
+        box = self.windows[index]
+        r0, c0, r1, c1 = box
+        if self.memory is not None:
+            x, valid = self.memory.window(box)
+        else:
+            with gdal_env():
+                data, valid = read_window(self._dataset(), r0, c0, r1 - r0, c1 - c0)
+        if self.study_mask is not None:
+            valid &= _crop(self.study_mask, box, False)
+        if self.memory is not None:
+            x[:, ~valid] = 0.0
+        else:
+            x = self.encoder.encode(data, valid)
+        y = _crop(self.labels, box, 0)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(valid)
 
     def _dataset(self) -> Any:
         """The open raster of this process (opened on first use, reopened after a fork)."""
@@ -130,15 +228,7 @@ class TileDataset(Dataset):
             pass
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        r0, c0, r1, c1 = self.windows[index]
-        with gdal_env():
-            data, valid = read_window(self._dataset(), r0, c0, r1 - r0, c1 - c0)
-        if self.study_mask is not None:
-            valid &= _crop(self.study_mask, (r0, c0, r1, c1), False)
-        y = _crop(self.labels, (r0, c0, r1, c1), 0)
-        x = torch.from_numpy(self.encoder.encode(data, valid))
-        yt = torch.from_numpy(y.astype(np.int64))
-        vt = torch.from_numpy(valid)
+        x, yt, vt = self._read(index)
         if self.augment:
             x, yt, vt = (augment_spherical if self.spherical else augment_planar)(x, yt, vt)
         return {"x": x, "y": yt, "valid": vt}

@@ -106,6 +106,16 @@ class BandEncoder:
                 out.append(f"{name}=other")
         return out
 
+    def channel_groups(self) -> List[List[int]]:
+        """The encoded channels of each raw band, in band order (for per-band penalties)."""
+        groups: List[List[int]] = []
+        ch = 0
+        for b in range(1, self.band_count + 1):
+            n = self._channels(b)
+            groups.append(list(range(ch, ch + n)))
+            ch += n
+        return groups
+
     def encode(self, data: np.ndarray, valid: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Encodes a window: (C, h, w) raw values + bool (h, w) -> float32 (C_out, h, w).
 

@@ -112,21 +112,15 @@ def stride_for(tile: Tuple[int, int], overlap: float, multiple: int = 1, context
 
 
 def model_context(arch: str, scale: int, layers: int) -> int:
-    """Pixels of real neighbourhood a planar U-Net needs so zero padding does not show.
+    """Pixels of real neighbourhood a planar model needs so zero padding does not show.
 
-    The theoretical receptive radius (3x3 convolution pairs at every stage, pooling) is
-    capped at two pixels of the deepest stage, ``2 * scale**layers``: farther pixels weigh
-    little. Measured with random-weight U-Nets of 2, 3 and 4 stages (tiles 32, 64, 128):
-    a margin of this size keeps tiled and single-window outputs within 0.01 of each other,
-    while half of it left errors of 0.07-0.09. Other architectures: 0 (overlap only).
+    Each architecture declares it in the catalog (``Architecture.context``; a U-Net's
+    receptive radius capped at ``2 * scale**layers``, a small CNN's ``layers * dilation``,
+    0 for per-pixel models and the transformer).
     """
-    if arch != "unet":
-        return 0
-    encoder = sum(2 * scale**i for i in range(layers))
-    decoder = sum(2 * scale**i for i in range(layers - 1))
-    pooling = sum((scale - 1) * scale ** (i - 1) for i in range(1, layers))
-    radius = encoder + decoder + pooling
-    return min(radius, 2 * scale**layers) if scale > 1 else radius
+    from .models.catalog import ARCHITECTURES
+
+    return ARCHITECTURES[arch].context(scale, layers)
 
 
 def context_margin(tile: int, stride: int) -> int:
@@ -1007,11 +1001,10 @@ def predict(
     device = resolve_device(config.device)
     amp = autocast_for(config.amp_mode, device)
     members, encoders = load_members(ckpt, device)
-    multiple = 1 if spec.spherical else spec.scale ** spec.layers
-    runner = TorchRunner(members, encoders, device, amp, multiple, per_member=spread_out is not None)
+    runner = TorchRunner(members, encoders, device, amp, spec.multiple, per_member=spread_out is not None)
     meaning = output_meaning(ckpt, spec.name, n_members)
     tile = _choose_tile(config, ckpt, info, spec.spherical, cb.log)
-    stride = stride_for(tile, config.overlap, multiple, model_context(spec.arch, spec.scale, spec.layers))
+    stride = stride_for(tile, config.overlap, spec.multiple, spec.context)
     how = "whole globe" if config.spherical else f"windows {tile[0]} x {tile[1]}, stride {stride[0]} x {stride[1]}"
     what = f"an ensemble of {n_members} {spec.name} members" if n_members > 1 else spec.name
     cb.log(f"predicting {info.width} x {info.height} px with {what} on {device}: {how}")

@@ -36,14 +36,14 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import finished_member, load_checkpoint, model_weights, save_checkpoint
 from .config import TrainConfig
-from .dataset import TileDataset
+from .dataset import EncodedRaster, TileDataset, augment_bands
 from .device import autocast_for, resolve_device
 from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
 from .files import append_text, prepare_folder, write_text_atomic
 from .labels import LabelRaster, rasterize_labels
-from .losses import make_loss, positive_weight
+from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
 from .models.registry import build_model, count_parameters, model_kwargs
 from .preflight import check_resume, check_same_split, check_train_targets
@@ -52,7 +52,6 @@ from .sampling import Split, make_split, resolve_tile, write_blocks_gpkg
 
 WARMUP_FRACTION = 0.05
 """Share of the optimiser steps spent warming the learning rate up (at least one step)."""
-WEIGHT_DECAY = 1e-2
 MAX_FIGURES = 4
 """validation_<i>.png images written per model."""
 MAX_VAL_PIXELS = 2_000_000
@@ -240,10 +239,15 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
         encoder = fit_encoder(config.raster_path, train_windows, config.categorical_bands,
                               mask=train_mask, seed=config.seed, log=log, progress=progress)
     pos_fraction = _positive_fraction(lab.labels, coverage_mask(data.info.shape, train_windows, train_mask))
+    memory = None
+    if EncodedRaster.fits(data.info.height, data.info.width, encoder):
+        memory = EncodedRaster(config.raster_path, encoder)
+        log(f"the encoded raster ({EncodedRaster.nbytes(data.info.height, data.info.width, encoder) / 1024**2:.0f} "
+            "MB) is kept in memory: each window is read once")
     train_set = TileDataset(config.raster_path, train_windows, lab.labels, encoder,
                             train_mask if whole_globe else lab.study_mask, augment=config.augment,
-                            spherical=whole_globe)
-    val_set = TileDataset(config.raster_path, val_windows, lab.labels, encoder, val_mask)
+                            spherical=whole_globe, memory=memory)
+    val_set = TileDataset(config.raster_path, val_windows, lab.labels, encoder, val_mask, memory=memory)
     area = None
     if whole_globe:
         from .metrics import latitude_weights
@@ -323,7 +327,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def make_optimiser(model: nn.Module, config: TrainConfig, steps_per_epoch: int
                    ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with a per-step warm-up + cosine schedule over all epochs."""
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total = max(1, config.num_epochs * steps_per_epoch)
     warmup = max(1, int(WARMUP_FRACTION * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
@@ -351,6 +355,51 @@ class Step:
     device: torch.device
     max_grad_norm: float
     area: Optional[torch.Tensor]
+    penalty: Optional[Callable[[], torch.Tensor]] = None
+    augment: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+
+
+def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log: LogFn
+                    ) -> Optional[Callable[[], torch.Tensor]]:
+    """The group-lasso term on the layer that reads the bands (None when off or not possible)."""
+    if strength <= 0:
+        return None
+    layer = getattr(model, "band_layer", None)
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.dim() < 2 or weight.shape[1] != encoder.out_channels:
+        log(f"note: --band_penalty is ignored: {type(model).__name__} has no band layer to penalise")
+        return None
+    groups = encoder.channel_groups()
+    return lambda: strength * band_group_penalty(weight, groups)
+
+
+def band_augmentation(encoder: BandEncoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Band noise + band dropout of a training batch (see dataset.augment_bands)."""
+    groups = encoder.channel_groups()
+    return lambda x, valid: augment_bands(x, valid, groups)
+
+
+def band_ranking(model: nn.Module, encoder: BandEncoder) -> Optional[List[Tuple[str, float]]]:
+    """(band, weight) of the layer that reads the bands, strongest first, relative to the strongest.
+
+    The weight of a band is the root-mean-square of its band-layer weights (per encoded
+    channel, so one-hot bands are not favoured); inputs are standardised, so it says how
+    much the model leans on each band. None for models without a band layer.
+    """
+    weight = getattr(getattr(model, "band_layer", None), "weight", None)
+    if weight is None or weight.shape[1] != encoder.out_channels:
+        return None
+    w = weight.detach().float().transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(dim=1)
+    norms = [float((w[list(g)].sum() / len(g)).sqrt()) for g in encoder.channel_groups()]
+    top = max(norms, default=0.0) or 1.0
+    return sorted(((name, n / top) for name, n in zip(encoder.band_names, norms)), key=lambda t: -t[1])
+
+
+def _band_line(name: str, ranking: List[Tuple[str, float]]) -> str:
+    weak = sum(1 for _, r in ranking if r < 0.1)
+    shown = ", ".join(f"{band} {r:.2f}" for band, r in ranking[:12])
+    return (f"{name}: band weights (band layer, relative to the strongest): {shown}"
+            + (" ..." if len(ranking) > 12 else "") + f"; {weak} of {len(ranking)} band(s) below 0.1")
 
 
 def diverged(what: str) -> TrainingError:
@@ -371,9 +420,13 @@ def run_epoch(step: Step, loader: DataLoader, cb: Callbacks, where: str,
     for i, batch in enumerate(loader):
         cb.check_stop(where)
         x, y, valid = (batch[k].to(step.device, non_blocking=True) for k in ("x", "y", "valid"))
+        if step.augment is not None:
+            x = step.augment(x, valid)
         with step.autocast():
             logits = step.model(x)
         loss = step.loss_fn(logits.float(), y, valid, area)
+        if step.penalty is not None:
+            loss = loss + step.penalty()
         if not torch.isfinite(loss):
             raise diverged(f"the training loss became {loss.item()} ({where}, batch {i + 1})")
         step.opt.zero_grad(set_to_none=True)
@@ -712,8 +765,11 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     opt, sched = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
     pos_w = positive_weight(td.pos_fraction)
-    loss_fn = make_loss(config.loss, pos_weight=pos_w, label_smoothing=config.label_smoothing)
-    step = Step(train_model_, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area)
+    loss_fn = make_loss(config.loss, pos_weight=pos_w, label_smoothing=config.label_smoothing,
+                        pu_prior=config.pu_prior)
+    step = Step(train_model_, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area,
+                penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log),
+                augment=band_augmentation(td.encoder) if config.augment else None)
     if index == 0 or resumed is not None:
         log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
             f"{td.encoder.out_channels} input channel(s), loss {config.loss} (positive weight {pos_w:.1f}, "
@@ -924,8 +980,8 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
                 save_checkpoint(ckpt_path, {**outcome.payload, **ensemble.extras(k, config.seed)}, log=log)
     training_time = time.time() - t0
     eval_step = Step(build_model(**kwargs).to(device), make_loss(config.loss, pos_weight=positive_weight(
-        td.pos_fraction), label_smoothing=config.label_smoothing), None, None, None, autocast, device,
-        config.max_grad_norm, td.area)  # type: ignore[arg-type]
+        td.pos_fraction), label_smoothing=config.label_smoothing, pu_prior=config.pu_prior), None, None, None,
+        autocast, device, config.max_grad_norm, td.area)  # type: ignore[arg-type]
     final_model = _final_model(ensemble, outcomes, resumed, eval_step.model)
     val_loader = _loader(td.val_set, config.batch_size, config)
     final = evaluate(replace(eval_step, model=final_model), val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
@@ -935,6 +991,9 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
             break
     members = len(ensemble.finished)
     log(_final_line(f"{spec.name} (ensemble of {members})" if members > 1 else spec.name, final.metrics))
+    ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
+    if ranking is not None:
+        log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
     if members > 1:
         history = [row for m in ensemble.finished for row in (m.get("history") or [])]
     else:

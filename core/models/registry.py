@@ -27,6 +27,18 @@ def _transformer(spec: ModelSpec, in_channels: int, num_classes: int, img_size: 
     return WindowTransformer(in_channels, num_classes, spec.scale, spec.layers, spec.width)
 
 
+def _pixel(spec: ModelSpec, in_channels: int, num_classes: int, img_size: Optional[Tuple[int, int]]) -> nn.Module:
+    from .pixel import PixelMLP
+
+    return PixelMLP(in_channels, num_classes, spec.layers, spec.width)
+
+
+def _cnn(spec: ModelSpec, in_channels: int, num_classes: int, img_size: Optional[Tuple[int, int]]) -> nn.Module:
+    from .pixel import SmallCNN
+
+    return SmallCNN(in_channels, num_classes, spec.scale, spec.layers, spec.width)
+
+
 def _need_grid(spec: ModelSpec, img_size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
     if not img_size:
         raise ConfigError(f"{spec.name} is a spherical model and needs its input grid (img_size=(H, W))")
@@ -52,6 +64,8 @@ BUILDERS: Dict[str, Builder] = {
     "transformer": _transformer,
     "s2unet": _s2unet,
     "s2segformer": _s2segformer,
+    "pixel": _pixel,
+    "cnn": _cnn,
 }
 
 

@@ -19,7 +19,7 @@ ORIGINAL_TRAIN_FLAGS = (
 )
 NEW_TRAIN_FLAGS = ("--seed", "--device", "--val_fraction", "--point_buffer", "--mask_path", "--loss", "--patience",
                    "--num_workers", "--categorical_bands", "--positive_values", "--layer", "--events",
-                   "--ensemble", "--overwrite")
+                   "--ensemble", "--overwrite", "--weight_decay", "--band_penalty", "--pu_prior")
 PREDICT_FLAGS = ("--checkpoint", "--model_name", "--raster_path", "--output_path", "--in_channels",
                  "--num_classes", "--spherical", "--tile_size", "--overlap", "--batch_size", "--device",
                  "--amp_mode", "--mask_path", "--events", "--uncertainty_path")
@@ -57,6 +57,14 @@ def test_original_flags_map_to_config() -> None:
     named = train_config_from_args(build_parser().parse_args([
         "train", "--raster_path", "r.tif", "--shapefile_path", "l.shp", "--categorical_bands", "lith_code", "4"]))
     assert named.categorical_bands == [4, "lith_code"]
+
+
+def test_train_defaults_are_the_config_defaults() -> None:
+    """The command line without options trains exactly what TrainConfig() describes (one source)."""
+    args = build_parser().parse_args(["train", "--raster_path", "r.tif", "--shapefile_path", "l.shp"])
+    cfg = train_config_from_args(args)
+    defaults = TrainConfig(raster_path="r.tif", labels=cfg.labels)
+    assert cfg == defaults
 
 
 def test_unknown_model_fails_before_reading_data(repo_root: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core.config import LabelOptions
-from core.dataset import TileDataset, augment_planar, augment_spherical
+from core.dataset import TileDataset, augment_bands, augment_planar, augment_spherical
 from core.encoding import fit_encoder
 from core.errors import DataError
 from core.labels import rasterize_labels
@@ -162,3 +163,45 @@ def test_real_ecuador_pipeline_feeds_positive_batches(shared_data):
     x = batch["x"].permute(1, 0, 2, 3)[:, batch["valid"]]
     assert x.abs().max() <= enc.z_clip and 0.3 < float(x.std()) < 3.0  # standardised
     assert not batch["valid"].all()  # outside the study mask / nodata is not valid
+
+
+def test_a_small_raster_is_read_once_and_windows_come_from_memory(tiny_stack, parts, tmp_path):
+    """Windows sliced from the in-memory encoded raster equal windows read from disk (also windows
+    reaching outside the raster); once loaded, the file is no longer needed."""
+    from core.dataset import EncodedRaster
+
+    lr, enc = parts
+    path = tmp_path / "stack.tif"
+    shutil.copy(tiny_stack.path, path)
+    from_disk = TileDataset(str(path), WINDOWS, lr.labels, enc, lr.study_mask)
+    expected = [from_disk[i] for i in range(len(WINDOWS))]
+    from_disk.close()
+    assert EncodedRaster.fits(96, 128, enc) and not EncodedRaster.fits(96, 128, enc, budget=1000)
+    memory = EncodedRaster(str(path), enc)
+    path.unlink()
+    ds = TileDataset(str(path), WINDOWS, lr.labels, enc, lr.study_mask, memory=memory)
+    for i, want in enumerate(expected):
+        got = ds[i]
+        assert all(torch.equal(got[k], want[k]) for k in ("x", "y", "valid")), i
+    got = ds[0]
+    got["x"] += 1.0  # items are copies: the raster in memory stays as it was
+    assert torch.equal(ds[0]["x"], expected[0]["x"])
+
+
+def test_band_augmentation_drops_whole_bands_and_adds_noise_to_numeric_bands_only():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 4, 5, 5)
+    x[:, 2:] = 1.0  # channels 2, 3: one one-hot band
+    valid = torch.ones(64, 5, 5, dtype=torch.bool)
+    valid[:, 0, 0] = False
+    out = augment_bands(x, valid, [[0], [1], [2, 3]], noise=0.5, drop=0.5)
+    assert (out[:, :, 0, 0] == 0).all()  # invalid pixels stay 0
+    one_hot = out[:, 2:, 1:, 1:]
+    assert set(one_hot.unique().tolist()) <= {0.0, 1.0}  # no noise on class channels
+    kept = one_hot.flatten(1).amax(dim=1) > 0
+    assert 10 < int(kept.sum()) < 54  # about half the samples lose the class band ...
+    assert torch.equal(out[:, 2, 1:, 1:].flatten(1).amax(1) > 0, out[:, 3, 1:, 1:].flatten(1).amax(1) > 0)  # whole
+    numeric = out[:, 0, 1:, 1:]
+    present = numeric.abs().flatten(1).amax(dim=1) > 0
+    assert 10 < int(present.sum()) < 54
+    assert 0.3 < float(numeric[present].std()) < 0.7  # noise of the asked size where the band is kept

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from core.config import LOSSES
 from core.errors import ConfigError
-from core.losses import MAX_POS_WEIGHT, dice, focal, make_loss, positive_weight, weighted_ce
+from core.losses import MAX_POS_WEIGHT, band_group_penalty, dice, focal, make_loss, positive_weight, pu_risk, weighted_ce
 
 
 def _batch(seed: int = 0):
@@ -123,3 +123,61 @@ def test_all_invalid_batch_gives_finite_zero_loss() -> None:
     valid = torch.zeros(2, 8, 8, dtype=torch.bool)
     for name in ("weighted_ce", "focal"):
         assert make_loss(name)(logits, y, valid).item() == 0.0
+
+
+def test_pu_with_the_labelled_share_is_balanced_presence_background_logistic_regression() -> None:
+    """prior 0 = the labelled share: presences and the rest of the background weigh half each, i.e.
+    cross-entropy with the positive class weighted by negatives/positives."""
+    logits, y, valid = _batch(5)
+    n_pos, n_neg = int((y[valid] == 1).sum()), int((y[valid] == 0).sum())
+    balanced = weighted_ce(logits, y, valid, pos_weight=n_neg / n_pos)
+    assert torch.allclose(pu_risk(logits, y, valid, prior=0.0), balanced, atol=1e-5)
+
+
+def test_pu_prior_forgives_unlabelled_pixels_that_look_positive() -> None:
+    """The documented PU behaviour: with a prior above the labelled share, a map that also scores some
+    unlabelled pixels high costs less than under the presence-background reading (prior 0), because
+    part of the unlabelled area is assumed to hold undiscovered positives."""
+    y = torch.zeros(1, 10, 10, dtype=torch.long)
+    y[0, 0, :2] = 1  # 2 labelled positives among 100 pixels
+    valid = torch.ones_like(y, dtype=torch.bool)
+    z = torch.full((1, 10, 10), -4.0)
+    z[0, 0, :2] = 4.0
+    z[0, 5, :8] = 4.0  # 8 unlabelled pixels that look like the positives
+    logits = torch.stack([torch.zeros_like(z), z], dim=1)
+    assert pu_risk(logits, y, valid, prior=0.1) < 0.7 * pu_risk(logits, y, valid, prior=0.0)
+
+
+def test_pu_non_negative_correction_pushes_back_when_the_negative_risk_goes_below_zero() -> None:
+    """A model that calls every positive 'certain' and the unlabelled area 'negative' drives the
+    corrected negative risk below zero when the prior is large; the loss stays >= 0 and its gradient
+    then lowers the positives' scores instead of raising them further (Kiryo et al.'s correction)."""
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[0, 0, :2] = 1
+    valid = torch.ones_like(y, dtype=torch.bool)
+    z = torch.full((1, 4, 4), -8.0)
+    z[0, 0, :2] = 0.0  # positives undecided: their background loss is large
+    logits = torch.stack([torch.zeros_like(z), z], dim=1).requires_grad_(True)
+    loss = pu_risk(logits, y, valid, prior=0.4)
+    assert loss.item() >= 0
+    loss.backward()
+    assert logits.grad[0, 1, 0, 0] > 0  # descent lowers the positive's score: the estimate was negative
+
+
+def test_pu_with_no_positive_in_the_batch_only_pushes_the_background_down() -> None:
+    logits, _, valid = _batch(6)
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    loss = pu_risk(logits.requires_grad_(True), y, valid)
+    loss.backward()
+    assert math.isfinite(loss.item()) and (logits.grad[:, 1][valid] >= 0).all()
+
+
+def test_band_group_penalty_is_the_sum_of_band_norms_with_one_hot_bands_as_one_group() -> None:
+    w = torch.zeros(4, 5, 1, 1)
+    w[:, 0] = 1.0  # band 1: norm 2
+    w[0, 3], w[1, 4] = 3.0, 4.0  # band 3 = channels 3, 4 (one-hot): norm 5, sqrt(2) for its size
+    groups = [[0], [1, 2], [3, 4]]
+    assert band_group_penalty(w, groups).item() == pytest.approx(2.0 + 0.0 + math.sqrt(2) * 5.0, rel=1e-5)
+    w.requires_grad_(True)
+    band_group_penalty(w, groups).backward()
+    assert torch.count_nonzero(w.grad[:, 1:3]) == 0  # a band already at zero is left there

@@ -12,7 +12,8 @@ import torch
 from core.errors import ConfigError
 from core.models.registry import build_model, count_parameters, model_kwargs
 
-PLANAR = ["unet_sc2_layers2_e8", "unet_sc3_layers3_e4", "transformer_sc2_layers2_e16", "transformer_sc1_layers1_e8"]
+PLANAR = ["unet_sc2_layers2_e8", "unet_sc3_layers3_e4", "transformer_sc2_layers2_e16", "transformer_sc1_layers1_e8",
+          "pixel_sc1_layers2_e8", "cnn_sc2_layers2_e8"]
 SPHERICAL = ["s2unet_sc2_layers2_e8", "s2segformer_sc2_layers2_e16"]
 
 
@@ -80,7 +81,8 @@ def test_registry_import_does_not_import_torch_harmonics(repo_root) -> None:
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("name", ["unet_sc2_layers2_e8", "transformer_sc2_layers2_e16"])
+@pytest.mark.parametrize("name", ["unet_sc2_layers2_e8", "transformer_sc2_layers2_e16", "pixel_sc1_layers1_e8",
+                                  "cnn_sc1_layers2_e8"])
 def test_models_can_fit_a_simple_pattern(name: str) -> None:
     """A few steps on 'positive where band 0 > 1' must lower the loss clearly (the model learns)."""
     torch.manual_seed(0)
@@ -143,3 +145,47 @@ def test_unet_output_depends_only_on_the_receptive_field_not_the_window() -> Non
         whole = model(x)
         crop = model(x[..., 16:64, 16:64])
     assert torch.allclose(whole[..., 32:48, 32:48], crop[..., 16:32, 16:32], atol=1e-5)
+
+
+def test_small_models_have_few_parameters_and_a_band_layer() -> None:
+    """Sized for tens of positives: thousands of parameters on 99 bands, not millions; the band
+    layer (where the band penalty acts) reads every input channel."""
+    for name in ("pixel_sc1_layers2_e32", "cnn_sc1_layers2_e16"):
+        model = build_model(name, in_channels=99)
+        assert count_parameters(model) < 10_000
+        assert model.band_layer.in_channels == 99 and model.band_layer.kernel_size == (1, 1)
+    assert count_parameters(build_model("unet_sc2_layers4_e32", in_channels=99)) > 100 * 10_000
+
+
+@pytest.mark.parametrize("name, radius", [("pixel_sc1_layers2_e8", 0), ("cnn_sc1_layers2_e8", 2),
+                                          ("cnn_sc2_layers3_e8", 6)])
+def test_small_models_see_exactly_their_declared_context(name: str, radius: int) -> None:
+    """Changing one input pixel changes outputs within the declared context and nowhere else
+    (prediction overlaps windows by what the catalog declares)."""
+    from core.models.catalog import parse_model_name
+
+    assert parse_model_name(name).context == radius and parse_model_name(name).multiple == 1
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3).eval()
+    x = torch.randn(1, 3, 21, 21)
+    x2 = x.clone()
+    x2[0, :, 10, 10] += 3.0
+    with torch.no_grad():
+        changed = (model(x2) - model(x)).abs().amax(dim=(0, 1)) > 1e-6
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    assert changed[10, 10]
+    assert int((rows - 10).abs().max()) == radius and int((cols - 10).abs().max()) == radius
+
+
+def test_pixel_models_take_no_downsampling_scale() -> None:
+    with pytest.raises(ConfigError, match="pixel_sc1_layers2_e32"):
+        build_model("pixel_sc2_layers2_e32", in_channels=3)
+
+
+def test_dropout_is_active_in_training_and_off_in_evaluation() -> None:
+    torch.manual_seed(0)
+    model = build_model("pixel_sc1_layers2_e16", in_channels=4)
+    x = torch.randn(1, 4, 8, 8)
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    assert torch.allclose(model(x), model(x))

@@ -20,7 +20,7 @@ EXPECTED_PARAMETERS = {
         "INPUT", *GRID, "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
         "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE", "AMP_MODE",
         "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS", "RESUME",
-        "ENSEMBLE", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
+        "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY", "PU_PRIOR", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:predictprobabilitymap": [
         "INPUT", *GRID, "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT",
         "UNCERTAINTY"],
@@ -33,7 +33,8 @@ EXPECTED_PARAMETERS = {
 ADVANCED = {
     "stacksegmenter:setupworker": {"ENVIRONMENT_FOLDER"},
     "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
-                                      "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE", *GRID},
+                                      "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY",
+                                      "PU_PRIOR", *GRID},
     "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", *GRID},
 }
 REQUIRED = {
@@ -162,6 +163,24 @@ def test_architecture_choices_come_from_the_catalog(plugin: Any) -> None:
     param = algorithm("stacksegmenter:trainsegmenter").parameterDefinition("ARCHITECTURE")
     assert param.options() == list(PRESET_MODELS)
     assert param.options()[param.defaultValue()] == "unet_sc2_layers4_e32"
+
+
+def test_train_dialog_defaults_are_the_core_defaults(plugin: Any) -> None:
+    """What a user gets without touching Advanced is what the core's TrainConfig() and the CLI train."""
+    from stack_segmenter.core.config import LOSSES, TrainConfig
+    from stack_segmenter.core.models.catalog import PRESET_MODELS
+
+    d = TrainConfig.defaults()
+    alg = algorithm("stacksegmenter:trainsegmenter")
+    default = {p.name(): p.defaultValue() for p in alg.parameterDefinitions()}
+    assert PRESET_MODELS[default["ARCHITECTURE"]] == d["models"][0]
+    assert LOSSES[default["LOSS"]] == d["loss"]
+    assert bool(default["AUGMENT"]) == d["augment"]
+    for name, key in (("EPOCHS", "num_epochs"), ("BATCH_SIZE", "batch_size"), ("LEARNING_RATE", "learning_rate"),
+                      ("PATIENCE", "patience"), ("WEIGHT_DECAY", "weight_decay"), ("BAND_PENALTY", "band_penalty"),
+                      ("PU_PRIOR", "pu_prior"), ("VAL_FRACTION", "val_fraction"), ("ENSEMBLE", "ensemble")):
+        assert float(default[name]) == pytest.approx(float(d[key])), name
+    assert default["POINT_BUFFER"] == d["labels"].point_buffer
 
 
 @pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))

@@ -1,0 +1,94 @@
+"""Small models for tens of positives: a per-pixel network and a small-receptive-field CNN.
+
+With 20 to 300 deposits a network of millions of parameters memorises them; what wins on
+such data (MaxEnt, weights of evidence, sparse logistic regression) is a per-pixel model
+with strong regularisation and a choice of bands. These two keep that shape:
+
+- ``pixel_sc1_layers<L>_e<w>``: 1x1 convolutions only, i.e. an MLP over each pixel's
+  bands (``L`` hidden layers of ``w`` units, dropout). No context: a pixel's output
+  depends on its own bands, so prediction needs no overlap and any window size works.
+- ``cnn_sc<d>_layers<L>_e<w>``: a 1x1 band reduction to ``w`` channels, then ``L``
+  residual 3x3 convolutions with dilation ``d`` (receptive radius ``L * d`` pixels), a
+  1x1 head; dropout. It sees a small neighbourhood (a fault a few pixels away, a contact).
+
+Both start with a 1x1 convolution over the encoded bands (``band_layer``): the sparsity
+penalty of training (group lasso per band, ``losses.band_group_penalty``) acts on its
+weights, so the network can switch a noise band off entirely, as L1 regression does.
+No normalisation layer needs window statistics, so tiled prediction is seamless.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+DROPOUT = 0.2
+"""Dropout after every hidden layer (few positives: the model must not memorise them)."""
+
+
+class PixelMLP(nn.Module):
+    """Per-pixel MLP as 1x1 convolutions: logits (B, num_classes, H, W) for any H, W.
+
+    Args:
+        in_channels: encoded input channels.
+        num_classes: output classes (2: softmax over background / positive).
+        layers: hidden layers (>= 1).
+        width: units per hidden layer.
+        dropout: dropout probability after each hidden layer.
+    """
+
+    multiple = 1
+    context = 0
+
+    def __init__(self, in_channels: int, num_classes: int = 2, layers: int = 2, width: int = 32,
+                 dropout: float = DROPOUT) -> None:
+        super().__init__()
+        self.band_layer = nn.Conv2d(in_channels, width, 1)
+        body: List[nn.Module] = [nn.GELU(), nn.Dropout(dropout)]
+        for _ in range(layers - 1):
+            body += [nn.Conv2d(width, width, 1), nn.GELU(), nn.Dropout(dropout)]
+        self.body = nn.Sequential(*body)
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.band_layer(x)))
+
+
+class ResidualConv(nn.Module):
+    """x + conv3x3(GELU(x)), dilated; zero padding keeps the size."""
+
+    def __init__(self, width: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.conv(self.act(x)))
+
+
+class SmallCNN(nn.Module):
+    """1x1 band reduction, ``layers`` residual dilated 3x3 convolutions, 1x1 head.
+
+    Args:
+        in_channels: encoded input channels.
+        num_classes: output classes.
+        dilation: dilation of the 3x3 convolutions (the ``sc`` of the name).
+        layers: 3x3 convolutions (receptive radius ``layers * dilation``).
+        width: channels after the band reduction.
+        dropout: dropout probability in every residual branch and before the head.
+    """
+
+    multiple = 1
+
+    def __init__(self, in_channels: int, num_classes: int = 2, dilation: int = 1, layers: int = 2, width: int = 16,
+                 dropout: float = DROPOUT) -> None:
+        super().__init__()
+        self.context = layers * dilation
+        self.band_layer = nn.Conv2d(in_channels, width, 1)
+        self.body = nn.Sequential(*[ResidualConv(width, dilation, dropout) for _ in range(layers)])
+        self.head = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.band_layer(x)))
