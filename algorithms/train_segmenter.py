@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputFolder,
+    QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -77,6 +78,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS_RUN = "EPOCHS_RUN"
     RUN_FOLDER = "RUN_FOLDER"
+    OUTPUT_HTML = "OUTPUT_HTML"
 
     FLAGS = {
         "--raster_path": INPUT, "--shapefile_path": LABELS, "--labels": LABELS, "--label_column": LABEL_FIELD,
@@ -232,6 +234,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             "new folder per run (model name and time) in 'stack_segmenter_runs' beside the saved project, "
             "else in ~/StackSegmenter/runs; never a temporary folder.")
         self.addOutput(QgsProcessingOutputFolder(self.RUN_FOLDER, self.tr("Run folder")))
+        self.addOutput(QgsProcessingOutputHtml(self.OUTPUT_HTML, self.tr("Training report")))
         self.addOutput(QgsProcessingOutputNumber(self.EPOCHS_RUN, self.tr("Epochs run")))
         for output_id, _key, label in SCORE_OUTPUTS:
             self.addOutput(QgsProcessingOutputNumber(output_id, self.tr(label)))
@@ -251,7 +254,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         epochs: List[int] = []
         try:
             stack = plan.write(run.folder / "evidence_stack.vrt", categorical, feedback)
-            args += ["--raster_path", stack.path, *self._categorical_args(categorical)]
+            args += ["--raster_path", stack.path, *self._categorical_args(categorical, stack.band_names)]
             args += ["--models", architecture, "--checkpoint_path", str(run.model), "--output_path", str(run.folder)]
             result = self.run_core("train", args, feedback, python,
                                    on_metric=lambda m: epochs.append(int(m.get("epoch") or 0)))
@@ -312,8 +315,12 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         return args
 
     @staticmethod
-    def _categorical_args(bands: List[int]) -> List[str]:
-        return ["--categorical_bands", *map(str, bands)] if bands else []
+    def _categorical_args(bands: List[int], names: List[str]) -> List[str]:
+        """By name (config.json and the report then say which), by number where a name could read as a
+        number or a flag."""
+        values = [names[b - 1] if not (names[b - 1].isdigit() or names[b - 1].startswith("-")) else str(b)
+                  for b in bands]
+        return ["--categorical_bands", *values] if bands else []
 
     def _option_args(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> List[str]:
         p = parameters
@@ -357,6 +364,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             self.OUTPUT_FOLDER: str(run.folder),
             self.RUN_FOLDER: str(run.folder),
             self.EPOCHS_RUN: entry.get("epochs_run"),
+            self.OUTPUT_HTML: entry.get("report") if Path(entry.get("report") or "").is_file() else None,
         }
         for output_id, key, _label in SCORE_OUTPUTS:
             value = metrics.get(key)

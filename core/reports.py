@@ -1,17 +1,24 @@
-"""Training reports: the original tool's files plus curves and per-epoch history.
+"""Training reports: the original tool's files plus curves, per-epoch history and one HTML page.
 
 Per model folder: ``figures/curves.png`` (losses and validation metrics per epoch),
 ``figures/validation_<i>.png`` (prediction | label | first three channels, as the
-original), ``output_data/metrics.pkl`` (pandas DataFrame, one column per model trained in
-this run; rows as the original plus ROC/PR AUC) and ``metrics.json`` (history + final
-numbers, NaN written as null). Only our own outputs are pickled; we never read pickles.
+original), ``figures/validation_blocks.png`` (the held-out blocks over the usable area,
+training and held-out deposits), ``figures/capture.png`` (held-out deposits captured in the
+top k % of the validation area, when the run measured them), ``output_data/metrics.pkl``
+(pandas DataFrame, one column per model trained in this run; rows as the original plus
+ROC/PR AUC), ``metrics.json`` (history + final numbers, NaN written as null) and
+``report.html``, which leads with held-out skill, then fit, then the pixel figures, and shows
+the figures above. Only our own outputs are pickled; we never read pickles.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -142,13 +149,239 @@ def write_validation_images(run: Any, folder: Path) -> List[Path]:
     return out
 
 
-def write_reports(runs: Sequence[Any], log: LogFn) -> None:
-    """Writes the report files of the latest run; metrics.pkl holds every model of this call."""
+# ----------------------------------------------------------------------------- the HTML report
+
+#: (metrics key, label) of the deposit-level figures: held-out skill first, then fit, as the log says them.
+SKILL_ROWS = (
+    ("val_prediction_rate_auc", "Prediction-rate AUC (held-out deposits against the validation area)"),
+    ("val_top1", "% of held-out deposits in the top 1 % of the validation area"),
+    ("val_top5", "% of held-out deposits in the top 5 % of the validation area"),
+    ("val_top10", "% of held-out deposits in the top 10 % of the validation area"),
+    ("val_top20", "% of held-out deposits in the top 20 % of the validation area"),
+    ("val_n_deposits", "Held-out deposits (in the validation blocks)"),
+)
+FIT_ROWS = (
+    ("train_success_rate_auc", "Success-rate AUC (training deposits against training windows)"),
+    ("train_top10", "% of training deposits in the top 10 % of the training area"),
+    ("train_n_deposits", "Training deposits"),
+)
+PIXEL_ROWS = (
+    ("val_roc_auc", "ROC AUC (validation pixels)"),
+    ("val_pr_auc", "PR AUC (validation pixels)"),
+    ("val_loss", "Loss (validation pixels)"),
+    ("val_iou", "Mean IoU (validation pixels)"),
+    ("val_accuracy", "Accuracy (validation pixels)"),
+)
+TOP_KS = (1, 5, 10, 20)
+Box = Tuple[int, int, int, int]
+
+
+@dataclass
+class BlockMap:
+    """What the validation-block map draws: the usable area (decimated to at most ``MAX_SIDE``
+    pixels on its long side), the validation blocks and the positive features (pixel (row, col))."""
+
+    usable: np.ndarray
+    step: int
+    shape: Tuple[int, int]
+    blocks: List[Box]
+    points: np.ndarray
+
+    MAX_SIDE = 800
+
+    @classmethod
+    def of(cls, usable: np.ndarray, blocks: Sequence[Box], points: Optional[np.ndarray]) -> "BlockMap":
+        step = max(1, math.ceil(max(usable.shape) / cls.MAX_SIDE))
+        pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
+        return cls(usable[::step, ::step].copy(), step, tuple(usable.shape), [tuple(map(int, b)) for b in blocks],
+                   pts)
+
+    def held_out(self) -> np.ndarray:
+        """bool (N,): which points lie inside a validation block."""
+        inside = np.zeros(len(self.points), dtype=bool)
+        for r0, c0, r1, c1 in self.blocks:
+            inside |= ((self.points[:, 0] >= r0) & (self.points[:, 0] < r1)
+                       & (self.points[:, 1] >= c0) & (self.points[:, 1] < c1))
+        return inside
+
+
+def write_block_map(bm: BlockMap, path: Path, title: str) -> Path:
+    """The validation blocks (red, dashed) over the usable area (grey), deposits as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    h, w = bm.shape
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 8 * h / max(w, 1))))
+    ax.imshow(np.where(bm.usable, 0.82, 1.0), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0),
+              interpolation="nearest")
+    for i, (r0, c0, r1, c1) in enumerate(bm.blocks):
+        ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, edgecolor="#e31a1c", linewidth=1.5,
+                               linestyle="--", label="validation block (held out)" if i == 0 else None))
+    held = bm.held_out()
+    if len(bm.points):
+        ax.scatter(bm.points[~held, 1], bm.points[~held, 0], s=14, c="black", label=f"training deposit ({(~held).sum()})")
+        ax.scatter(bm.points[held, 1], bm.points[held, 0], s=24, c="#e31a1c", marker="^", edgecolors="white",
+                   linewidths=0.5, label=f"held-out deposit ({held.sum()})")
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xlabel("column (pixels)")
+    ax.set_ylabel("row (pixels)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+
+
+def write_capture_figure(metrics: Dict[str, Any], path: Path, title: str) -> Optional[Path]:
+    """% of held-out deposits in the top k % of the validation area, beside what chance gives (k %)."""
+    captured = [_number(metrics.get(f"val_top{k}")) for k in TOP_KS]
+    if not metrics.get("val_n_deposits") or any(v is None for v in captured):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(TOP_KS))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(x - 0.2, captured, width=0.4, color="#31688e", label=f"held-out deposits ({metrics['val_n_deposits']})")
+    ax.bar(x + 0.2, TOP_KS, width=0.4, color="#cccccc", label="chance (a random map)")
+    fit = _number(metrics.get("train_top10"))
+    if fit is not None:
+        ax.scatter([x[TOP_KS.index(10)]], [fit], marker="D", color="black", zorder=3,
+                   label="training deposits, top 10 % (fit, not skill)")
+    ax.set_xticks(x, [f"top {k} %" for k in TOP_KS])
+    ax.set_ylabel("% of deposits captured")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _format(key: str, value: Any, metrics: Dict[str, Any]) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if key.endswith("n_deposits"):
+        return str(int(value))
+    if "_top" in key:
+        return f"{float(value):.0f} %"
+    text = f"{float(value):.3f}"
+    lo, hi = _number(metrics.get(f"{key}_lo")), _number(metrics.get(f"{key}_hi"))
+    if lo is not None and hi is not None:
+        text += f" (95 % interval {lo:.3f} to {hi:.3f})"
+    return text
+
+
+def _table(rows: Sequence[Tuple[str, str]], metrics: Dict[str, Any]) -> str:
+    body = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(_format(key, metrics.get(key), metrics))}"
+                   "</td></tr>" for key, label in rows if key in metrics)
+    return f"<table>{body}</table>" if body else ""
+
+
+def _image(folder: Path, path: Optional[Path], alt: str) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return f'<p><img src="{html.escape(path.relative_to(folder).as_posix())}" alt="{html.escape(alt)}"></p>'
+
+
+def _settings(folder: Path) -> str:
+    """What the run was given (config.json), in a few readable lines."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    labels = config.get("labels") or {}
+    rows = [("Evidence raster", config.get("raster_path")), ("Labels", labels.get("labels_path")),
+            ("Label field", labels.get("label_column") or "(label, or every feature positive)"),
+            ("Study area mask", labels.get("mask_path") or "(none)"),
+            ("Categorical bands", ", ".join(map(str, config.get("categorical_bands") or [])) or "(none)"),
+            ("Epochs asked", config.get("num_epochs")), ("Tile size", config.get("tile_size") or "automatic"),
+            ("Validation fraction", config.get("val_fraction")), ("Seed", config.get("seed"))]
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<h2>Settings</h2><table>{body}</table>"
+
+
+STYLE = ("body{font-family:sans-serif;max-width:980px;margin:1em auto;color:#222}"
+         "table{border-collapse:collapse;margin:.5em 0}td{border:1px solid #ccc;padding:3px 8px}"
+         "img{max-width:100%}.note{color:#555}")
+
+
+def write_training_report(run: Any, folder: Path, figures: Dict[str, Optional[Path]]) -> Path:
+    """report.html: held-out skill first, fit second, pixels third; the figures; links to the files."""
+    metrics = dict(run.final.metrics)
+    skill = _table(SKILL_ROWS, metrics)
+    if not skill:
+        skill = ("<p class='note'>This run measured no deposit-level held-out figures; score the predicted map "
+                 "with Evaluate probability map and this model to get them.</p>")
+    elif not metrics.get("val_n_deposits"):
+        skill += ("<p class='note'>No deposit lies in the validation blocks, so skill is not measured here: "
+                  "cross-validate (several held-out folds) to measure it.</p>")
+    members = getattr(run, "members", 1)
+    facts = (f"{html.escape(run.name)}{f', an ensemble of {members} members' if members > 1 else ''}; "
+             f"{run.epoch} epoch(s) in the model, {run.epochs_run} trained in this run, "
+             f"{run.training_time / 60:.1f} min; {run.num_params:,} parameters.")
+    links = "".join(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>'
+                    for name in ("metrics.json", "train.log", "config.json", "validation_blocks.gpkg")
+                    if (folder / name).is_file())
+    checkpoint = Path(run.checkpoint)
+    title = checkpoint.stem if checkpoint.stem not in ("checkpoint", "model") else f"{checkpoint.parent.name}/{checkpoint.stem}"
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>Training report: {html.escape(run.name)}</title><style>{STYLE}</style></head><body>\n"
+        f"<h1>Training report: {html.escape(title)}</h1>\n<p>{facts}<br>Model file: "
+        f"<code>{html.escape(str(checkpoint))}</code><br>Written "
+        f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p>\n"
+        "<h2>Held-out skill</h2><p class='note'>Deposits in the validation blocks, which training never saw, "
+        "ranked against the validation area: the honest measure of skill (0.5 = a random map).</p>"
+        f"{skill}{_image(folder, figures.get('capture'), 'held-out capture')}\n"
+        "<h2>Fit, not skill</h2><p class='note'>Training deposits against the training area: how well the "
+        "model learnt what it was shown. Far above the held-out figures means it memorised.</p>"
+        f"{_table(FIT_ROWS, metrics) or '<p class=note>Not measured in this run.</p>'}\n"
+        "<h2>Pixels</h2>" + _table(PIXEL_ROWS, metrics) + "\n"
+        "<h2>Validation blocks</h2><p class='note'>Held-out blocks (red, dashed; QGIS loads them as a layer) "
+        "over the usable area (grey), with the training and held-out deposits.</p>"
+        f"{_image(folder, figures.get('blocks'), 'validation blocks')}\n"
+        f"<h2>Training curves</h2>{_image(folder, figures.get('curves'), 'curves')}\n"
+        + "".join(_image(folder, p, "validation example") for p in sorted((folder / "figures").glob("validation_*.png"))
+                  if p.name != "validation_blocks.png")
+        + f"\n{_settings(folder)}\n<h2>Files</h2><ul>{links}</ul>\n</body></html>\n"
+    )
+    return write_text_atomic(folder / "report.html", page)
+
+
+def write_reports(runs: Sequence[Any], log: LogFn) -> Path:
+    """Writes the report files of the latest run (metrics.pkl holds every model of this call); returns
+    its report.html."""
     run = runs[-1]
     folder = Path(run.output_dir)
     write_metrics_pkl(runs, folder / "output_data" / "metrics.pkl")
     write_metrics_json(run, folder / "metrics.json")
+    figures: Dict[str, Optional[Path]] = {"curves": None, "blocks": None, "capture": None}
     if run.history:
-        write_curves(run, folder / "figures" / "curves.png")
+        figures["curves"] = folder / "figures" / "curves.png"
+        write_curves(run, figures["curves"])
     write_validation_images(run, folder / "figures")
-    log(f"{run.name}: outputs written to {folder}")
+    if getattr(run, "block_map", None) is not None:
+        figures["blocks"] = write_block_map(run.block_map, folder / "figures" / "validation_blocks.png",
+                                            f"{run.name}: validation blocks")
+    figures["capture"] = write_capture_figure(run.final.metrics, folder / "figures" / "capture.png",
+                                              f"{run.name}: held-out capture")
+    report = write_training_report(run, folder, figures)
+    log(f"{run.name}: outputs written to {folder}; training report {report}")
+    return report

@@ -663,6 +663,7 @@ class ModelRun:
     num_params: int
     training_time: float
     members: int = 1
+    block_map: Optional[Any] = None  # reports.BlockMap: the validation blocks and deposits, for the report
 
 
 def _loader(dataset: TileDataset, batch_size: int, config: TrainConfig, indices: Optional[List[int]] = None,
@@ -1000,8 +1001,11 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         history = outcomes[-1].history if outcomes else list((resumed or {}).get("history") or [])
     epoch = outcomes[-1].epoch if outcomes else int((resumed or {}).get("epoch", 0))
     progress(1.0)
+    from .reports import BlockMap
+
     return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, epoch, final, history,
-                    count_parameters(eval_step.model), training_time, max(1, members))
+                    count_parameters(eval_step.model), training_time, max(1, members),
+                    BlockMap.of(data.usable, td.split.val_blocks, data.labels.positive_points))
 
 
 def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Optional[Dict[str, Any]],
@@ -1142,5 +1146,6 @@ def _result(run: ModelRun) -> Dict[str, Any]:
         "epochs_run": run.epochs_run,
         "epoch": run.epoch,
         "members": run.members,
+        "report": str(Path(run.output_dir) / "report.html"),
         "metrics": _json_safe({k: run.final.metrics[k] for k in METRIC_KEYS}),
     }

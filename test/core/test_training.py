@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -52,8 +53,17 @@ def test_train_writes_every_output_and_a_loadable_checkpoint(tiny_stack, tiny_po
     assert info["output_dir"] == str(folder) and info["epochs_run"] == 2
     assert all(math.isfinite(info["metrics"][k]) for k in ("val_loss", "val_iou", "val_accuracy"))
     for rel in ("checkpoint.pt", "config.json", "metrics.json", "train.log", "validation_blocks.gpkg",
-                "output_data/metrics.pkl", "figures/curves.png", "figures/validation_0.png"):
+                "output_data/metrics.pkl", "figures/curves.png", "figures/validation_0.png",
+                "figures/validation_blocks.png", "report.html"):
         assert (folder / rel).is_file(), rel
+    # One HTML training report: held-out skill first, then fit, then pixels, with the figures it names.
+    assert info["report"] == str(folder / "report.html")
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert page.index("Held-out skill") < page.index("Fit, not skill") < page.index("Pixels")
+    for image in re.findall(r'<img src="([^"]+)"', page):
+        assert (folder / image).is_file(), image
+    assert 'src="figures/validation_blocks.png"' in page and 'src="figures/curves.png"' in page
+    assert f"{info['metrics']['val_roc_auc']:.3f}" in page
     assert (folder / "figures" / "validation_0.png").read_bytes()[:4] == b"\x89PNG"
 
     ckpt = load_checkpoint(folder / "checkpoint.pt")

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from qgis_helpers import QGIS_PROCESS, SIZE, TILE, TinyData, qgis_process_env
+from qgis_helpers import QGIS_PROCESS, SIZE, TILE, TinyData, make_evidence_layers, qgis_process_env
 
 
 @pytest.fixture(scope="module")
@@ -23,31 +23,38 @@ def env(plugins_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str
 
 
 def run_json(env: Dict[str, str], alg: str, params: Dict[str, Any]) -> Dict[str, Any]:
-    """`qgis_process.bin run ALG --json -- KEY=VALUE ...` -> its JSON (fails with stderr's tail)."""
-    cmd: List[str] = [QGIS_PROCESS, "run", alg, "--json", "--", *(f"{k}={v}" for k, v in params.items())]
+    """`qgis_process.bin run ALG --json -- KEY=VALUE ...` -> its JSON (fails with stderr's tail); a list
+    value repeats its key (INPUT=a.tif INPUT=b.tif), as users give several layers."""
+    pairs = [(k, item) for k, v in params.items() for item in (v if isinstance(v, list) else [v])]
+    cmd: List[str] = [QGIS_PROCESS, "run", alg, "--json", "--", *(f"{k}={v}" for k, v in pairs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{alg} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
 
 
 @pytest.mark.slow
-def test_train_then_predict_under_qgis_process(env: Dict[str, str], tiny_data: TinyData, tmp_path: Path) -> None:
+def test_evidence_layers_train_then_predict_under_qgis_process(env: Dict[str, str], tiny_data: TinyData,
+                                                               tmp_path: Path) -> None:
+    """Several evidence layers as repeated INPUT= arguments, a categorical one by name, no model path:
+    the model is kept in a new folder under ~/StackSegmenter/runs (HOME points at a temporary folder here)."""
     import rasterio
 
-    model = tmp_path / "model.pt"
-    trained = run_json(env, "stacksegmenter:trainsegmenter", {
-        "INPUT": tiny_data.raster, "LABELS": tiny_data.labels_shp, "OUTPUT_MODEL": model, "EPOCHS": 1,
+    layers = [str(p) for p in make_evidence_layers(tiny_data, tmp_path / "evidence").paths]
+    home = tmp_path / "home"
+    home.mkdir()
+    trained = run_json({**env, "HOME": str(home)}, "stacksegmenter:trainsegmenter", {
+        "INPUT": layers, "CATEGORICAL_BANDS": "lithology", "LABELS": tiny_data.labels_shp, "EPOCHS": 1,
         "TILE_SIZE": TILE, "DEVICE": "cpu"})
     results = trained["results"]
-    assert Path(results["OUTPUT_MODEL"]) == model and model.is_file()
+    model, folder = Path(results["OUTPUT_MODEL"]), Path(results["OUTPUT_FOLDER"])
+    assert model.is_file() and model.parent == folder and folder.parent == home / "StackSegmenter" / "runs"
     assert results["EPOCHS_RUN"] == 1
     assert isinstance(results["VAL_LOSS"], float)
-    # No folder given: a temporary one (QGIS removes its temporary files when qgis_process exits).
-    assert results["OUTPUT_FOLDER"] and "processing" in results["OUTPUT_FOLDER"]
+    assert Path(results["OUTPUT_HTML"]).is_file()
 
     prob = tmp_path / "probability.tif"
     predicted = run_json(env, "stacksegmenter:predictprobabilitymap",
-                         {"INPUT": tiny_data.raster, "MODEL": model, "OUTPUT": prob})
+                         {"INPUT": [layers[0], *reversed(layers[1:])], "MODEL": model, "OUTPUT": prob})
     assert Path(predicted["results"]["OUTPUT"]) == prob
     with rasterio.open(prob) as src:
         assert (src.width, src.height, src.count) == (SIZE, SIZE, 1)
@@ -55,6 +62,17 @@ def test_train_then_predict_under_qgis_process(env: Dict[str, str], tiny_data: T
     assert 0.0 <= float(data.min()) <= float(data.max()) <= 1.0
     assert data.mask[:8, :8].all(), "input nodata must stay nodata"
     assert prob.with_suffix(".qml").is_file()
+
+
+def test_build_evidence_stack_takes_repeated_inputs(env: Dict[str, str], tiny_data: TinyData, tmp_path: Path) -> None:
+    import rasterio
+
+    layers = [str(p) for p in make_evidence_layers(tiny_data, tmp_path / "evidence").paths]
+    out = run_json(env, "stacksegmenter:buildevidencestack",
+                   {"INPUT": layers, "CATEGORICAL_BANDS": "lithology", "OUTPUT": tmp_path / "stack.tif"})
+    assert out["results"]["BAND_NAMES"] == "signal, noise_fine, noise_coarse, lithology"
+    with rasterio.open(tmp_path / "stack.tif") as src:
+        assert src.count == 4 and (src.width, src.height) == (SIZE, SIZE)
 
 
 def test_predict_with_uncertainty_under_qgis_process(env: Dict[str, str], trained_ensemble: Dict[str, Any],

@@ -119,6 +119,24 @@ def test_several_layers_with_different_pixel_sizes_train(multi_trained: Dict[str
     assert any(re.match(r"categorical band 4 \(lithology\): 3 code", line) for line in multi_trained["infos"])
 
 
+def test_training_report_is_an_html_output_for_the_results_viewer(plugin: Any,
+                                                                  multi_trained: Dict[str, Any]) -> None:
+    """One HTML page per run (OUTPUT_HTML, listed by the Results Viewer): held-out skill, fit, pixels, the
+    validation-block map with the deposits, the curves; every image it shows is there."""
+    from qgis.core import QgsApplication
+
+    alg = QgsApplication.processingRegistry().algorithmById("stacksegmenter:trainsegmenter")
+    assert alg.outputDefinition("OUTPUT_HTML").type() == "outputHtml"
+    report = Path(multi_trained["OUTPUT_HTML"])
+    assert report.is_file() and report.parent.parent == Path(multi_trained["OUTPUT_FOLDER"])
+    page = report.read_text(encoding="utf-8")
+    assert page.index("Held-out skill") < page.index("Fit, not skill") < page.index("Validation blocks")
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert "figures/validation_blocks.png" in images and "figures/curves.png" in images
+    assert all((report.parent / image).is_file() for image in images)
+    assert "lithology" in page  # the settings name the categorical band
+
+
 def test_predict_maps_layers_by_name_in_any_order(multi_trained: Dict[str, Any], evidence: EvidenceLayers,
                                                   tmp_path: Path) -> None:
     import processing
