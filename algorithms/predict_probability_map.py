@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
+    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
@@ -19,6 +20,7 @@ from qgis.core import (
 
 from . import evidence, styling
 from .base import StackSegmenterAlgorithm
+from .worker import WorkerCancelled
 
 Integer = QgsProcessingParameterNumber.Type.Integer
 Double = QgsProcessingParameterNumber.Type.Double
@@ -109,7 +111,11 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         args = self._args(parameters, context, feedback, model, stack.path, output)
         if spread:
             args += ["--uncertainty_path", spread]
-        result = self.run_core("predict", args, feedback, python)
+        try:
+            result = self.run_core("predict", args, feedback, python)
+        except WorkerCancelled:
+            kept = self.tr(" (the earlier map at {} is unchanged)").format(output) if Path(output).is_file() else ""
+            raise QgsProcessingException(self.tr("Cancelled. No map was written{}.").format(kept)) from None
         written = str(result.get("output_path") or output)
         self._finish(written, output, styling.layer_name(model, bool(result.get("calibrated", True))),
                      "probability", context, feedback)

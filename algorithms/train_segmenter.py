@@ -254,6 +254,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         epochs: List[int] = []
         try:
             stack = plan.write(run.folder / "evidence_stack.vrt", categorical, feedback)
+            feedback.setProgress(0.5)  # inputs ready: the bar moves before the worker has started
             args += ["--raster_path", stack.path, *self._categorical_args(categorical, stack.band_names)]
             args += ["--models", architecture, "--checkpoint_path", str(run.model), "--output_path", str(run.folder)]
             result = self.run_core("train", args, feedback, python,

@@ -185,10 +185,11 @@ def is_global_raster(info: RasterInfo) -> bool:
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None
                    ) -> RasterData:
     """Reads the raster's metadata, burns the labels and finds the usable pixels (``progress`` 0..1)."""
+    progress(0.0)
     info = read_info(config.raster_path)
     labels = rasterize_labels(config.labels, info, log)
-    progress(0.1)
-    usable = read_valid_mask(config.raster_path, lambda f: progress(0.1 + 0.9 * f))
+    progress(0.2)
+    usable = read_valid_mask(config.raster_path, lambda f: progress(0.2 + 0.8 * f))
     if labels.study_mask is not None:
         usable &= labels.study_mask
     if not usable.any():
@@ -1098,7 +1099,7 @@ def train(
         resumes = check_train_targets(config, [s.name for s in specs], runlog)  # before anything is read
         device = pick_device(config.device, dist)
         autocast = autocast_for(config.amp_mode, device)
-        data = prepare_raster(config, runlog, lambda f: cb.progress(PREPARATION * 0.6 * f))
+        data = prepare_raster(config, runlog, lambda f: cb.progress(PREPARATION * (0.2 + 0.4 * f)))
         for spec in specs:  # every refusal comes before the first file of any model is written
             ckpt = resumes[spec.name]
             if ckpt is not None:

@@ -264,3 +264,19 @@ def test_resume_without_a_model_path_is_refused_before_anything_is_written(
                                                      '"Trained model"'):
         processing.run("stacksegmenter:trainsegmenter", params)
     assert not (tmp_path / "StackSegmenter").exists()
+
+
+def test_cancelled_predict_says_no_map_was_written(plugin: Any, trained: Dict[str, Any], tiny_data: TinyData,
+                                                   tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "map.tif"
+    out.write_bytes(b"an earlier map")
+    feedback = Recording()
+    feedback.cancel()  # the worker is stopped as soon as it starts
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("stacksegmenter:predictprobabilitymap", {
+            "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": str(out)}, feedback=feedback)
+    assert str(info.value) == f"Cancelled. No map was written (the earlier map at {out} is unchanged)."
+    assert out.read_bytes() == b"an earlier map"
