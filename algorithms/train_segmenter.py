@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsProcessing,
@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from ..core.config import AMP_MODES, LOSSES, MAX_ENSEMBLE, TrainConfig
@@ -246,22 +247,47 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         python = self.worker_python()
         architecture = PRESET_MODELS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
         args = self._option_args(parameters, context)  # checks the options before anything is written
-        plan = self.evidence_plan(parameters, context, feedback)
-        categorical = evidence.resolve_bands(self.parameterAsString(parameters, self.CATEGORICAL_BANDS, context),
-                                             plan.names, self.tr("Categorical bands"))
+        plan, categorical = self._evidence(parameters, context, feedback)
         args += self._label_args(parameters, context, feedback)
         run = self._run_folder(parameters, context, architecture)
         epochs: List[int] = []
         try:
-            stack = plan.write(run.folder / "evidence_stack.vrt", categorical, feedback)
+            args += self._evidence_args(plan, categorical, run.folder / "evidence_stack.vrt", feedback)
             feedback.setProgress(0.5)  # inputs ready: the bar moves before the worker has started
-            args += ["--raster_path", stack.path, *self._categorical_args(categorical, stack.band_names)]
             args += ["--models", architecture, "--checkpoint_path", str(run.model), "--output_path", str(run.folder)]
             result = self.run_core("train", args, feedback, python,
                                    on_metric=lambda m: epochs.append(int(m.get("epoch") or 0)))
         except QgsProcessingException as exc:
             raise self._ended_early(exc, parameters, run, epochs, feedback) from None
         return self._outputs(result, architecture, run, context)
+
+    def _input_args(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback, vrt: Optional[Path] = None) -> List[str]:
+        """The evidence (stacked into ``vrt``, a temporary file by default), its categorical bands and the
+        labels, as the core's flags: what Train passes, for tools built on Train (Cross-validate)."""
+        plan, categorical = self._evidence(parameters, context, feedback)
+        vrt = vrt or Path(QgsProcessingUtils.generateTempFilename("evidence_stack.vrt"))
+        return (self._evidence_args(plan, categorical, vrt, feedback, by_name=False)
+                + self._label_args(parameters, context, feedback))
+
+    def _evidence(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                  feedback: QgsProcessingFeedback) -> Tuple[evidence.StackPlan, List[int]]:
+        """The evidence layers' stack, worked out, and the categorical bands (checked: nothing written yet)."""
+        plan = self.evidence_plan(parameters, context, feedback)
+        text = self.parameterAsString(parameters, self.CATEGORICAL_BANDS, context)
+        return plan, evidence.resolve_bands(text, plan.names, self.tr("Categorical bands"))
+
+    @staticmethod
+    def _evidence_args(plan: evidence.StackPlan, categorical: List[int], vrt: Path,
+                       feedback: QgsProcessingFeedback, by_name: bool = True) -> List[str]:
+        """--raster_path (the stack, written now) and --categorical_bands: by name (config.json and the
+        report then say which), by number where a name could read as a number or a flag, or when the
+        core command takes numbers only (``by_name=False``)."""
+        stack = plan.write(vrt, categorical, feedback)
+        names = stack.band_names
+        values = [names[b - 1] if by_name and not (names[b - 1].isdigit() or names[b - 1].startswith("-"))
+                  else str(b) for b in categorical]
+        return ["--raster_path", stack.path] + (["--categorical_bands", *values] if values else [])
 
     def _run_folder(self, parameters: Dict[str, Any], context: QgsProcessingContext, architecture: str) -> RunFolder:
         """The run's folder and model path: as given, else a new lasting folder (never a temporary one)."""
@@ -314,14 +340,6 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         if mask is not None:
             args += ["--mask_path", self.vector_uri(mask)]
         return args
-
-    @staticmethod
-    def _categorical_args(bands: List[int], names: List[str]) -> List[str]:
-        """By name (config.json and the report then say which), by number where a name could read as a
-        number or a flag."""
-        values = [names[b - 1] if not (names[b - 1].isdigit() or names[b - 1].startswith("-")) else str(b)
-                  for b in bands]
-        return ["--categorical_bands", *values] if bands else []
 
     def _option_args(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> List[str]:
         p = parameters

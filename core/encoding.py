@@ -223,7 +223,7 @@ def robust_mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, std if std > 1e-12 else 1.0
 
 
-def _check_bands(categorical_bands: Sequence[int | str], names: Sequence[str]) -> List[int]:
+def categorical_band_numbers(categorical_bands: Sequence[int | str], names: Sequence[str]) -> List[int]:
     """Band numbers (1-based) and band names (exact, else ignoring case) -> sorted 1-based numbers."""
     count = len(names)
     folded = {n.lower(): i for i, n in reversed(list(enumerate(names, start=1)))}
@@ -304,7 +304,7 @@ def fit_encoder(
     rng = np.random.default_rng(seed)
     with open_raster(raster_path) as src:
         names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
-        bands = _check_bands(categorical_bands, names)
+        bands = categorical_band_numbers(categorical_bands, names)
         cover = coverage_mask((src.height, src.width), windows, mask)
         reservoir = _Reservoir(max_samples, rng)
         found: Dict[int, Dict[float, int]] = {b: {} for b in bands}

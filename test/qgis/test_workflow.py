@@ -280,3 +280,20 @@ def test_cancelled_predict_says_no_map_was_written(plugin: Any, trained: Dict[st
             "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": str(out)}, feedback=feedback)
     assert str(info.value) == f"Cancelled. No map was written (the earlier map at {out} is unchanged)."
     assert out.read_bytes() == b"an earlier map"
+
+
+def test_tools_built_on_train_get_the_same_evidence_arguments(plugin: Any, tiny_data: TinyData,
+                                                              evidence: EvidenceLayers) -> None:
+    """Cross-validate reuses Train's inputs: `_input_args` stacks the layers and passes the categorical band."""
+    import rasterio
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("stacksegmenter:trainsegmenter")
+    args = alg._input_args({"INPUT": [str(p) for p in evidence.paths], "CATEGORICAL_BANDS": "lithology",
+                            "LABELS": str(tiny_data.labels_shp), "LABEL_FIELD": "label"},
+                           QgsProcessingContext(), QgsProcessingFeedback())
+    raster = args[args.index("--raster_path") + 1]
+    assert args[args.index("--categorical_bands") + 1] == "4"
+    assert args[args.index("--shapefile_path") + 1] == str(tiny_data.labels_shp)
+    with rasterio.open(raster) as src:
+        assert src.descriptions == ("signal", "noise_fine", "noise_coarse", "lithology")
