@@ -11,7 +11,9 @@ STAMP="$VENV/.setup-stamp"
 
 APT_PACKAGES=(qgis python3-qgis qgis-providers python3-rasterio python3-geopandas proj-bin
   python3-venv python3-matplotlib python3-sklearn python3-scipy python3-pandas python3-tqdm python3-pytest
-  xvfb zip)
+  xvfb zip python3-pip)
+# python3-pip: a test makes an environment the way "Set up worker environment" does on a Debian
+# without python3-venv's ensurepip, with the pip of QGIS's Python.
 
 missing_apt=()
 for p in "${APT_PACKAGES[@]}"; do
