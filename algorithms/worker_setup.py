@@ -436,8 +436,8 @@ def set_up(folder: Path, build: str, feedback: QgsProcessingFeedback) -> SetupRe
         _remove(folder, feedback)
         if feedback.isCanceled():
             raise QgsProcessingException(
-                f"Cancelled: the half-made environment was removed ({folder}); the setting 'Worker Python' is "
-                "unchanged.") from None
+                f"Cancelled: the half-made environment was removed ({folder}); the setting 'Worker Python' was "
+                "not pointed at it.") from None
         if isinstance(exc, QgsProcessingException):
             raise QgsProcessingException(f"{exc}\nThe half-made environment was removed ({folder}).") from None
         raise
