@@ -12,6 +12,7 @@ from qgis.PyQt.QtGui import QIcon
 from .algorithms.base import COMMON_TAGS, WORKER_PYTHON_SETTING, help_url
 from .algorithms.build_evidence_stack import BuildEvidenceStackAlgorithm
 from .algorithms.check_environment import CheckEnvironmentAlgorithm
+from .algorithms.cross_validate import CrossValidateAlgorithm
 from .algorithms.evaluate_probability_map import EvaluateProbabilityMapAlgorithm
 from .algorithms.predict_probability_map import PredictProbabilityMapAlgorithm
 from .algorithms.setup_worker_environment import SetupWorkerEnvironmentAlgorithm
@@ -26,6 +27,7 @@ ALGORITHMS = (
     PredictProbabilityMapAlgorithm,
     EvaluateProbabilityMapAlgorithm,
     BuildEvidenceStackAlgorithm,
+    CrossValidateAlgorithm,
     CheckEnvironmentAlgorithm,
     SetupWorkerEnvironmentAlgorithm,
 )

@@ -23,6 +23,10 @@ from .base import StackSegmenterAlgorithm
 
 #: (output id, metrics key, label) of the numeric outputs.
 SCORE_OUTPUTS = (
+    ("HELDOUT_PREDICTION_RATE_AUC", "heldout_prediction_rate_auc",
+     "Held-out skill: prediction-rate AUC of held-out deposits in the held-out area"),
+    ("HELDOUT_TOP10", "heldout_top10", "Held-out skill: % of held-out deposits in the top 10 % of the held-out area"),
+    ("HELDOUT_N_DEPOSITS", "heldout_n_deposits", "Held-out deposits scored"),
     ("ROC_AUC", "roc_auc", "ROC AUC (pixels)"),
     ("PR_AUC", "pr_auc", "PR AUC (pixels)"),
     ("SUCCESS_RATE_AUC", "success_rate_auc", "Success-rate AUC (all deposits)"),
@@ -46,13 +50,14 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     POINT_BUFFER = "POINT_BUFFER"
     MASK = "MASK"
     MODEL = "MODEL"
+    TEST_AREA = "TEST_AREA"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_HTML = "OUTPUT_HTML"
 
     FLAGS = {
         "--probability_map": PROBABILITY_MAP, "--labels": LABELS, "--shapefile_path": LABELS,
         "--label_column": LABEL_FIELD, "--positive_values": POSITIVE_VALUES, "--point_buffer": POINT_BUFFER,
-        "--mask_path": MASK, "--checkpoint": MODEL, "--output_dir": OUTPUT_FOLDER,
+        "--mask_path": MASK, "--checkpoint": MODEL, "--test_area": TEST_AREA, "--output_dir": OUTPUT_FOLDER,
     }
 
     ICON = "evaluate.svg"
@@ -95,6 +100,11 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                                             extension="pt", optional=True),
                  "The model's .pt file: splits deposits into training-area ones (success rate) and held-out "
                  "validation-block ones (prediction rate).")
+        self.add(QgsProcessingParameterFeatureSource(
+            self.TEST_AREA, self.tr("Test area (held out)"), [QgsProcessing.SourceType.TypeVectorPolygon],
+            optional=True),
+            "Polygons of ground the model never saw: deposits inside are scored against the map inside them "
+            "(held-out skill, reported first); used instead of the trained model's validation blocks.")
         self.add(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")),
                  "Where metrics.json, the CSV curves, the PNG plots and summary.html are written.")
         self.addOutput(QgsProcessingOutputHtml(self.OUTPUT_HTML, self.tr("Evaluation summary")))
@@ -138,6 +148,9 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         model = self.parameterAsFile(p, self.MODEL, context)
         if model:
             args += ["--checkpoint", model]
+        test_area = self.vector_file(p, self.TEST_AREA, context, feedback)
+        if test_area is not None:
+            args += ["--test_area", self.vector_uri(test_area)]
         return args
 
 
@@ -149,6 +162,19 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return html.escape(str(value))
+
+
+def _heldout_paragraph(metrics: Dict[str, Any]) -> str:
+    """The lead: held-out skill with its interval, or a plain note that none was measured."""
+    auc = metrics.get("heldout_prediction_rate_auc")
+    if auc is None:
+        return ("<p><b>Held-out skill not measured</b>: give the trained model (its validation blocks) or a test "
+                "area; the figures below include deposits the model may have trained on (fit, not skill).</p>\n")
+    lo, hi = metrics.get("heldout_prediction_rate_auc_lo"), metrics.get("heldout_prediction_rate_auc_hi")
+    ci = f" (95 % interval {_format(lo)} to {_format(hi)})" if lo is not None else ""
+    return (f"<p><b>Held-out skill</b>: {metrics.get('heldout_n_deposits')} deposit(s) in the "
+            f"{html.escape(str(metrics.get('heldout_area')))}: prediction-rate AUC <b>{_format(auc)}</b>{ci}; the "
+            f"top 10 % of that area holds {_format(metrics.get('heldout_top10'))} % of them.</p>\n")
 
 
 def write_summary_html(folder: Path, metrics: Dict[str, Any], files: Dict[str, str], map_name: str) -> Path:
@@ -167,8 +193,9 @@ def write_summary_html(folder: Path, metrics: Dict[str, Any], files: Dict[str, s
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Evaluation of "
         f"{html.escape(map_name)}</title></head><body>\n"
         f"<h2>Evaluation of {html.escape(map_name)}</h2>\n"
-        "<p>ROC/PR AUC rank pixels; success-rate AUC and top-k rank deposits (0.5 = random). The prediction "
-        "rate uses only deposits in held-out validation blocks, so it measures skill.</p>\n"
+        + _heldout_paragraph(metrics) +
+        "<p>ROC/PR AUC rank pixels; success-rate AUC and top-k rank deposits (0.5 = random). Only deposits "
+        "the model never saw (validation blocks or a test area) measure skill; the others measure fit.</p>\n"
         "<table border='1' cellpadding='4' cellspacing='0'><tr><th>score</th><th>value</th></tr>\n"
         + "\n".join(rows) + "\n</table>\n" + "\n".join(images)
         + "\n<h3>Files</h3><ul>" + "".join(links) + "</ul>\n</body></html>\n",

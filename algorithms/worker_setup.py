@@ -38,8 +38,9 @@ TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 BUILDS = ("cpu", "cuda")
 BUILDING_MARKER = "stack_segmenter_building"
 #: torch-harmonics declares torch>=2.14 and would replace the pinned torch; without its
-#: dependencies it runs correctly on the pinned one (scripts/setup.sh says the same).
-NO_DEPS = ("torch-harmonics",)
+#: dependencies it runs correctly on the pinned one (scripts/setup.sh says the same). elapid
+#: (MaxEnt) would pull rtree/descartes wheels it does not need; its real needs are the worker's own.
+NO_DEPS = ("torch-harmonics", "elapid")
 #: Where Check environment tells Linux users with a system Python to make a venv by hand.
 MANUAL_ENV = Path.home() / "stack_segmenter_env"
 HEARTBEAT_SECONDS = 20.0

@@ -99,9 +99,39 @@ def _pipeline_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+CV_DEMO_LIMIT_S = 15 * 60.0
+
+
+def _skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Issue 9: baselines' cv under 2 GB on the full-size stack; demo cv (six baselines + the deep
+    default) within 15 minutes."""
+    out = []
+    mem = results.get("cv_memory")
+    stack = (results.get("meta") or {}).get("stack", {})
+    full = stack.get("bands", 0) >= 99 and stack.get("height", 0) * stack.get("width", 0) >= 2000 * 4000
+    if _ok(mem):
+        out.append(_target("baselines' cv peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", f"{mem['peak_rss_mb']:.0f} MB",
+                           mem["peak_rss_mb"] < PEAK_LIMIT_MB,
+                           "" if full else "measured on a smaller stack than the full 99 x 2000 x 4000"))
+    else:
+        out.append(_target("baselines' cv peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", "not measured", None))
+    demo = (((results.get("skill") or {}).get("datasets") or {}).get("demo") or {}).get("seeds") or {}
+    run = next((r for r in demo.values() if _ok(r)), None)
+    meta = (results.get("skill") or {}).get("meta") or {}
+    args = meta.get("args", {})
+    if run is not None and not args.get("quick") and args.get("models") and len(args.get("baselines") or []) == 6:
+        out.append(_target("demo cv: six baselines + deep default", f"<= {CV_DEMO_LIMIT_S / 60:.0f} min",
+                           f"{run['cv_wall_s'] / 60:.1f} min", run["cv_wall_s"] <= CV_DEMO_LIMIT_S,
+                           f"load average at start {meta.get('load_avg_start')}"))
+    else:
+        out.append(_target("demo cv: six baselines + deep default", f"<= {CV_DEMO_LIMIT_S / 60:.0f} min",
+                           "not measured", None))
+    return out
+
+
 def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Every target with what was measured and whether it was met (None = not measured)."""
-    return _predict_targets(results) + _pipeline_targets(results)
+    return _predict_targets(results) + _pipeline_targets(results) + _skill_targets(results)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -197,5 +227,14 @@ def render_report(results: Dict[str, Any]) -> str:
         if key is not None and not results.get(key):
             continue
         parts.append(f"\n## {title}\n\n{fn(results)}")
+    if results.get("skill"):
+        from .skill import render_skill
+
+        parts.append(f"\n## 6. Skill: spatial cross-validation (bench/skill.py)\n\n{render_skill(results['skill'])}")
+    mem = results.get("cv_memory")
+    if mem:
+        parts.append(f"\n## 7. Cross-validation of the six baselines on the benchmark stack\n\n"
+                     f"status {mem.get('status')}, wall {fmt(mem.get('cv_wall_s'), 0)} s, peak "
+                     f"{fmt(mem.get('peak_rss_mb'), 0)} MB {mem.get('error', '')}".rstrip())
     parts.append(f"\n## Targets\n\n{targets_table(results)}")
     return "\n".join(parts)

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 from bench.common import GIB, ChildLimits, check_disk_space, machine_info, run_child, write_results  # noqa: E402
 from bench.report import render_report, evaluate_targets  # noqa: E402
 
-BENCHMARKS = ("io", "baseline", "models", "pipeline", "predict")
+BENCHMARKS = ("io", "baseline", "models", "pipeline", "predict", "skill", "cv_memory")
 FULL = {"bands": 99, "height": 2000, "width": 4000, "sizes": [128, 256], "steps": 4, "s2_steps": 3}
 QUICK = {"bands": 99, "height": 512, "width": 1024, "sizes": [128], "steps": 2, "s2_steps": 1}
 PREDICT_MODEL = "unet_sc2_layers4_e32"
@@ -118,7 +118,7 @@ class Bench:
         return 4 * a.bands * a.height * a.width
 
     def needs_stack(self) -> bool:
-        return any(b in self.args.only for b in ("io", "baseline", "pipeline", "predict"))
+        return any(b in self.args.only for b in ("io", "baseline", "pipeline", "predict", "cv_memory"))
 
     def check_disk(self) -> None:
         """Uncompressed + deflate (<= raw) + the twice-as-large stack + maps and margin."""
@@ -210,6 +210,21 @@ class Bench:
             out[key] = self.child("predict_memory", params, f"prediction over the {key} stack")
         self.results["predict"] = out
 
+    def skill(self) -> None:
+        """bench/skill.py: cross-validation of the deep default and the baselines on three datasets."""
+        from bench.skill import parse_args as skill_args, run_skill
+
+        argv = ["--out-dir", str(self.work)] + (["--quick"] if self.args.quick else [])
+        self.results["skill"] = run_skill(skill_args(argv), log=self.log)
+
+    def cv_memory(self, paths: Dict[str, Path]) -> None:
+        """Peak memory of the baselines' cross-validation on the generated stack (target: < 2 GB)."""
+        labels = self.work / "labels.gpkg"
+        params = {"raster": str(paths["none"]), "labels": str(labels), "models": [], "folds": 5,
+                  "baselines": list(__import__("core.config", fromlist=["BASELINES"]).BASELINES),
+                  "out": str(self.work / "cv_memory")}
+        self.results["cv_memory"] = self.child("skill_cv", params, "cross-validation of the six baselines")
+
     def run(self) -> Dict[str, Any]:
         a = self.args
         self.results["meta"] = {
@@ -227,7 +242,7 @@ class Bench:
             if self.needs_stack():
                 self.check_disk()
                 paths = self.generate()
-            if "pipeline" in a.only:
+            if "pipeline" in a.only or "cv_memory" in a.only:
                 from bench.stack import write_point_labels
 
                 write_point_labels(self.work / "labels.gpkg", a.height, a.width)
@@ -241,6 +256,10 @@ class Bench:
                 self.pipeline(paths)
             if "predict" in a.only:
                 self.predict(paths)
+            if "cv_memory" in a.only:
+                self.cv_memory(paths)
+            if "skill" in a.only:
+                self.skill()
         finally:
             if a.keep:
                 self.log(f"generated files kept in {self.work}")

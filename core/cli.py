@@ -19,10 +19,10 @@ import traceback
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from .config import AMP_MODES, LOSSES, EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
+from .config import AMP_MODES, LOSSES, CVConfig, EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
 from .errors import Cancelled, ConfigError, CoreError, ResourceError
 from .events import Callbacks
-from .models.catalog import list_models
+from .models.catalog import DEFAULT_MODELS, list_models
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -69,7 +69,7 @@ def _pair_or_none(values: Optional[List[int]], flag: str) -> Optional[List[int]]
     return values * 2 if len(values) == 1 else values
 
 
-def _add_train(sub: Any) -> None:
+def _add_train(sub: Any) -> argparse.ArgumentParser:
     d = TrainConfig.defaults()
     p = sub.add_parser("train", help="train segmentation models on a raster stack and vector labels",
                        description="Train one or more segmentation models (each in turn) on a raster stack with "
@@ -134,6 +134,40 @@ def _add_train(sub: Any) -> None:
                         "number: one-hot encoded, not normalised; the 64 most frequent codes get a channel each, "
                         "rarer and unseen ones share 'other'")
     _add_events(p)
+    return p
+
+
+#: Train flags that make no sense per fold (cv trains from scratch, one process, its own folders).
+_NOT_FOR_CV = ("help", "events", "models", "output_path", "checkpoint_path", "resume", "overwrite", "enable_ddp")
+
+
+def _add_cv(sub: Any, train_parser: argparse.ArgumentParser) -> None:
+    from .config import BASELINES
+
+    p = sub.add_parser("cv", help="spatial cross-validation of models and built-in baselines on the same folds",
+                       description="Cuts the raster into --folds spatial folds balanced in deposits and area; for "
+                                   "each fold trains every candidate (registry models with Train's options, and "
+                                   "the per-pixel baselines) outside the fold and its buffer and predicts the "
+                                   "fold. Writes cv_results.csv (a row per fold x candidate), cv_summary.json, "
+                                   "cv_folds.gpkg and oof_<candidate>.tif (out-of-fold maps) into --output_path.")
+    for action in train_parser._actions:  # Train's inputs and options, so cv takes what train takes
+        if action.dest not in _NOT_FOR_CV:
+            p._add_action(action)
+    p.set_defaults(resume=False, overwrite=False, enable_ddp=False, checkpoint_path=None)
+    p.add_argument("--models", nargs="*", default=[DEFAULT_MODELS[0]], metavar="NAME",
+                   help=f"registry models to cross-validate (default {DEFAULT_MODELS[0]}; 'none' for baselines only)")
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), metavar="NAME",
+                   help="built-in per-pixel baselines (default all: " + " ".join(BASELINES) + "; 'none' for none)")
+    p.add_argument("--folds", type=int, default=5, help="number of spatial folds (default 5)")
+    p.add_argument("--block_size", type=int, default=None, help="block side in pixels (default automatic)")
+    p.add_argument("--buffer", type=int, default=None,
+                   help="pixels between a fold's test blocks and its training data (default 1/8 of the block side)")
+    p.add_argument("--background", type=int, default=20000,
+                   help="background pixels sampled per fold for the baselines (default 20000)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the deposits for the pooled 95 %% intervals (default 1000)")
+    p.add_argument("--output_path", default="cv_output", help="output folder (default cv_output)")
+    _add_events(p)
 
 
 def _add_predict(sub: Any) -> None:
@@ -173,6 +207,9 @@ def _add_evaluate(sub: Any) -> None:
     _add_label_options(p, ("--labels", "--shapefile_path"))
     p.add_argument("--checkpoint", default=None,
                    help="the model's checkpoint: splits deposits into training and held-out validation blocks")
+    p.add_argument("--test_area", default=None,
+                   help="polygons of ground the model never saw: deposits inside are scored as held out (skill) "
+                        "against the map inside them (instead of the checkpoint's validation blocks)")
     p.add_argument("--output_dir", required=True, help="folder for metrics.json, CSV and PNG (created)")
     _add_events(p)
 
@@ -195,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="python -m core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     sub.required = True
-    _add_train(sub)
+    _add_cv(sub, _add_train(sub))
     _add_predict(sub)
     _add_evaluate(sub)
     _add_demo(sub)
@@ -286,9 +323,24 @@ def predict_config_from_args(a: argparse.Namespace) -> PredictConfig:
     )
 
 
+def _names(values: Optional[List[str]]) -> List[str]:
+    """'none' (or nothing) means no candidate of that kind; commas also separate names."""
+    names = _split_values(values) or []
+    return [] if [n.lower() for n in names] in ([], ["none"]) else names
+
+
+def cv_config_from_args(a: argparse.Namespace) -> CVConfig:
+    """Train's flags (one placeholder model: cv names its own) plus the cross-validation ones."""
+    train = train_config_from_args(argparse.Namespace(**{**vars(a), "models": [DEFAULT_MODELS[0]]}))
+    return CVConfig(train=train, models=_names(a.models), baselines=_names(a.baselines), folds=a.folds,
+                    block_size=a.block_size, buffer=a.buffer, background=a.background, bootstrap=a.bootstrap,
+                    output_path=a.output_path)
+
+
 def evaluate_config_from_args(a: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(
-        probability_map=a.probability_map, labels=_label_options(a), checkpoint=a.checkpoint, output_dir=a.output_dir
+        probability_map=a.probability_map, labels=_label_options(a), checkpoint=a.checkpoint, output_dir=a.output_dir,
+        test_area=a.test_area,
     )
 
 
@@ -448,6 +500,13 @@ def _run_evaluate(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     return evaluate(config, progress=cb.progress, should_stop=cb.should_stop, log=cb.log)
 
 
+def _run_cv(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
+    config = cv_config_from_args(a)
+    from .cv import cv
+
+    return cv(config, progress=cb.progress, should_stop=cb.should_stop, log=cb.log, metric=cb.metric)
+
+
 def _run_demo(a: argparse.Namespace, cb: Callbacks) -> Dict[str, Any]:
     from .demo_data import make_demo_data
 
@@ -490,6 +549,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace, Callbacks], Dict[str, Any]]] =
     "train": _run_train,
     "predict": _run_predict,
     "evaluate": _run_evaluate,
+    "cv": _run_cv,
     "make-demo-data": _run_demo,
     "model-info": _run_model_info,
     "list-models": _run_list_models,

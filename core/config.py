@@ -287,6 +287,9 @@ class EvaluateConfig(_JsonConfig):
     labels: LabelOptions = field(default_factory=lambda: LabelOptions(labels_path="?"))
     checkpoint: Optional[str] = None
     output_dir: str = ""
+    test_area: Optional[str] = None
+    """Polygons of ground the model never saw: deposits inside are scored as held out (skill)
+    against the map inside them; takes the place of the checkpoint's validation blocks."""
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -295,3 +298,79 @@ class EvaluateConfig(_JsonConfig):
             raise ConfigError("--probability_map is required")
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
+
+
+#: The built-in per-pixel baselines of cross-validation (core/baselines.py), in report order.
+BASELINES: Tuple[str, ...] = (
+    "weights_of_evidence", "maxent", "logistic", "random_forest", "gradient_boosting", "best_band",
+)
+
+
+@dataclass
+class CVConfig(_JsonConfig):
+    """Spatial cross-validation of registry models and per-pixel baselines on the same folds.
+
+    ``train`` holds the inputs and the deep models' training options (as Train takes them);
+    its ``models`` and output paths are not used: ``models`` lists the deep candidates
+    (may be empty), each trained per fold with ``train``'s options.
+
+    Attributes:
+        train: inputs and training options.
+        models: registry model names to cross-validate (candidates named as given).
+        baselines: built-in baselines (names in BASELINES).
+        folds: number of spatial folds k (>= 2).
+        block_size: block side in pixels (None: automatic).
+        buffer: pixels between a fold's test blocks and its training data (None: automatic).
+        background: background pixels sampled per fold for the baselines.
+        bootstrap: resamples of the deposits for the pooled 95 % intervals.
+        output_path: folder for cv_results.csv, cv_summary.json, oof_<candidate>.tif, ...
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(raster_path="?"))
+    models: List[str] = field(default_factory=lambda: [DEFAULT_MODELS[0]])
+    baselines: List[str] = field(default_factory=lambda: list(BASELINES))
+    folds: int = 5
+    block_size: Optional[int] = None
+    buffer: Optional[int] = None
+    background: int = 20000
+    bootstrap: int = 1000
+    output_path: str = "cv_output"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        models: List[str] = []
+        baselines: List[str] = []
+        for name in list(self.models) + list(self.baselines):
+            name = str(name).strip()
+            if name in BASELINES:
+                baselines.append(name)
+                continue
+            try:
+                models.append(parse_model_name(name).name)
+            except ConfigError:
+                raise ConfigError(
+                    f"unknown candidate {name!r}; valid baselines are {', '.join(BASELINES)}, and registry models "
+                    "such as unet_sc2_layers4_e32 (see `python -m core list-models`)"
+                ) from None
+        self.models = list(dict.fromkeys(models))
+        self.baselines = list(dict.fromkeys(baselines))
+        if not self.models and not self.baselines:
+            raise ConfigError("no candidate to cross-validate; give --models and/or --baselines")
+        if self.folds < 2:
+            raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+        if self.block_size is not None and self.block_size < 2:
+            raise ConfigError(f"--block_size must be at least 2 pixels, got {self.block_size}")
+        if self.buffer is not None and self.buffer < 0:
+            raise ConfigError(f"--buffer must be >= 0 pixels, got {self.buffer}")
+        if self.background < 100:
+            raise ConfigError(f"--background must be at least 100 pixels, got {self.background}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+        if not self.output_path:
+            raise ConfigError("--output_path is required")
+
+    @property
+    def candidates(self) -> List[str]:
+        """Every candidate, baselines first (they are fast), named as given."""
+        return self.baselines + self.models

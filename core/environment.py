@@ -27,6 +27,7 @@ WORKER_PACKAGES: Tuple[Tuple[str, str], ...] = (
     ("sklearn", "scikit-learn"),
     ("matplotlib", "matplotlib"),
     ("pandas", "pandas"),
+    ("elapid", "elapid"),  # MaxEnt, the cross-validation baseline (installed without its dependencies)
 )
 
 

@@ -21,7 +21,8 @@ from .config import EvaluateConfig
 from .errors import DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
 from .files import prepare_folder, write_atomic
-from .metrics import RateCurve, finite_or_none, latitude_weights, pixel_aucs, rate_curve
+from .metrics import (RateCurve, area_rank_fractions, bootstrap_mean_interval, finite_or_none, latitude_weights,
+                      pixel_aucs, rate_curve)
 
 Box = Tuple[float, float, float, float]
 
@@ -219,6 +220,7 @@ LABELS = {
     "all": "all deposits (success rate)",
     "train": "training-area deposits (success rate)",
     "validation": "held-out validation deposits (prediction rate)",
+    "test area": "held-out test-area deposits vs the test area (prediction rate)",
 }
 
 
@@ -312,6 +314,42 @@ def split_metrics(
     return metrics, {"train": train_curve, "validation": val_curve}
 
 
+def heldout_metrics(scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, held_out: np.ndarray,
+                    area: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Dict[str, Any]:
+    """The headline: held-out deposits against the held-out area only, with a 95 % bootstrap
+    interval over deposits (the area's weights, on geographic grids, shape the AUC; the
+    interval resamples deposits around it)."""
+    inside = area & scored.valid
+    w = scored.weights[inside] if scored.weights is not None else None
+    dep = scores[usable & held_out]
+    curve = rate_curve(scored.prob[inside], dep, w)
+    lo, hi = bootstrap_mean_interval(area_rank_fractions(scored.prob[inside], dep), n_boot, seed)
+    out: Dict[str, Any] = {"heldout_prediction_rate_auc": finite_or_none(curve.auc),
+                           "heldout_prediction_rate_auc_lo": lo, "heldout_prediction_rate_auc_hi": hi,
+                           "heldout_n_deposits": curve.n_deposits}
+    out.update({f"heldout_{k}": finite_or_none(v) for k, v in curve.top.items()})
+    return out
+
+
+def test_area_split(config: EvaluateConfig, info: Any, scored: ScoredMap, scores: np.ndarray, usable: np.ndarray,
+                    points: np.ndarray, area_scores: np.ndarray, area_weights: Optional[np.ndarray],
+                    log: LogFn) -> Tuple[Dict[str, Any], Dict[str, RateCurve]]:
+    """Deposits inside the user's test-area polygons are held out; the others measure fit."""
+    from .labels import rasterize_mask
+
+    assert config.test_area is not None
+    mask = rasterize_mask(config.test_area, info, log)
+    rc, inside = deposit_pixels(points, *scored.prob.shape)
+    held_out = np.zeros(len(rc), dtype=bool)
+    held_out[inside] = mask[rc[inside, 0], rc[inside, 1]]
+    train_curve = rate_curve(area_scores, scores[usable & ~held_out], area_weights)
+    metrics = _curve_metrics("train_", "train_success_rate_auc", train_curve)
+    metrics.update(heldout_metrics(scored, scores, usable, held_out, mask))
+    metrics["heldout_area"] = "test area"
+    test_curve = rate_curve(scored.prob[mask & scored.valid], scores[usable & held_out])
+    return metrics, {"train": train_curve, "test area": test_curve}
+
+
 def evaluate(
     config: EvaluateConfig,
     *,
@@ -364,10 +402,22 @@ def evaluate(
         "area_weighted": weights is not None,
     }
     metrics.update(_curve_metrics("", "success_rate_auc", curves["all"]))
-    if boxes is not None:
+    if config.test_area:
+        if boxes is not None:
+            cb.log("note: --test_area given: its deposits are the held-out ones (not the checkpoint's validation "
+                   "blocks)")
+        more, split = test_area_split(config, info, scored, scores, usable, label_raster.positive_points,
+                                      area_scores, area_weights, cb.log)
+        metrics.update(more)
+        curves.update(split)
+    elif boxes is not None:
         more, split = split_metrics(scored, scores, usable, label_raster.positive_points, boxes, area_scores,
                                     area_weights, labels)
+        held_out = in_boxes(to_map(label_raster.positive_points, scored.transform), boxes)
         metrics.update(more)
+        metrics.update(heldout_metrics(scored, scores, usable, held_out,
+                                       block_mask(prob.shape, scored.transform, boxes)))
+        metrics["heldout_area"] = "validation blocks"
         curves.update(split)
     cb.progress(0.7)
     cb.check_stop("evaluation stopped")
@@ -410,13 +460,25 @@ def _write_outputs(
 
 
 def _log_summary(metrics: Dict[str, Any], log: LogFn) -> None:
-    def f(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
+    """Held-out skill first (with its interval), then fit, then the pixel figures."""
+    def f(v: Any, digits: int = 3) -> str:
+        return "n/a" if v is None else f"{v:.{digits}f}"
 
-    log(f"pixels: ROC AUC {f(metrics['roc_auc'])}, PR AUC {f(metrics['pr_auc'])}; "
-        f"deposits ({metrics['n_deposits']}): success-rate AUC {f(metrics['success_rate_auc'])}, "
-        f"top 5 % of area {f(metrics.get('top5'))} %, top 20 % {f(metrics.get('top20'))} %")
-    if "prediction_rate_auc" in metrics:
-        log(f"held-out deposits ({metrics['val_n_deposits']}): prediction-rate AUC "
-            f"{f(metrics['prediction_rate_auc'])}; training-area deposits ({metrics['train_n_deposits']}): "
-            f"success-rate AUC {f(metrics['train_success_rate_auc'])}")
+    if "heldout_prediction_rate_auc" in metrics:
+        n = metrics["heldout_n_deposits"]
+        if n:
+            log(f"held-out skill ({n} deposit(s) in the {metrics['heldout_area']}, ranked against that area): "
+                f"prediction-rate AUC {f(metrics['heldout_prediction_rate_auc'])} [95 % "
+                f"{f(metrics['heldout_prediction_rate_auc_lo'])}, {f(metrics['heldout_prediction_rate_auc_hi'])}]; "
+                f"top 1/5/10/20 % of that area holds {f(metrics['heldout_top1'], 0)}/{f(metrics['heldout_top5'], 0)}/"
+                f"{f(metrics['heldout_top10'], 0)}/{f(metrics['heldout_top20'], 0)} % of them")
+        else:
+            log(f"held-out skill: no deposit lies in the {metrics['heldout_area']}; skill is not measured")
+        log(f"fit, not skill: the {metrics['train_n_deposits']} deposit(s) outside it: success-rate AUC "
+            f"{f(metrics['train_success_rate_auc'])}")
+    else:
+        log("note: no held-out area (--checkpoint of our training, or --test_area): the figures below include any "
+            "deposit the map's model trained on, so they measure fit, not skill")
+    log(f"all {metrics['n_deposits']} deposit(s): success-rate AUC {f(metrics['success_rate_auc'])}, "
+        f"top 5 % of area {f(metrics.get('top5'), 0)} %, top 20 % {f(metrics.get('top20'), 0)} %; "
+        f"pixels: ROC AUC {f(metrics['roc_auc'])}, PR AUC {f(metrics['pr_auc'])}")

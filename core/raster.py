@@ -287,6 +287,38 @@ def read_valid_mask(path: str | Path, progress: Optional[Callable[[float], None]
     return out
 
 
+def read_pixels(src: "rasterio.io.DatasetReader", rows: np.ndarray, cols: np.ndarray, size: int = CHUNK,
+                should_stop: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """All bands at scattered pixels, read chunk by chunk (each chunk once, only its needed part).
+
+    Why: per-pixel models sample a few thousand pixels from stacks that never fit in
+    memory; reading the bounding box of the chunk's pixels keeps memory at one chunk.
+    ``should_stop`` (called per chunk) may raise to cancel.
+
+    Returns:
+        data: float32 (N, C) in the order of ``rows``/``cols`` (invalid pixels hold 0).
+        valid: bool (N,).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    data = np.zeros((rows.size, src.count), dtype=np.float32)
+    valid = np.zeros(rows.size, dtype=bool)
+    if rows.size == 0:
+        return data, valid
+    key = (rows // size) * ((src.width + size - 1) // size) + cols // size
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for idx in np.split(order, bounds):
+        if should_stop is not None:
+            should_stop()
+        rr, cc = rows[idx], cols[idx]
+        r0, c0 = int(rr.min()), int(cc.min())
+        win, ok = read_window(src, r0, c0, int(rr.max()) - r0 + 1, int(cc.max()) - c0 + 1)
+        data[idx] = win[:, rr - r0, cc - c0].T
+        valid[idx] = ok[rr - r0, cc - c0]
+    return data, valid
+
+
 def box_to_map(box: Box, info: RasterInfo) -> Tuple[float, float, float, float]:
     """A pixel box as a map-coordinate box (left, bottom, right, top) in the raster's CRS."""
     r0, c0, r1, c1 = box

@@ -42,6 +42,7 @@ from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
 from .files import append_text, prepare_folder, write_text_atomic
+from .heldout import deposit_figures, skill_lines
 from .labels import LabelRaster, rasterize_labels
 from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
@@ -56,6 +57,8 @@ MAX_FIGURES = 4
 """validation_<i>.png images written per model."""
 MAX_VAL_PIXELS = 2_000_000
 """Validation pixels kept for the AUCs (a seeded subsample beyond that)."""
+SKILL_PREFIXES = ("val_prediction_rate", "val_top", "val_n_deposits", "train_")
+"""Keys of the deposit-level figures (heldout.deposit_figures) in the final metrics."""
 METRIC_KEYS = ("val_loss", "val_iou", "val_accuracy", "val_roc_auc", "val_pr_auc")
 PREPARATION = 0.05
 """Share of the progress bar for reading the labels, the valid pixels and the band statistics."""
@@ -182,12 +185,20 @@ def is_global_raster(info: RasterInfo) -> bool:
     return True
 
 
-def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None
-                   ) -> RasterData:
-    """Reads the raster's metadata, burns the labels and finds the usable pixels (``progress`` 0..1)."""
+def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
+                   area_mask: Optional[np.ndarray] = None) -> RasterData:
+    """Reads the raster's metadata, burns the labels and finds the usable pixels (``progress`` 0..1).
+
+    ``area_mask`` (bool (H, W)) narrows the study area: cross-validation passes a fold's
+    training pixels, so the split, the band statistics and every sample stay inside them.
+    """
     progress(0.0)
     info = read_info(config.raster_path)
     labels = rasterize_labels(config.labels, info, log)
+    if area_mask is not None:
+        if area_mask.shape != info.shape:
+            raise DataError(f"area mask {area_mask.shape} does not match the raster {info.shape}")
+        labels.study_mask = area_mask.copy() if labels.study_mask is None else labels.study_mask & area_mask
     progress(0.2)
     usable = read_valid_mask(config.raster_path, lambda f: progress(0.2 + 0.8 * f))
     if labels.study_mask is not None:
@@ -992,7 +1003,19 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
             log(f"note: {key_name} is undefined (validation pixels hold a single class); reported as NaN")
             break
     members = len(ensemble.finished)
-    log(_final_line(f"{spec.name} (ensemble of {members})" if members > 1 else spec.name, final.metrics))
+    label = f"{spec.name} (ensemble of {members})" if members > 1 else spec.name
+    from .evaluate import only_points
+
+    plain_train = TileDataset(config.raster_path, td.train_set.windows, data.labels.labels, td.encoder,
+                              td.train_set.study_mask, augment=False, spherical=td.whole_globe,
+                              memory=td.train_set.memory)
+    figures = deposit_figures(final_model, td.val_set, plain_train, data.info.shape, data.labels.positive_points,
+                              device, autocast, config.batch_size, config.seed,
+                              lambda: cb.check_stop("final evaluation"))
+    final.metrics.update(figures)  # held-out skill first, fit second (issue 9); pixel figures after
+    for line in skill_lines(label, figures):
+        log(line)
+    log(_final_line(label, final.metrics, points=only_points(data.labels.summary)))
     ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
     if ranking is not None:
         log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
@@ -1059,9 +1082,12 @@ def _pace(durations: List[float], epochs_left: int) -> str:
     return f"; {per_epoch:.1f} s/epoch, {left}"
 
 
-def _final_line(name: str, m: Dict[str, float]) -> str:
-    return (f"{name} final validation (best weights): loss {_fmt(m['val_loss'])}, mean IoU {_fmt(m['val_iou'])}, "
-            f"accuracy {_fmt(m['val_accuracy'])}, ROC AUC {_fmt(m['val_roc_auc'])}, PR AUC {_fmt(m['val_pr_auc'])}")
+def _final_line(name: str, m: Dict[str, float], points: bool = False) -> str:
+    """Pixel figures of the validation blocks; IoU and accuracy only for polygon labels (a few
+    buffered points make them meaningless; they stay in metrics.json)."""
+    extra = "" if points else f", mean IoU {_fmt(m['val_iou'])}, accuracy {_fmt(m['val_accuracy'])}"
+    return (f"{name} pixel figures of the validation blocks (best weights): ROC AUC {_fmt(m['val_roc_auc'])}, "
+            f"PR AUC {_fmt(m['val_pr_auc'])}, loss {_fmt(m['val_loss'])}{extra}")
 
 
 # ----------------------------------------------------------------------------- train()
@@ -1074,8 +1100,12 @@ def train(
     should_stop: Optional[StopFn] = None,
     log: Optional[LogFn] = None,
     metric: Optional[MetricFn] = None,
+    area_mask: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
     """Trains every model of ``config.models`` in turn.
+
+    ``area_mask`` (bool (H, W), for cross-validation) restricts everything (split, band
+    statistics, training and validation pixels) to those pixels of the raster.
 
     Returns ``{"models": {name: {"checkpoint", "output_dir", "epochs_run", "epoch",
     "metrics": {val_loss, val_iou, val_accuracy, val_roc_auc, val_pr_auc}}}}`` (undefined
@@ -1099,7 +1129,7 @@ def train(
         resumes = check_train_targets(config, [s.name for s in specs], runlog)  # before anything is read
         device = pick_device(config.device, dist)
         autocast = autocast_for(config.amp_mode, device)
-        data = prepare_raster(config, runlog, lambda f: cb.progress(PREPARATION * (0.2 + 0.4 * f)))
+        data = prepare_raster(config, runlog, lambda f: cb.progress(PREPARATION * (0.2 + 0.4 * f)), area_mask)
         for spec in specs:  # every refusal comes before the first file of any model is written
             ckpt = resumes[spec.name]
             if ckpt is not None:
@@ -1149,4 +1179,5 @@ def _result(run: ModelRun) -> Dict[str, Any]:
         "members": run.members,
         "report": str(Path(run.output_dir) / "report.html"),
         "metrics": _json_safe({k: run.final.metrics[k] for k in METRIC_KEYS}),
+        "skill": _json_safe({k: v for k, v in run.final.metrics.items() if k.startswith(SKILL_PREFIXES)}),
     }

@@ -38,8 +38,12 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -c constraints.txt -r requirements-dev.txt
 # torch-harmonics declares torch>=2.14; installed without deps it runs correctly on 2.13.
 "${PIP[@]}" install -c constraints.txt --no-deps torch-harmonics==0.9.3
+# elapid (MaxEnt, the cv baseline): 1.0.4+ needs numpy>=2; 1.0.1 runs on Debian's numpy 1.x. Its
+# dependencies come from Debian (geopandas, rasterio, scikit-learn, ...); --no-deps keeps pip from
+# fetching wheels that bundle their own GDAL/GEOS (rtree, descartes are not needed for MaxentModel).
+"${PIP[@]}" install -c constraints.txt --no-deps elapid==1.0.1
 "$VENV/bin/python" - <<'PY'
-import numpy, torch, torch_harmonics, rasterio, geopandas
+import numpy, torch, torch_harmonics, rasterio, geopandas, elapid
 assert numpy.__version__.startswith("1."), numpy.__version__
 assert "+cpu" in torch.__version__ or not torch.cuda.is_available(), torch.__version__
 print(f"setup: torch {torch.__version__}, torch-harmonics {torch_harmonics.__version__}, "

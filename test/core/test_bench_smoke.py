@@ -32,6 +32,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Dict
         "--bands", str(BANDS), "--height", str(HEIGHT), "--width", str(WIDTH), "--sizes", str(TILE),
         "--models", TINY_MODEL, "--predict-model", TINY_MODEL, "--steps", "1", "--pipeline-workers", "0",
         "--out-dir", str(base / "work"), "--results-dir", str(base / "results"), "--timeout", "240",
+        "--only", "io", "baseline", "models", "pipeline", "predict", "cv_memory",  # skill: its own smoke test
     ]
     proc = subprocess.run(cmd, cwd=str(base), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -187,3 +188,29 @@ def test_cuda_without_gpu_stops_before_any_work(repo_root: Path, tmp_path: Path)
     assert proc.returncode == 2
     assert "no CUDA GPU" in proc.stderr and "--device cpu" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing generated, no results written
+
+
+@pytest.mark.slow  # the skill benchmark's quick mode: cv of a tiny U-Net and the six baselines on tiny demo data
+def test_skill_quick_prints_the_table_and_writes_json(tmp_path: Path, repo_root: Path) -> None:
+    proc = subprocess.run([sys.executable, str(repo_root / "bench" / "skill.py"), "--quick", "--baselines",
+                           "logistic", "best_band", "--out-dir", str(tmp_path / "work"), "--results-dir",
+                           str(tmp_path / "results"), "--timeout", "600"],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "skill_latest.json").read_text())
+    run = results["datasets"]["demo"]["seeds"]["0"]
+    assert run["status"] == "ok" and run["peak_rss_mb"] > 0 and run["cv_wall_s"] > 0
+    assert set(run["candidates"]) == {"logistic", "best_band", "unet_sc2_layers2_e8"}
+    for c in run["candidates"].values():
+        assert 0.0 <= c["pooled"]["prediction_rate_auc"] <= 1.0 and -1.0 <= c["spearman_truth"] <= 1.0
+    assert "demo: Spearman with truth" in proc.stdout and "| best_band" in proc.stdout
+    assert not any((tmp_path / "work").glob("stack_segmenter_skill_*"))  # work files removed
+
+
+def test_cv_memory_measured_in_the_bench(bench_run: Dict[str, Any]) -> None:
+    mem = bench_run["results"]["cv_memory"]
+    assert mem["status"] == "ok" and mem["peak_rss_mb"] > 0
+    assert set(mem["candidates"]) == {"weights_of_evidence", "maxent", "logistic", "random_forest",
+                                      "gradient_boosting", "best_band"}
+    names = {t["name"] for t in bench_run["results"]["targets"]}
+    assert "baselines' cv peak memory" in names

@@ -136,9 +136,9 @@ def test_check_env_without_torch_reports_it(repo_root: Path) -> None:
     report = json.loads(res.stdout.splitlines()[-1])["value"]
     assert report["packages"]["torch"] is None
     assert any("torch" in p for p in report["problems"])
-    # Every package the worker imports is listed; here only the two pip must add are missing.
+    # Every package the worker imports is listed; here only the three pip must add are missing.
     assert set(report["packages"]) == {m for m, _ in WORKER_PACKAGES}
-    assert report["missing"] == ["torch", "torch-harmonics"] and report["torch_build"] is None
+    assert report["missing"] == ["torch", "torch-harmonics", "elapid"] and report["torch_build"] is None
     # Debian's system Python: PEP 668 refuses pip there, so the fix must be a venv (it can make one).
     assert report["venv"] is False and report["externally_managed"] is True and report["ensurepip"] is True
 

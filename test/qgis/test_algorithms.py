@@ -1,4 +1,4 @@
-"""The four Processing tools in real QGIS with the real worker (tiny dataset, tiny runs)."""
+"""The Processing tools in real QGIS with the real worker (tiny dataset, tiny runs)."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,11 @@ EXPECTED_PARAMETERS = {
     "stacksegmenter:evaluateprobabilitymap": [
         "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:buildevidencestack": ["INPUT", *GRID, "CATEGORICAL_BANDS", "OUTPUT"],
+    "stacksegmenter:crossvalidate": [
+        "INPUT", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODELS", "BASELINES", "FOLDS", "EPOCHS",
+        "BATCH_SIZE", "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE",
+        "AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS",
+        "BLOCK_SIZE", "BUFFER", "BACKGROUND", "OUTPUT_FOLDER"],
     "stacksegmenter:checkenvironment": [],
     "stacksegmenter:setupworker": ["TORCH_BUILD", "ENVIRONMENT_FOLDER"],
 }
@@ -36,12 +41,15 @@ ADVANCED = {
                                       "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY",
                                       "PU_PRIOR", *GRID},
     "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", *GRID},
+    "stacksegmenter:crossvalidate": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
+                                     "CATEGORICAL_BANDS", "BLOCK_SIZE", "BUFFER", "BACKGROUND"},
 }
 REQUIRED = {
     "stacksegmenter:trainsegmenter": {"INPUT", "LABELS"},  # the model and its folder default to a lasting place
     "stacksegmenter:predictprobabilitymap": {"INPUT", "MODEL", "OUTPUT"},
     "stacksegmenter:evaluateprobabilitymap": {"PROBABILITY_MAP", "LABELS", "OUTPUT_FOLDER"},
     "stacksegmenter:buildevidencestack": {"INPUT", "OUTPUT"},
+    "stacksegmenter:crossvalidate": {"INPUT", "LABELS"},
 }
 
 
@@ -357,6 +365,37 @@ def test_evaluate_returns_scores_and_an_html_summary(plugin: Any, trained: Dict[
     assert any("ROC AUC" in line for line in feedback.infos)
 
 
+def test_cross_validate_ranks_baselines_and_loads_the_best_map_styled(plugin: Any, qgis_iface: Any,
+                                                                      tiny_data: TinyData, tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProject
+
+    from stack_segmenter.core.config import BASELINES
+
+    chosen = ["logistic", "best_band", "weights_of_evidence"]
+    feedback = RecordingFeedback.make()
+    result = processing.runAndLoadResults("stacksegmenter:crossvalidate", {
+        "INPUT": str(tiny_data.raster), "LABELS": str(tiny_data.labels_gpkg), "LABEL_FIELD": "label",
+        "MODELS": [], "BASELINES": [BASELINES.index(b) for b in chosen], "FOLDS": 3, "BACKGROUND": 500,
+        "OUTPUT_FOLDER": str(tmp_path / "cv")}, feedback=feedback)
+    try:
+        assert result["BEST_CANDIDATE"] in chosen and 0.5 < result["BEST_AUC"] <= 1.0
+        summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+        assert summary["ranking"][0]["candidate"] == result["BEST_CANDIDATE"]
+        assert set(summary["candidates"]) == set(chosen)
+        page = Path(result["OUTPUT_HTML"]).read_text(encoding="utf-8")
+        assert page.index("Ranking") < page.index("Every fold") and 'src="cv_comparison.png"' in page
+        best = Path(result["BEST_MAP"])
+        assert best.name == f"oof_{result['BEST_CANDIDATE']}.tif" and best.with_suffix(".qml").is_file()
+        layers = [lyr for lyr in QgsProject.instance().mapLayers().values()
+                  if Path(lyr.source()).resolve() == best.resolve()]
+        assert len(layers) == 1 and layers[0].name() == f"Out-of-fold ({result['BEST_CANDIDATE']})"
+        assert_probability_renderer(layers[0])
+        assert any("pooled prediction-rate AUC" in line for line in feedback.infos)
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
 def test_core_errors_become_processing_exceptions(plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
     import processing
     from qgis.core import QgsProcessingException
@@ -445,12 +484,13 @@ def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyD
         processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path))
     message = str(info.value)
     assert "torch is not installed" in message and bare in message
-    assert "Missing in the worker Python /usr/bin/python3: torch, torch-harmonics." in message
+    assert "Missing in the worker Python /usr/bin/python3: torch, torch-harmonics, elapid." in message
     assert "Set up worker environment" in message
     env_python = worker_setup.venv_python(worker_setup.MANUAL_ENV)
     one_command = (f"{bare} -m venv --system-site-packages {worker_setup.MANUAL_ENV} && {env_python} -m pip install "
                    "--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu 'numpy<2' && "
-                   f"{env_python} -m pip install --no-deps torch-harmonics==0.9.3")
+                   f"{env_python} -m pip install --no-deps torch-harmonics==0.9.3 && "
+                   f"{env_python} -m pip install --no-deps elapid==1.0.1")
     assert one_command in message
     assert "pip install --user" not in message and "OSGeo4W" not in message  # not this platform's fix
     assert not (tmp_path / "model.pt").exists()
@@ -458,7 +498,7 @@ def test_worker_python_without_torch_gives_the_fix(plugin: Any, tiny_data: TinyD
     report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
     assert report["PYTHON"] == bare or Path(report["PYTHON"]).resolve() == Path(bare).resolve()
     assert report["TORCH_VERSION"] == "" and report["TORCH_BUILD"] == "" and report["PROBLEMS"] >= 2
-    assert report["MISSING"] == "torch, torch-harmonics"
+    assert report["MISSING"] == "torch, torch-harmonics, elapid"
     assert report["INSTALL_COMMAND"] == one_command
     assert report["CHOSEN_BY"] == "the variable STACK_SEGMENTER_PYTHON"
     html = (tmp_path / "env.html").read_text(encoding="utf-8")

@@ -91,6 +91,23 @@ def test_predict_with_uncertainty_under_qgis_process(env: Dict[str, str], traine
     assert "top 1 % of area" in prob.with_suffix(".qml").read_text().lower()
 
 
+@pytest.mark.slow
+def test_cross_validate_under_qgis_process(env: Dict[str, str], tiny_data: TinyData, tmp_path: Path) -> None:
+    """The default deep model (1 epoch) and two baselines on 3 folds: the table, HTML and maps."""
+    import csv
+
+    out = run_json(env, "stacksegmenter:crossvalidate", {
+        "INPUT": tiny_data.raster, "LABELS": tiny_data.labels_shp, "FOLDS": 3, "EPOCHS": 1, "TILE_SIZE": TILE,
+        "BASELINES": "2,5", "BACKGROUND": 500, "DEVICE": "cpu", "OUTPUT_FOLDER": tmp_path / "cv"})
+    results = out["results"]
+    with open(tmp_path / "cv" / "cv_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["candidate"] for r in rows} == {"logistic", "best_band", "unet_sc2_layers4_e32"} and len(rows) == 9
+    assert Path(results["OUTPUT_HTML"]).is_file() and Path(results["BEST_MAP"]).is_file()
+    for name in ("logistic", "best_band", "unet_sc2_layers4_e32"):
+        assert (tmp_path / "cv" / f"oof_{name}.tif").is_file()
+
+
 def test_error_under_qgis_process_is_the_core_message(env: Dict[str, str], tiny_data: TinyData,
                                                        tmp_path: Path) -> None:
     params = {"INPUT": tiny_data.raster, "MODEL": tmp_path / "missing.pt", "OUTPUT": tmp_path / "p.tif"}

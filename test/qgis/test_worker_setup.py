@@ -136,12 +136,13 @@ def test_check_environment_command_for_a_venv_missing_torch_is_the_tools(plugin:
     monkeypatch.setenv(worker.ENV_VAR, python)
     report = processing.run("stacksegmenter:checkenvironment", {"OUTPUT_HTML": str(tmp_path / "env.html")})
     assert report["PYTHON"] == python and report["CHOSEN_BY"] == "the variable STACK_SEGMENTER_PYTHON"
-    assert report["MISSING"] == "torch, torch-harmonics"
-    tool_runs = worker_setup.install_commands(python, ["torch", "torch-harmonics"], "cpu")
+    assert report["MISSING"] == "torch, torch-harmonics, elapid"
+    tool_runs = worker_setup.install_commands(python, ["torch", "torch-harmonics", "elapid"], "cpu")
     assert report["INSTALL_COMMAND"] == worker_setup.render(tool_runs)
     assert report["INSTALL_COMMAND"] == (
         f"{python} -m pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu "
-        f"'numpy<2' && {python} -m pip install --no-deps torch-harmonics==0.9.3")
+        f"'numpy<2' && {python} -m pip install --no-deps torch-harmonics==0.9.3 && "
+        f"{python} -m pip install --no-deps elapid==1.0.1")
 
 
 # ----------------------------------------------------------------------------- QGIS's Python without ensurepip
@@ -245,7 +246,7 @@ def test_qgis_process_ignores_a_python3_first_on_path(plugins_dir: Path, tmp_pat
     results = qgis_run(env, "stacksegmenter:checkenvironment", {})["results"]
     assert results["PYTHON"] == SYSTEM_PYTHON
     assert results["CHOSEN_BY"] == "the environment QGIS's own Python runs in (/usr)"
-    assert results["MISSING"] == "torch, torch-harmonics"
+    assert results["MISSING"] == "torch, torch-harmonics, elapid"
     assert results["INSTALL_COMMAND"].startswith(f"{SYSTEM_PYTHON} -m venv --system-site-packages ")
     assert not (tmp_path / "shim_ran").exists(), "the python3 first on PATH was run"
 
@@ -271,9 +272,10 @@ def test_setup_tool_builds_the_environment_and_train_uses_it(plugins_dir: Path, 
     assert saved_setting(profile) == python
     log = "\n".join(out["log"]["info"])
     # It ran what Check environment would print for that venv (pip's own sources first: the local wheel).
-    full = worker_setup.install_commands(python, ["torch", "torch-harmonics"], "cpu")
+    full = worker_setup.install_commands(python, ["torch", "torch-harmonics", "elapid"], "cpu")
     local = [c for c in full[0] if c not in ("--extra-index-url", worker_setup.TORCH_CPU_INDEX)]
-    assert f"Running: {worker_setup.render([local])}" in log and f"Running: {worker_setup.render(full[1:])}" in log
+    assert f"Running: {worker_setup.render([local])}" in log
+    assert all(f"Running: {worker_setup.render([cmd])}" in log for cmd in full[1:])  # the --no-deps installs
     assert "Checking the new environment with the worker's own check" in log
 
     checked = qgis_run(env, "stacksegmenter:checkenvironment", {})["results"]

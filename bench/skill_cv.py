@@ -1,0 +1,71 @@
+"""Child of bench/skill.py: one cross-validation run (``core.cv``) in its own process.
+
+Params (JSON): ``raster``, ``labels``, optional ``label_column``, ``mask``,
+``categorical_bands``, ``truth`` (a GeoTIFF of the true probability: then the Spearman rank
+correlation of each out-of-fold map with it over the usable pixels is reported), ``models``,
+``baselines``, ``folds``, ``seed``, ``num_epochs``, ``tile_size``, ``background``, ``out``.
+Returns the ranking, each candidate's pooled and per-fold figures and seconds, the cv wall
+time and (added by child_main) the process's peak resident memory.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from bench.common import child_main
+
+
+def spearman_with_truth(oof_path: str, truth_path: str) -> Optional[float]:
+    """Rank correlation of an out-of-fold map with the truth over the pixels both hold."""
+    import rasterio
+    from scipy.stats import spearmanr
+
+    with rasterio.open(oof_path) as a, rasterio.open(truth_path) as b:
+        x, y = a.read(1, masked=True), b.read(1, masked=True)
+    ok = ~(np.ma.getmaskarray(x) | np.ma.getmaskarray(y))
+    ok &= np.isfinite(x.data) & np.isfinite(y.data)
+    if ok.sum() < 10:
+        return None
+    rho = spearmanr(x.data[ok], y.data[ok]).correlation
+    return None if not np.isfinite(rho) else float(rho)
+
+
+def run(params: Dict[str, Any]) -> Dict[str, Any]:
+    from core.config import CVConfig, LabelOptions, TrainConfig
+    from core.cv import cv
+
+    train_kw: Dict[str, Any] = {"categorical_bands": params.get("categorical_bands") or [],
+                                "seed": int(params.get("seed", 0))}
+    if params.get("num_epochs") is not None:
+        train_kw["num_epochs"] = int(params["num_epochs"])
+    if params.get("tile_size"):
+        train_kw["tile_size"] = tuple(params["tile_size"])
+    labels = LabelOptions(labels_path=params["labels"], label_column=params.get("label_column"),
+                          mask_path=params.get("mask"))
+    config = CVConfig(train=TrainConfig(raster_path=params["raster"], labels=labels, **train_kw),
+                      models=list(params.get("models") or []), baselines=list(params.get("baselines") or []),
+                      folds=int(params.get("folds", 5)), background=int(params.get("background", 20000)),
+                      output_path=params["out"])
+    start = time.perf_counter()
+    result = cv(config)
+    wall = time.perf_counter() - start
+    summary = json.loads(Path(result["summary_json"]).read_text())
+    candidates: Dict[str, Any] = {}
+    for name, c in summary["candidates"].items():
+        entry = {"kind": c["kind"], "pooled": {k: v for k, v in c["pooled"].items() if k != "curve"},
+                 "fold_mean": c["fold_mean"], "fold_std": c["fold_std"], "seconds": c["seconds"],
+                 "notes": c["notes"]}
+        if params.get("truth"):
+            entry["spearman_truth"] = spearman_with_truth(result["oof_maps"][name], params["truth"])
+        candidates[name] = entry
+    return {"ranking": [r["candidate"] for r in summary["ranking"]], "candidates": candidates,
+            "folds": summary["folds"], "cv_wall_s": round(wall, 1), "raster": summary["raster"],
+            "output": result["output_path"]}
+
+
+if __name__ == "__main__":
+    child_main(run)
