@@ -226,12 +226,31 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         return f"{path}|layername={layer}" if layer else path
 
     def output_folder(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext) -> str:
-        """The folder destination (a temporary folder when left empty), created."""
+        """The folder destination (a temporary folder when left empty), checked; the core creates it.
+
+        Creating it here would leave an empty folder behind when the core refuses the run.
+        """
         folder = self.parameterAsFileOutput(parameters, name, context)
         if not folder or folder == QgsProcessing.TEMPORARY_OUTPUT:
             folder = QgsProcessingUtils.generateTempFilename(name.lower())
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        return folder
+        return self.check_output(folder, name, folder=True)
+
+    def check_output(self, path: str, name: str, folder: bool = False) -> str:
+        """Refuses, before the worker starts, an output path that cannot be written.
+
+        A parent that is a file, a folder given for a file (or the reverse), a folder we may
+        not write into: one clear message naming the parameter, never a traceback.
+        """
+        from ..core.errors import CoreError
+        from ..core.files import check_output_location
+
+        param = self.parameterDefinition(name)
+        what = self.tr('"{}" ({})').format(param.description(), name) if param is not None else name
+        try:
+            check_output_location(path, what, folder=folder)
+        except CoreError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return path
 
     @staticmethod
     def split_values(text: str) -> List[str]:

@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
@@ -19,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.files import write_text_atomic
 from .base import StackSegmenterAlgorithm
 
 #: (output id, metrics key, label) of the numeric outputs.
@@ -51,6 +53,7 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     MASK = "MASK"
     MODEL = "MODEL"
     TEST_AREA = "TEST_AREA"
+    BAND = "BAND"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_HTML = "OUTPUT_HTML"
 
@@ -58,6 +61,7 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "--probability_map": PROBABILITY_MAP, "--labels": LABELS, "--shapefile_path": LABELS,
         "--label_column": LABEL_FIELD, "--positive_values": POSITIVE_VALUES, "--point_buffer": POINT_BUFFER,
         "--mask_path": MASK, "--checkpoint": MODEL, "--test_area": TEST_AREA, "--output_dir": OUTPUT_FOLDER,
+        "--band": BAND,
     }
 
     ICON = "evaluate.svg"
@@ -105,6 +109,10 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
             optional=True),
             "Polygons of ground the model never saw: deposits inside are scored against the map inside them "
             "(held-out skill, reported first); used instead of the trained model's validation blocks.")
+        self.add(QgsProcessingParameterBand(self.BAND, self.tr("Band to score"), None, self.PROBABILITY_MAP,
+                                            optional=True),
+                 "For a raster with several bands: the band that holds the probability (a map from 'Predict "
+                 "probability map' has one band and needs none).", advanced=True)
         self.add(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")),
                  "Where metrics.json, the CSV curves, the PNG plots and summary.html are written.")
         self.addOutput(QgsProcessingOutputHtml(self.OUTPUT_HTML, self.tr("Evaluation summary")))
@@ -113,8 +121,8 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        python = self.worker_python()
         folder = self.output_folder(parameters, self.OUTPUT_FOLDER, context)
+        python = self.worker_python()
         args = self._args(parameters, context, feedback, folder)
         result = self.run_core("evaluate", args, feedback, python)
         metrics = result.get("metrics") or {}
@@ -151,6 +159,9 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         test_area = self.vector_file(p, self.TEST_AREA, context, feedback)
         if test_area is not None:
             args += ["--test_area", self.vector_uri(test_area)]
+        band = self.parameterAsInt(p, self.BAND, context)
+        if band > 0:
+            args += ["--band", str(band)]
         return args
 
 
@@ -189,7 +200,8 @@ def write_summary_html(folder: Path, metrics: Dict[str, Any], files: Dict[str, s
     links = [f'<li><a href="{html.escape(Path(p).name)}">{html.escape(Path(p).name)}</a></li>'
              for key, p in sorted(files.items()) if not str(p).lower().endswith(".png")]
     page = folder / "summary.html"
-    page.write_text(
+    write_text_atomic(
+        page,
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Evaluation of "
         f"{html.escape(map_name)}</title></head><body>\n"
         f"<h2>Evaluation of {html.escape(map_name)}</h2>\n"
@@ -199,6 +211,5 @@ def write_summary_html(folder: Path, metrics: Dict[str, Any], files: Dict[str, s
         "<table border='1' cellpadding='4' cellspacing='0'><tr><th>score</th><th>value</th></tr>\n"
         + "\n".join(rows) + "\n</table>\n" + "\n".join(images)
         + "\n<h3>Files</h3><ul>" + "".join(links) + "</ul>\n</body></html>\n",
-        encoding="utf-8",
     )
     return page

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from ..core.config import MAX_OVERLAP
 from . import evidence, styling
 from .base import StackSegmenterAlgorithm
 from .worker import WorkerCancelled
@@ -77,7 +78,7 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                                               Integer, 0, minValue=0),
                  "Side of the prediction windows; 0 uses the tile size the model was trained with.", advanced=True)
         self.add(QgsProcessingParameterNumber(self.OVERLAP, self.tr("Window overlap"), Double, 0.25,
-                                              minValue=0.0, maxValue=0.9),
+                                              minValue=0.0, maxValue=MAX_OVERLAP),
                  "Fraction of a window shared with its neighbours; blended so no seams show.", advanced=True)
         self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, 4, minValue=1),
                  "Windows per forward pass; lower it when memory runs out.", advanced=True)
@@ -97,14 +98,12 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        python = self.worker_python()
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        model = self.parameterAsFile(parameters, self.MODEL, context)
+        output = self.check_output(self.parameterAsOutputLayer(parameters, self.OUTPUT, context), self.OUTPUT)
         spread = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
-        for path in filter(None, (output, spread)):
-            stale_stats = Path(path + ".aux.xml")  # GDAL's cached statistics of a map we are replacing
-            if stale_stats.is_file():
-                stale_stats.unlink()
+        if spread:
+            self.check_output(spread, self.UNCERTAINTY)
+        python = self.worker_python()  # the core removes stale .aux.xml statistics once the new maps are whole
+        model = self.parameterAsFile(parameters, self.MODEL, context)
         plan = self.evidence_plan(parameters, context, feedback)
         categorical = self._model_categorical(model, plan, feedback, python) if plan.aligning else []
         stack = plan.write(Path(QgsProcessingUtils.generateTempFilename("evidence_stack.vrt")), categorical, feedback)

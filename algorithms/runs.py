@@ -11,7 +11,7 @@ import datetime as _dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from qgis.core import QgsProcessing, QgsProcessingOutputLayerDefinition, QgsProject
 
@@ -57,6 +57,15 @@ def _highest_missing(path: Path) -> Optional[Path]:
     return missing
 
 
+def _stamp(path: Path) -> Optional[Tuple[int, int]]:
+    """(mtime in ns, size) of a file, None when there is none: tells whether a run wrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 @dataclass
 class RunFolder:
     """A training run's folder and model file, and the highest folder this run created (if any)."""
@@ -64,6 +73,8 @@ class RunFolder:
     folder: Path
     model: Path
     created_root: Optional[Path] = None
+    model_before: Optional[Tuple[int, int]] = None
+    """(mtime ns, size) of a model file that was already there: a refused run must not keep folders for it."""
 
     @classmethod
     def make(cls, folder: Optional[Path], model: Optional[Path], project: Optional[QgsProject],
@@ -78,11 +89,17 @@ class RunFolder:
         else:
             root = _highest_missing(folder)
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder, model or folder / f"{folder.name}.pt", root)
+        model = model or folder / f"{folder.name}.pt"
+        return cls(folder, model, root, _stamp(model))
 
     def discard(self) -> bool:
-        """Removes what this run created when no model was kept (nothing worth keeping, no empty folder)."""
-        if self.created_root is None or self.model.is_file() or not self.folder.is_dir():
+        """Removes what this run created when it wrote no model (nothing worth keeping, no empty folder).
+
+        A model that was already at the model path (a refused run: no --resume / --overwrite) is
+        not this run's: the folders this run made for it go.
+        """
+        written = self.model.is_file() and _stamp(self.model) != self.model_before
+        if self.created_root is None or written or not self.folder.is_dir():
             return False
         shutil.rmtree(self.folder, ignore_errors=True)
         for parent in self.folder.parents:

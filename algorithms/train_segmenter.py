@@ -75,6 +75,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     CATEGORICAL_BANDS = "CATEGORICAL_BANDS"
     RESUME = "RESUME"
     ENSEMBLE = "ENSEMBLE"
+    OVERWRITE = "OVERWRITE"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS_RUN = "EPOCHS_RUN"
@@ -90,7 +91,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
         "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
         "--weight_decay": WEIGHT_DECAY, "--band_penalty": BAND_PENALTY, "--pu_prior": PU_PRIOR,
-        "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER, "--ensemble": ENSEMBLE,
+        "--overwrite": OVERWRITE, "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
+        "--ensemble": ENSEMBLE,
     }
 
     ICON = "train.svg"
@@ -221,6 +223,10 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from the output model"),
                                                defaultValue=False),
                  "Continue training from the model already at 'Trained model' (give its path).", advanced=True)
+        self.add(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite existing model"),
+                                               defaultValue=False),
+                 "Replace a model already at 'Trained model'. Off: an existing model is never replaced (the run "
+                 "is refused unless 'Resume from the output model' is ticked).", advanced=True)
 
     def _add_outputs(self) -> None:
         self.add(QgsProcessingParameterFileDestination(
@@ -244,9 +250,10 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        python = self.worker_python()
         architecture = PRESET_MODELS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
         args = self._option_args(parameters, context)  # checks the options before anything is written
+        self._check_destinations(parameters, context)  # before the worker starts and any folder exists
+        python = self.worker_python()
         plan, categorical = self._evidence(parameters, context, feedback)
         args += self._label_args(parameters, context, feedback)
         run = self._run_folder(parameters, context, architecture)
@@ -288,6 +295,14 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         values = [names[b - 1] if by_name and not (names[b - 1].isdigit() or names[b - 1].startswith("-"))
                   else str(b) for b in categorical]
         return ["--raster_path", stack.path] + (["--categorical_bands", *values] if values else [])
+
+    def _check_destinations(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
+        """A model path or folder that cannot be written is refused here, naming the parameter."""
+        if not unset_destination(parameters.get(self.OUTPUT_FOLDER)):
+            self.check_output(self.parameterAsFileOutput(parameters, self.OUTPUT_FOLDER, context), self.OUTPUT_FOLDER,
+                              folder=True)
+        if not unset_destination(parameters.get(self.OUTPUT_MODEL)):
+            self.check_output(self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context), self.OUTPUT_MODEL)
 
     def _run_folder(self, parameters: Dict[str, Any], context: QgsProcessingContext, architecture: str) -> RunFolder:
         """The run's folder and model path: as given, else a new lasting folder (never a temporary one)."""
@@ -370,6 +385,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             args.append("--enable_data_augmentation")
         if self.parameterAsBoolean(p, self.RESUME, context):
             args.append("--resume")
+        if self.parameterAsBoolean(p, self.OVERWRITE, context):
+            args.append("--overwrite")
         return args
 
     def _outputs(self, result: Dict[str, Any], architecture: str, run: RunFolder,

@@ -186,8 +186,8 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--tile_size", type=int, nargs="+", default=None, metavar="N",
                    help="window height and width; default: the tile the model was trained with")
     p.add_argument("--overlap", type=float, default=0.25,
-                   help="least fraction of a window shared with its neighbours (default 0.25; more when the "
-                        "model needs the context for seamless blending, at most 0.5)")
+                   help="fraction of a window shared with each neighbour, 0 to 0.5 (default 0.25); windows "
+                        "overlap more when the model needs the context for seamless blending")
     p.add_argument("--batch_size", type=int, default=4, help="windows per batch (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp_mode", choices=AMP_MODES, default="none", help="none, bf16 or fp16 (CUDA only)")
@@ -211,6 +211,8 @@ def _add_evaluate(sub: Any) -> None:
                    help="polygons of ground the model never saw: deposits inside are scored as held out (skill) "
                         "against the map inside them (instead of the checkpoint's validation blocks)")
     p.add_argument("--output_dir", required=True, help="folder for metrics.json, CSV and PNG (created)")
+    p.add_argument("--band", type=int, default=None,
+                   help="band to score when the raster has several (1-based); a single-band map needs none")
     _add_events(p)
 
 
@@ -341,6 +343,7 @@ def evaluate_config_from_args(a: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(
         probability_map=a.probability_map, labels=_label_options(a), checkpoint=a.checkpoint, output_dir=a.output_dir,
         test_area=a.test_area,
+        band=a.band,
     )
 
 
@@ -355,10 +358,10 @@ def _is_secondary_rank() -> bool:
 class EventSink:
     """Turns core callbacks into output: JSON lines for programs, tqdm and lines for people."""
 
-    def __init__(self, mode: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(self, mode: str, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
         self.mode = mode
-        self.out = out
-        self.err = err
+        self.out = out if out is not None else sys.stdout  # looked up now: redirected streams are honoured
+        self.err = err if err is not None else sys.stderr
         self.quiet = _is_secondary_rank()
         self._bar: Any = None
         self._epoch_label = ""

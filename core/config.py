@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from .errors import ConfigError
-from .models.catalog import DEFAULT_MODELS, parse_model_name
+from .models.catalog import DEFAULT_MODELS, check_tile, parse_model_name
 
 AMP_MODES = ("none", "fp16", "bf16")
 LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice", "pu")
 DEFAULT_LOSS = "weighted_ce_dice"
 DEFAULT_TILE = 256
+MAX_OVERLAP = 0.5
+"""Neighbouring prediction windows share at most half a window (more would only cost time)."""
 #: Models trained (different seeds) into one checkpoint and averaged by predict. Flip here.
 DEFAULT_ENSEMBLE = 1
 MAX_ENSEMBLE = 64
@@ -179,6 +181,9 @@ class TrainConfig(_JsonConfig):
         self.models = [parse_model_name(m).name for m in self.models]
         self.tile_size = _pair(self.tile_size, "tile_size")
         self.stride = _pair(self.stride, "stride")
+        if self.tile_size is not None:
+            for name in self.models:
+                check_tile(self.tile_size, name)
         if self.num_epochs < 0:
             raise ConfigError(f"num_epochs must be >= 0 (0 only validates), got {self.num_epochs}")
         if self.batch_size < 1:
@@ -271,8 +276,9 @@ class PredictConfig(_JsonConfig):
         if self.model_name is not None:
             parse_model_name(self.model_name)
         self.tile_size = _pair(self.tile_size, "tile_size")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"overlap is a fraction of the tile in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.overlap <= MAX_OVERLAP:
+            raise ConfigError(f"overlap is the fraction of a window shared with each neighbour, from 0 to "
+                              f"{MAX_OVERLAP}; got {self.overlap}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         _check_amp(self.amp_mode)
@@ -281,7 +287,10 @@ class PredictConfig(_JsonConfig):
 
 @dataclass
 class EvaluateConfig(_JsonConfig):
-    """Scoring a probability map against labels (label options as in training)."""
+    """Scoring a probability map against labels (label options as in training).
+
+    ``band``: the band of a multi-band raster to score (1-based); a map with one band needs none.
+    """
 
     probability_map: str = ""
     labels: LabelOptions = field(default_factory=lambda: LabelOptions(labels_path="?"))
@@ -290,6 +299,7 @@ class EvaluateConfig(_JsonConfig):
     test_area: Optional[str] = None
     """Polygons of ground the model never saw: deposits inside are scored as held out (skill)
     against the map inside them; takes the place of the checkpoint's validation blocks."""
+    band: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -298,6 +308,8 @@ class EvaluateConfig(_JsonConfig):
             raise ConfigError("--probability_map is required")
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
+        if self.band is not None and int(self.band) < 1:
+            raise ConfigError(f"--band is a 1-based band number, got {self.band}")
 
 
 #: The built-in per-pixel baselines of cross-validation (core/baselines.py), in report order.

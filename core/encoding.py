@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -343,3 +343,53 @@ def fit_encoder(
         else:
             log(f"categorical band {b} ({names[b - 1]}): {len(found[b])} code(s) {codes}")
     return encoder
+
+
+SHIFT_WARN = 3.0
+"""A band whose mean moved by more than this many training standard deviations is flagged."""
+SCALE_WARN = 3.0
+"""A band whose spread grew or shrank by more than this factor is flagged."""
+MIN_SAMPLE = 50
+"""Fewer valid sampled pixels than this: too few to compare the bands."""
+
+
+def _distance(mean: float, std: float, ref_mean: float, ref_std: float) -> Tuple[float, float]:
+    """(shift in reference standard deviations, spread ratio) of a band against a reference."""
+    ref_std = ref_std if ref_std > 1e-12 else 1.0
+    return abs(mean - ref_mean) / ref_std, (std if std > 1e-12 else 1e-12) / ref_std
+
+
+def _matches(mean: float, std: float, ref_mean: float, ref_std: float) -> bool:
+    """Statistics close to a reference band's (what a swapped band shows)."""
+    shift, scale = _distance(mean, std, ref_mean, ref_std)
+    return shift <= 0.5 and 0.67 <= scale <= 1.5
+
+
+def compare_with_training(encoder: "BandEncoder", sample: np.ndarray, names: Sequence[str]) -> List[str]:
+    """Warnings for numeric bands whose values look unlike training: shifted or rescaled, or swapped.
+
+    ``sample`` (bands in the model's order, n pixels) comes from the raster to predict. A new
+    area legitimately differs, so these are warnings; each names the band, what differs and,
+    when another band matches the training statistics instead, that band (swapped order).
+    """
+    if sample.shape[1] < MIN_SAMPLE:
+        return []
+    numeric = [b for b in range(encoder.band_count) if str(b + 1) not in encoder.categories]
+    stats = {b: robust_mean_std(sample[b]) for b in numeric}
+    out = []
+    for b in numeric:
+        mean, std = stats[b]
+        shift, scale = _distance(mean, std, encoder.mean[b], encoder.std[b])
+        if shift <= SHIFT_WARN and 1.0 / SCALE_WARN <= scale <= SCALE_WARN:
+            continue
+        how = (f"mean {mean:.4g} vs {encoder.mean[b]:.4g} in training ({shift:.1f} training standard deviations "
+               f"away), spread {scale:.2g}x the training one")
+        like = [o for o in numeric if o != b and _matches(mean, std, encoder.mean[o], encoder.std[o])]
+        hint = (f"; its values look like training band {like[0] + 1} ({encoder.band_names[like[0]]!r}): are the bands "
+                "in another order than in training?") if like else ""
+        out.append(
+            f"warning: band {b + 1} ({names[b]!r}, trained as {encoder.band_names[b]!r}) looks unlike training: {how}"
+            f"{hint}. Prediction goes on (a new area may differ); check the band order and units if this is not "
+            "expected"
+        )
+    return out

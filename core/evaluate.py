@@ -20,11 +20,14 @@ import numpy as np
 from .config import EvaluateConfig
 from .errors import DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
-from .files import prepare_folder, write_atomic
+from .files import check_output_location, check_outputs_not_inputs, prepare_folder, write_atomic
 from .metrics import (RateCurve, area_rank_fractions, bootstrap_mean_interval, finite_or_none, latitude_weights,
                       pixel_aucs, rate_curve)
 
 Box = Tuple[float, float, float, float]
+OUTPUT_FILES = ("metrics.json", "success_rate.csv", "success_rate.png", "roc.csv", "precision_recall.csv",
+                "roc_pr.png", "summary.html")
+"""What evaluation writes into --output_dir (summary.html: the QGIS tool)."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -40,15 +43,31 @@ class ScoredMap:
     weights: Optional[np.ndarray]
 
 
-def read_probability(path: str, info: Any, log: LogFn) -> Tuple[np.ndarray, np.ndarray]:
-    """Band 1 of the map as float32 and where it holds a probability."""
+def choose_band(info: Any, band: Optional[int]) -> int:
+    """The band to score: the only one, or the one named; a multi-band raster without a band is refused.
+
+    Scoring band 1 of, say, an evidence stack by mistake would hand back a meaningless score.
+    """
+    if band is not None:
+        if not 1 <= band <= info.count:
+            raise DataError(f"--band {band} does not exist: {info.path} has band(s) 1 to {info.count}")
+        return int(band)
+    if info.count != 1:
+        names = ", ".join(f"{i} {n!r}" for i, n in enumerate(info.band_names, start=1))
+        raise DataError(
+            f"{info.path} has {info.count} bands ({names}); a probability map has one. If it is the right file, "
+            "name the band to score with --band N (QGIS: 'Band to score'); else give the map written by predict"
+        )
+    return 1
+
+
+def read_probability(path: str, info: Any, log: LogFn, band: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """One band of the map as float32 and where it holds a probability."""
     import rasterio
 
-    if info.count != 1:
-        log(f"note: {path} has {info.count} bands; scoring band 1")
     with rasterio.open(path) as src:
-        prob = src.read(1).astype(np.float32)
-        nodata = src.nodata
+        prob = src.read(band).astype(np.float32)
+        nodata = src.nodatavals[band - 1]
     valid = np.isfinite(prob)
     if nodata is not None and np.isfinite(nodata):
         valid &= prob != np.float32(nodata)
@@ -366,13 +385,22 @@ def evaluate(
     from .raster import read_info
 
     cb = Callbacks.of(progress, should_stop, log)
+    out_dir = Path(config.output_dir).expanduser().resolve()
+    check_outputs_not_inputs(
+        [("--output_dir file", out_dir / name) for name in OUTPUT_FILES],
+        [("probability map (--probability_map)", config.probability_map),
+         ("labels (--labels)", config.labels.labels_path), ("study-area mask (--mask_path)", config.labels.mask_path or ""),
+         ("model file (--checkpoint)", config.checkpoint or ""), ("test area (--test_area)", config.test_area or "")],
+    )
+    check_output_location(out_dir, "--output_dir", folder=True)
     info = read_info(config.probability_map)
+    band = choose_band(info, config.band)
     boxes = validation_boxes(config.checkpoint) if config.checkpoint else None
-    out_dir = prepare_folder(Path(config.output_dir).expanduser().resolve(), "--output_dir")
+    out_dir = prepare_folder(out_dir, "--output_dir")
     label_raster = rasterize_labels(config.labels, info, cb.log)
     cb.progress(0.2)
     cb.check_stop("evaluation stopped")
-    prob, valid = read_probability(config.probability_map, info, cb.log)
+    prob, valid = read_probability(config.probability_map, info, cb.log, band)
     if label_raster.study_mask is not None:
         valid &= label_raster.study_mask
     if not valid.any():

@@ -280,30 +280,52 @@ def _clean(gdf: "Any", what: str, log: LogFn) -> Tuple["Any", int]:
     return gdf[~empty], n
 
 
-def _polygon_layers(path: str) -> List[str]:
+_LABEL_GEOMETRIES = ("Point", "Polygon", "LineString", "Unknown", "GeometryCollection", "Any")
+_MASK_GEOMETRIES = ("Polygon", "Unknown", "GeometryCollection", "Any")
+
+
+def _layers_with_geometry(path: str, kinds: Sequence[str]) -> List[str]:
+    """Layers whose declared geometry type is one of ``kinds`` (MultiPoint counts as Point, 3D as 2D)."""
     import fiona
 
     out = []
     for name in _list_layers(path):
         with fiona.open(path, layer=name) as src:
-            if "Polygon" in str(src.schema.get("geometry", "")):
-                out.append(name)
+            geometry = str(src.schema.get("geometry") or "")
+        if geometry and any(kind in geometry for kind in kinds):
+            out.append(name)
     return out
 
 
-def mask_source(mask_path: str, log: LogFn = _noop) -> str:
-    """Picks the polygon layer of a multi-layer mask file when no layer is named."""
-    base, layer = split_source(mask_path)
-    if layer is not None or not Path(base).exists() or len(_list_layers(base)) < 2:
-        return mask_path
-    polygons = _polygon_layers(base)
-    if len(polygons) == 1:
-        log(f"study-area mask: using the polygon layer {polygons[0]!r} of {base!r}")
-        return f"{base}|layername={polygons[0]}"
+def choose_layer(path: str, layer: Optional[str], kinds: Sequence[str], what: str, flag: str,
+                 log: LogFn = _noop) -> Optional[str]:
+    """The layer to read from a (possibly multi-layer) vector file, never the first one by chance.
+
+    A named layer wins (QGIS's ``path|layername=NAME`` too). A file with several layers and
+    no name: its only layer of the right geometry (logged), else a DataError listing them.
+    """
+    base, named = split_source(path, layer)
+    if named is not None or not Path(base).exists():
+        return named
+    layers = _list_layers(base)
+    if len(layers) < 2:
+        return None
+    fitting = _layers_with_geometry(base, kinds)
+    if len(fitting) == 1:
+        log(f"{what}: {base!r} has {len(layers)} layers; using {fitting[0]!r}, the only one with "
+            f"{'polygons' if kinds == _MASK_GEOMETRIES else 'points or polygons'}")
+        return fitting[0]
     raise DataError(
-        f"the study-area mask {base!r} has several layers ({', '.join(_list_layers(base))}); "
-        f"name one as {base}|layername=NAME"
+        f"the {what} file {base!r} has several layers ({', '.join(layers)}); name the one to use with {flag} "
+        "(QGIS: pick the layer itself as the input)"
     )
+
+
+def mask_source(mask_path: str, log: LogFn = _noop) -> str:
+    """The mask as ``path|layername=NAME`` when a multi-layer file needs its layer named (see choose_layer)."""
+    base, layer = split_source(mask_path)
+    chosen = choose_layer(mask_path, None, _MASK_GEOMETRIES, "study-area mask", f"{base}|layername=NAME", log)
+    return f"{base}|layername={chosen}" if chosen is not None and layer is None else mask_path
 
 
 _mask_source = mask_source  # the name predict.py first imported
@@ -340,7 +362,8 @@ def rasterize_labels(opts: LabelOptions, info: RasterInfo, log: Optional[LogFn] 
             positive feature inside it.
     """
     log = log or _noop
-    gdf = read_vector(opts.labels_path, opts.layer)
+    gdf = read_vector(opts.labels_path, choose_layer(opts.labels_path, opts.layer, _LABEL_GEOMETRIES, "labels",
+                                                     "--layer NAME", log))
     n_read = len(gdf)
     values, column = _feature_labels(gdf, opts, log)
     gdf = gdf.assign(_label=values)

@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError
 from .events import Callbacks, LogFn, ProgressFn, StopFn
 from .files import (WriteFailed, atomic_paths, check_output_location, check_outputs_not_inputs, file_sha256,
                     gdal_errors, verify_raster)
+from .models.catalog import check_tile
 
 NODATA: float = -9999.0
 #: Output GeoTIFF block size (rows and columns); GDAL wants a multiple of 16.
@@ -670,6 +671,28 @@ def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> Optional[List[i
     return order
 
 
+def check_band_values(path: str, info: Any, bands: Optional[List[int]], ckpt: Dict[str, Any], log: LogFn) -> None:
+    """What the bands hold, from a sample of windows, before any window is predicted.
+
+    An input with no pixel holding every band is an error naming the empty bands (the map
+    would be all nodata); undeclared nodata values (-9999, -3.4e38, ...), bands that cover
+    little of the raster and bands whose statistics differ from training (shifted, rescaled
+    or swapped) are warnings: the run goes on.
+    """
+    from .checkpoint import encoder_from_checkpoint
+    from .encoding import compare_with_training
+    from .raster import check_some_data, coverage_warnings, sentinel_warnings, survey_bands
+
+    survey = survey_bands(path, bands)
+    check_some_data(path, bands, survey)
+    lines = sentinel_warnings(survey, info) + coverage_warnings(survey)
+    encoder = encoder_from_checkpoint(ckpt)
+    if encoder is not None and encoder.band_count == len(survey.bands):
+        lines += compare_with_training(encoder, survey.sample, survey.names)
+    for line in lines:
+        log(line)
+
+
 def same_crs(wkt_a: str, wkt_b: str) -> bool:
     """CRS equivalence (not object equality): same EPSG code, or GDAL says they are the same."""
     from rasterio.crs import CRS
@@ -982,6 +1005,7 @@ def predict(
     check_against_checkpoint(config, ckpt)
     info = read_info(config.raster_path)
     bands = check_raster(info, ckpt, cb.log)
+    check_band_values(config.raster_path, info, bands, ckpt, cb.log)
     spec = parse_model_name(str(ckpt["model_name"]))
     n_members = len(ensemble_members(ckpt))
     if config.spherical:
@@ -1079,6 +1103,7 @@ def _choose_tile(
             log(f"note: {ckpt.get('model_name')} has a fixed grid {grid[0]} x {grid[1]}; --tile_size is ignored")
         return grid
     if config.tile_size:
+        check_tile(config.tile_size, str(ckpt.get("model_name")))
         return (int(config.tile_size[0]), int(config.tile_size[1]))
     tile = ckpt.get("tile_size")
     if tile:

@@ -332,3 +332,186 @@ def map_to_pixel(info: RasterInfo, x: np.ndarray, y: np.ndarray) -> Tuple[np.nda
     inv = ~info.affine()
     cols, rows = inv * (np.asarray(x, dtype=float), np.asarray(y, dtype=float))
     return np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
+
+
+# ----------------------------------------------------------------------------- what the bands hold
+
+FLOAT_SENTINELS = (-9999.0, -99999.0, -999999.0, -32768.0, -3.4028234663852886e38, 3.4028234663852886e38,
+                   -1.7976931348623157e308, 1.7976931348623157e308, -1e30, 1e30)
+"""Values that usually mean "no data" in float rasters (GIS defaults, float32 / float64 limits)."""
+INT_SENTINELS = {"int16": (-32768, 32767, -9999), "uint16": (65535,), "int32": (-2147483648, 2147483647, -9999),
+                 "uint32": (4294967295,), "int8": (-128,)}
+"""The same for integer rasters (type limits, -9999); uint8's 255 is too often real data to guess."""
+SURVEY_WINDOWS = 16
+SURVEY_SIDE = 256
+SURVEY_KEEP = 4096
+"""Pixels kept per survey window for the statistics."""
+
+
+@dataclass
+class BandSurvey:
+    """What a sample of windows shows about each band (bands in the order asked for).
+
+    Attributes:
+        bands: 1-based band numbers surveyed.
+        names: their names.
+        pixels: pixels read.
+        valid: per band, pixels holding data (not nodata / NaN / masked).
+        all_valid: pixels where every surveyed band holds data.
+        sentinels: per band number, {value: count} of common nodata values that band does not declare.
+        sample: float64 (bands, n) values at pixels where every band holds data (a subsample).
+    """
+
+    bands: List[int]
+    names: List[str]
+    pixels: int
+    valid: List[int]
+    all_valid: int
+    sentinels: Dict[int, Dict[float, int]]
+    sample: np.ndarray
+
+
+def _sentinels_for(dtype: str) -> Tuple[float, ...]:
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return FLOAT_SENTINELS
+    return tuple(float(v) for v in INT_SENTINELS.get(str(dtype), ()))
+
+
+def _representable(value: float, dtype: np.dtype) -> bool:
+    """Whether ``value`` exists in ``dtype`` (float32 has no 1.8e308, uint16 no -9999)."""
+    if np.issubdtype(dtype, np.floating):
+        return abs(value) <= float(np.finfo(dtype).max)
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
+def _survey_windows(height: int, width: int, count: int = SURVEY_WINDOWS, side: int = SURVEY_SIDE) -> List[Box]:
+    """Up to ``count`` windows spread evenly over the raster (a grid of origins, edges included)."""
+    h, w = min(side, height), min(side, width)
+    per_axis = max(1, int(math.sqrt(count)))
+    rows = sorted({int(round(v)) for v in np.linspace(0, height - h, min(per_axis, math.ceil(height / h)))})
+    cols = sorted({int(round(v)) for v in np.linspace(0, width - w, min(per_axis, math.ceil(width / w)))})
+    return [(r, c, r + h, c + w) for r in rows for c in cols]
+
+
+def survey_bands(path: str | Path, bands: Optional[Sequence[int]] = None, seed: int = 0) -> BandSurvey:
+    """Reads a few windows spread over the raster and says what each band holds (cheap: never the whole stack)."""
+    rng = np.random.default_rng(seed)
+    with open_raster(path) as src:
+        indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
+        names = [src.descriptions[i - 1] or f"band_{i}" for i in indexes]
+        valid = [0] * len(indexes)
+        sentinels: Dict[int, Dict[float, int]] = {}
+        kept: List[np.ndarray] = []
+        pixels = all_valid = 0
+        for r0, c0, r1, c1 in _survey_windows(src.height, src.width):
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            try:
+                raw = src.read(indexes=indexes, window=win)
+            except RasterioIOError as exc:
+                raise DataError(f"cannot read {path} ({' '.join(str(exc).split())[:200]}); the file is damaged") from None
+            masked = src.dataset_mask(window=win) > 0 if _has_internal_mask(src) else None
+            ok_all = np.ones(raw.shape[1:], dtype=bool)
+            for k, index in enumerate(indexes):
+                nodata = src.nodatavals[index - 1]
+                ok = _band_valid(raw[k], nodata)
+                if masked is not None:
+                    ok &= masked
+                valid[k] += int(ok.sum())
+                ok_all &= ok
+                for value in _sentinels_for(src.dtypes[index - 1]):
+                    if (nodata is not None and float(nodata) == value) or not _representable(value, raw.dtype):
+                        continue
+                    n = int(np.count_nonzero(raw[k] == raw.dtype.type(value)))
+                    if n:
+                        sentinels.setdefault(index, {})[value] = sentinels.get(index, {}).get(value, 0) + n
+            pixels += int(ok_all.size)
+            all_valid += int(ok_all.sum())
+            values = raw[:, ok_all].astype(np.float64)
+            if values.shape[1] > SURVEY_KEEP:
+                values = values[:, rng.choice(values.shape[1], SURVEY_KEEP, replace=False)]
+            kept.append(values)
+    sample = np.concatenate(kept, axis=1) if kept else np.zeros((len(indexes), 0))
+    return BandSurvey(indexes, names, pixels, valid, all_valid, sentinels, sample)
+
+
+def band_valid_counts(path: str | Path, bands: Optional[Sequence[int]] = None) -> Tuple[List[int], int]:
+    """(valid pixels per band, pixels where every band holds data) over the whole raster, chunk by chunk."""
+    with open_raster(path) as src:
+        indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
+        counts = [0] * len(indexes)
+        together = 0
+        for r0, c0, r1, c1 in chunks(src.height, src.width):
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            raw = src.read(indexes=indexes, window=win)
+            masked = src.dataset_mask(window=win) > 0 if _has_internal_mask(src) else None
+            ok_all = np.ones(raw.shape[1:], dtype=bool)
+            for k, index in enumerate(indexes):
+                ok = _band_valid(raw[k], src.nodatavals[index - 1])
+                if masked is not None:
+                    ok &= masked
+                counts[k] += int(ok.sum())
+                ok_all &= ok
+            together += int(ok_all.sum())
+    return counts, together
+
+
+def check_some_data(path: str | Path, bands: Optional[Sequence[int]] = None,
+                    survey: Optional[BandSurvey] = None) -> None:
+    """Raises DataError, naming the bands, when no pixel has data in every band (the map would be all nodata).
+
+    The survey answers cheaply when it saw valid pixels; only a suspicious survey costs a
+    whole-raster pass.
+    """
+    if survey is not None and survey.all_valid > 0:
+        return
+    counts, together = band_valid_counts(path, bands)
+    if together > 0:
+        return
+    indexes = list(bands) if bands is not None else list(range(1, len(counts) + 1))
+    all_names = read_info(path).band_names
+    names = [all_names[i - 1] for i in indexes]
+    empty = [f"band {i} ({n!r})" for i, n, c in zip(indexes, names, counts) if c == 0]
+    if empty:
+        raise DataError(
+            f"{', '.join(empty)} of {path} {'has' if len(empty) == 1 else 'have'} no valid pixel (every value is "
+            "nodata or NaN); every pixel needs every band, so nothing can be used. Fix the band's nodata value, or "
+            "rebuild the stack without it"
+        )
+    raise DataError(
+        f"no pixel of {path} has data in every band (each band has data, but never all at the same place); "
+        "check each band's nodata value and extent, or rebuild the stack on a common area"
+    )
+
+
+def sentinel_warnings(survey: BandSurvey, info: "RasterInfo") -> List[str]:
+    """One warning per band holding a common nodata value (-9999, -3.4e38, 65535, ...) it does not declare."""
+    out = []
+    for k, index in enumerate(survey.bands):
+        found = survey.sentinels.get(index)
+        if not found:
+            continue
+        value, count = max(found.items(), key=lambda kv: kv[1])
+        declared = info.nodata[index - 1]
+        share = 100.0 * count / max(1, survey.pixels)
+        out.append(
+            f"warning: band {index} ({survey.names[k]!r}) holds {value:g} in {share:.1f}% of the sampled pixels, but "
+            f"its nodata value is {'not set' if declared is None else f'{declared:g}'}: such values are used as "
+            f"real data (statistics, training, prediction). If {value:g} means 'no data', declare it, e.g. "
+            f"gdal_edit.py -a_nodata {value:g} {info.path} (QGIS: Raster > Conversion > Translate, 'Assign a "
+            "specified nodata value to output bands')"
+        )
+    return out
+
+
+def coverage_warnings(survey: BandSurvey, share: float = 0.5) -> List[str]:
+    """Bands holding data in far fewer sampled pixels than the best-covered band (the map is nodata there)."""
+    best = max(survey.valid) if survey.valid else 0
+    if best == 0:
+        return []
+    return [
+        f"warning: band {index} ({name!r}) holds data in only {100.0 * n / survey.pixels:.0f}% of the sampled pixels "
+        f"(the best-covered band: {100.0 * best / survey.pixels:.0f}%); a pixel needs every band, so the map is "
+        "nodata wherever this band is"
+        for index, name, n in zip(survey.bands, survey.names, survey.valid) if 0 < n < share * best
+    ]

@@ -48,7 +48,8 @@ from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
 from .models.registry import build_model, count_parameters, model_kwargs
 from .preflight import check_resume, check_same_split, check_train_targets
-from .raster import Box, RasterInfo, box_to_map, coverage_mask, read_info, read_valid_mask
+from .raster import (Box, RasterInfo, box_to_map, check_some_data, coverage_mask, coverage_warnings, read_info,
+                     read_valid_mask, sentinel_warnings, survey_bands)
 from .sampling import Split, make_split, resolve_tile, write_blocks_gpkg
 
 WARMUP_FRACTION = 0.05
@@ -194,6 +195,9 @@ def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], 
     """
     progress(0.0)
     info = read_info(config.raster_path)
+    survey = survey_bands(config.raster_path)
+    for line in sentinel_warnings(survey, info) + coverage_warnings(survey):
+        log(line)
     labels = rasterize_labels(config.labels, info, log)
     if area_mask is not None:
         if area_mask.shape != info.shape:
@@ -201,6 +205,8 @@ def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], 
         labels.study_mask = area_mask.copy() if labels.study_mask is None else labels.study_mask & area_mask
     progress(0.2)
     usable = read_valid_mask(config.raster_path, lambda f: progress(0.2 + 0.8 * f))
+    if not usable.any():
+        check_some_data(config.raster_path)  # names the bands that hold no data
     if labels.study_mask is not None:
         usable &= labels.study_mask
     if not usable.any():
@@ -218,7 +224,16 @@ def tile_for(config: TrainConfig, spec: ModelSpec, data: RasterData, log: LogFn)
         log(f"warning: {spec.name} is a spherical model but this raster is not a global EPSG:4326 grid; "
             "each tile is treated as a whole sphere, so the geometry is approximate (a planar model such as "
             "unet_sc2_layers4_e32 suits local rasters)")
-    return resolve_tile(config.tile_size, data.info.height, data.info.width, log), False
+    tile = resolve_tile(config.tile_size, data.info.height, data.info.width, log)
+    least = spec.minimum_tile
+    if config.tile_size is None and min(tile) < least:  # our automatic choice, never below the model's minimum
+        h, w = data.info.shape
+        if min(h, w) < least:
+            raise DataError(f"the raster is {h} x {w} px, smaller than {spec.name}'s minimum tile {least} x {least}; "
+                            "use a model with fewer stages (e.g. unet_sc2_layers2_e32) or a larger raster")
+        tile = (max(tile[0], least), max(tile[1], least))
+        log(f"note: automatic tile raised to {tile[0]} x {tile[1]}, the smallest {spec.name} takes")
+    return tile, False
 
 
 def _grown_mask(shape: Tuple[int, int], boxes: List[Box], buffer: Tuple[int, int]) -> np.ndarray:

@@ -55,6 +55,16 @@ def _dilated_radius(scale: int, layers: int) -> int:
     return scale * layers
 
 
+def _pooled(scale: int, layers: int) -> int:
+    """A U-Net pools ``layers - 1`` times: a smaller side leaves nothing for the deepest stage."""
+    return scale ** (layers - 1)
+
+
+def _patch(scale: int, _layers: int) -> int:
+    """The transformer cuts ``scale**2``-pixel patches: a smaller side is one padded patch."""
+    return scale * scale
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One architecture family of the registry.
@@ -62,7 +72,9 @@ class Architecture:
     ``multiple(scale, layers)``: input sizes the model handles without padding artefacts
     (prediction steps its windows by multiples of it); ``context(scale, layers)``: pixels
     of real neighbourhood the model needs at a window edge (prediction overlaps windows by
-    at least twice that). ``fixed_scale``: the only ``sc`` the name may carry.
+    at least twice that); ``minimum(scale, layers)``: the smallest tile side it takes (a
+    smaller tile is mostly padding: tiny tiles, huge epochs). ``fixed_scale``: the only ``sc``
+    the name may carry.
     """
 
     arch: str
@@ -70,6 +82,7 @@ class Architecture:
     description: str
     multiple: Geometry = downsampling_multiple
     context: Geometry = _zero
+    minimum: Geometry = _one
     fixed_scale: Optional[int] = None
 
 
@@ -77,11 +90,12 @@ ARCHITECTURES: Dict[str, Architecture] = {
     a.arch: a
     for a in (
         Architecture("unet", False, "Planar U-Net (plain torch); learns spatial patterns, needs many labels.",
-                     context=unet_context),
+                     context=unet_context, minimum=_pooled),
         Architecture(
             "transformer",
             False,
             "Planar transformer with windowed attention (bounded memory); slower than the U-Net.",
+            minimum=_patch,
         ),
         Architecture(
             "s2unet",
@@ -149,6 +163,11 @@ class ModelSpec:
         """Pixels of neighbourhood the model needs at a window edge (0: none beyond overlap)."""
         return ARCHITECTURES[self.arch].context(self.scale, self.layers)
 
+    @property
+    def minimum_tile(self) -> int:
+        """The smallest tile side the model takes (spherical models: their own grid, any raster)."""
+        return 1 if self.spherical else max(1, ARCHITECTURES[self.arch].minimum(self.scale, self.layers))
+
 
 def parse_model_name(name: str) -> ModelSpec:
     """Parses and validates a model name; raises ConfigError listing the valid ones."""
@@ -168,6 +187,19 @@ def parse_model_name(name: str) -> ModelSpec:
         raise ConfigError(f"model name {name!r}: {spec.arch} models have no downsampling; use sc{fixed} "
                           f"(e.g. {spec.arch}_sc{fixed}_layers{spec.layers}_e{spec.width})")
     return spec
+
+
+def check_tile(tile: Tuple[int, int], name: str, flag: str = "--tile_size") -> None:
+    """Refuses a tile smaller than the model's minimum (``ModelSpec.minimum_tile``), naming the minimum."""
+    spec = parse_model_name(name)
+    least = spec.minimum_tile
+    if min(int(tile[0]), int(tile[1])) < least:
+        why = (f"it cuts {least} x {least}-pixel patches" if spec.arch == "transformer"
+               else f"it downsamples the tile {spec.layers - 1} times by {spec.scale}")
+        raise ConfigError(
+            f"{flag} {tile[0]} x {tile[1]} is smaller than {name}'s minimum tile {least} x {least} ({why}); use "
+            f"at least {least}, best a multiple of {least} such as {max(least * 8, 64)}"
+        )
 
 
 def list_models() -> List[Tuple[str, str]]:

@@ -185,6 +185,26 @@ def test_layer_by_option_and_by_qgis_source_syntax(tiny_stack, tiny_polygons):
     assert split_source("a.gpkg|layername=x", "y") == ("a.gpkg", "y")
 
 
+def test_a_multi_layer_file_uses_its_only_fitting_layer_or_is_refused(tiny_stack, tiny_points, tmp_path):
+    """Never the first layer by chance: the only layer of points/polygons (logged), else the list of layers."""
+    import fiona
+    import geopandas as gpd
+
+    info = read_info(tiny_stack.path)
+    gpkg = tmp_path / "project.gpkg"
+    with fiona.open(gpkg, "w", driver="GPKG", layer="notes", schema={"geometry": "None", "properties": {"t": "str"}}) as dst:
+        dst.write({"geometry": None, "properties": {"t": "an attribute table comes first"}})
+    gpd.read_file(tiny_points.path).to_file(gpkg, layer="deposits", driver="GPKG")
+    logs = []
+    lr = rasterize_labels(_opts(gpkg), info, logs.append)
+    assert lr.summary["positive_features"] == len(tiny_stack.positives)
+    assert any("using 'deposits', the only one with points or polygons" in line for line in logs)
+    gpd.read_file(tiny_points.path).iloc[:3].to_file(gpkg, layer="prospects", driver="GPKG")
+    with pytest.raises(DataError, match=r"several layers \(deposits, prospects, notes\).*--layer"):
+        rasterize_labels(_opts(gpkg), info)
+    assert rasterize_labels(_opts(gpkg, layer="prospects"), info).summary["features_read"] == 3
+
+
 def test_study_mask(tiny_stack, tiny_points, tiny_mask):
     info = read_info(tiny_stack.path)
     lr = rasterize_labels(_opts(tiny_points.path, mask_path=str(tiny_mask)), info)

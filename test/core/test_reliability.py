@@ -1,12 +1,15 @@
 """Issue 11: a user's files are never lost or corrupted, and garbage is never handed back silently.
 
-Every case runs the real command line (``python -m core``) and checks the exit code, the
-message, and that no file was lost or changed (SHA-256 of every file before and after).
-Full disks are real: a small tmpfs (``small_disk``), filled while the run is paused with
-SIGSTOP at a JSON event, so the failure happens where it would for a user.
+Every case runs the command line (``core.cli.main``: in this process, or as ``python -m core``
+in a child where a process boundary matters) and checks the exit code, the message, and that
+no file was lost or changed (SHA-256 of every file before and after). Full disks are real: a
+small tmpfs (``small_disk``), filled while the child run is paused with SIGSTOP at a JSON
+event, so the failure happens where it would for a user.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -22,6 +25,8 @@ from core.files import file_sha256
 from core.training import train
 
 TINY = "unet_sc2_layers2_e8"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -53,7 +58,7 @@ class Run:
 
 def cli(repo_root: Path, *args: str, on_event: Optional[Callable[[Dict[str, Any], int], bool]] = None,
         timeout: float = 300, umask: Optional[int] = None) -> Run:
-    """Runs ``python -m core ARGS --events jsonl``.
+    """Runs ``python -m core ARGS --events jsonl`` in a child process.
 
     ``on_event(event, pid)`` sees every event as it arrives; when it returns True the hook is
     dropped (it acts once).
@@ -74,6 +79,24 @@ def cli(repo_root: Path, *args: str, on_event: Optional[Callable[[Dict[str, Any]
         stderr = proc.stderr.read()
         code = proc.wait(timeout=timeout)
     return Run(code, events, stderr)
+
+
+def main(*args: str) -> Run:
+    """The command line's ``main()`` in this process (same code path and exit code, no torch start-up).
+
+    Its signal handlers are put back afterwards, so Ctrl-C still stops pytest.
+    """
+    from core.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main([*args, "--events", "jsonl"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return Run(code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue())
 
 
 def hashes(*folders: Path) -> Dict[str, str]:
@@ -123,10 +146,10 @@ def test_predict_refuses_to_start_without_room_for_the_map(repo_root: Path, mode
     earlier = disk / "map.tif"
     earlier.write_bytes(b"an earlier map" * 100)
     before = hashes(disk, model.parent)
-    run = cli(repo_root, "predict", "--checkpoint", str(model), "--raster_path", str(tiny_stack.path),
-              "--output_path", str(earlier), "--device", "cpu",
-              on_event=lambda e, _pid: e["event"] == "progress" and pytest.fail("work started"))
+    run = main("predict", "--checkpoint", str(model), "--raster_path", str(tiny_stack.path),
+               "--output_path", str(earlier), "--device", "cpu")
     run.assert_clean_failure()
+    assert not [e for e in run.events if e["event"] == "progress"], "work started"
     assert "No space left on device" in run.error and "needs up to" in run.error and str(earlier) in run.error
     assert hashes(disk, model.parent) == before
 
@@ -212,7 +235,7 @@ def test_train_refuses_a_checkpoint_path_that_is_an_input(repo_root: Path, tiny_
     labels = inputs / tiny_points.path.name
     target = {"raster": raster, "labels": labels, "labels_dbf": labels.with_suffix(".dbf")}[victim]
     before = hashes(inputs)
-    run = cli(repo_root, "train", "--raster_path", str(raster), "--shapefile_path", str(labels), "--models", TINY,
+    run = main("train", "--raster_path", str(raster), "--shapefile_path", str(labels), "--models", TINY,
               "--tile_size", "32", "--num_epochs", "1", "--device", "cpu", "--checkpoint_path", str(target),
               "--output_path", str(tmp_path / "out"))
     run.assert_clean_failure()
@@ -227,7 +250,7 @@ def test_predict_refuses_an_output_that_is_the_model(repo_root: Path, model: Pat
 
     mine = Path(shutil.copy(model, tmp_path / "model.pt"))
     before = hashes(tmp_path)
-    run = cli(repo_root, "predict", "--checkpoint", str(mine), "--raster_path", str(tiny_stack.path),
+    run = main("predict", "--checkpoint", str(mine), "--raster_path", str(tiny_stack.path),
               "--output_path", str(mine), "--device", "cpu")
     run.assert_clean_failure()
     assert "is the model file" in run.error and "--output_path" in run.error
@@ -249,7 +272,7 @@ def trained_folder(model: Path, tmp_path: Path) -> Path:
 def test_an_existing_model_needs_resume_or_overwrite(repo_root: Path, tiny_stack: Any, tiny_points: Any,
                                                      trained_folder: Path, extra: Tuple[str, ...]) -> None:
     before = hashes(trained_folder)
-    run = cli(repo_root, *train_args(tiny_stack, tiny_points, trained_folder, *extra))
+    run = main(*train_args(tiny_stack, tiny_points, trained_folder, *extra))
     run.assert_clean_failure()
     assert "already holds a trained model" in run.error and "1 epoch" in run.error
     assert "--resume" in run.error and "--overwrite" in run.error
@@ -289,12 +312,12 @@ def test_a_refused_resume_writes_nothing(repo_root: Path, tiny_stack: Any, tiny_
     before = hashes(trained_folder)
     args = list(train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--num_epochs", "2"))
     args[args.index("--raster_path") + 1] = str(four)
-    run = cli(repo_root, *args)
+    run = main(*args)
     run.assert_clean_failure()
     assert "--resume" in run.error and "band count 4 (checkpoint 5)" in run.error, run.error
     assert hashes(trained_folder) == before
 
-    run = cli(repo_root, *train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--tile_size", "16",
+    run = main(*train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--tile_size", "16",
                                      "--seed", "3"))
     run.assert_clean_failure()
     assert "tile size 16 x 16 (checkpoint 32 x 32)" in run.error and "seed 3 (checkpoint 0)" in run.error
@@ -342,7 +365,7 @@ def test_the_next_run_removes_leftovers_of_a_killed_one(repo_root: Path, model: 
     legacy.write_bytes(b"torn")
     unrelated = tmp_path / ".map.tif.notes"
     unrelated.write_text("mine")
-    run = cli(repo_root, "predict", "--checkpoint", str(model), "--raster_path", str(tiny_stack.path),
+    run = main("predict", "--checkpoint", str(model), "--raster_path", str(tiny_stack.path),
               "--output_path", str(out), "--device", "cpu")
     assert run.code == 0, run.stderr[-2000:]
     assert not leftover.exists() and not legacy.exists() and unrelated.read_text() == "mine"
@@ -358,15 +381,17 @@ def test_every_output_is_readable_by_the_group_and_others_under_umask_022(
     import stat
 
     out = tmp_path / "run"
-    run = cli(repo_root, *train_args(tiny_stack, tiny_points, out), umask=0o022)
-    assert run.code == 0, run.stderr[-2000:]
     ckpt = out / TINY / "checkpoint.pt"
-    run = cli(repo_root, "predict", "--checkpoint", str(ckpt), "--raster_path", str(tiny_stack.path),
-              "--output_path", str(tmp_path / "maps" / "map.tif"), "--device", "cpu", umask=0o022)
-    assert run.code == 0, run.stderr[-2000:]
-    run = cli(repo_root, "evaluate", "--probability_map", str(tmp_path / "maps" / "map.tif"), "--labels",
-              str(tiny_points.path), "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "eval"), umask=0o022)
-    assert run.code == 0, run.stderr[-2000:]
+    old = os.umask(0o022)
+    try:
+        runs = [main(*train_args(tiny_stack, tiny_points, out)),
+                main("predict", "--checkpoint", str(ckpt), "--raster_path", str(tiny_stack.path),
+                     "--output_path", str(tmp_path / "maps" / "map.tif"), "--device", "cpu"),
+                main("evaluate", "--probability_map", str(tmp_path / "maps" / "map.tif"), "--labels",
+                     str(tiny_points.path), "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "eval"))]
+    finally:
+        os.umask(old)
+    assert [r.code for r in runs] == [0, 0, 0], [r.stderr[-2000:] for r in runs]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {"checkpoint.pt", "metrics.json", "metrics.pkl", "curves.png", "map.tif", "roc_pr.png",
             "config.json", "train.log", "validation_blocks.gpkg"} <= {p.name for p in files}
@@ -374,3 +399,142 @@ def test_every_output_is_readable_by_the_group_and_others_under_umask_022(
     assert set(modes.values()) == {"0o644"}, modes
     dirs = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*") if p.is_dir()}
     assert set(dirs.values()) == {"0o755"}, dirs
+
+
+# ----------------------------------------------------------------------------- suspicious data is told
+
+
+def _variant(stack: Any, path: Path, change: Callable[[Any], Any], names: bool = True, nodata: Any = "keep") -> Path:
+    """A copy of the tiny stack with its data changed by ``change(array)`` (and optionally no band names / nodata)."""
+    import rasterio
+
+    with rasterio.open(stack.path) as src:
+        profile, data = src.profile, src.read()
+        descriptions = src.descriptions
+    if nodata != "keep":
+        profile = profile | {"nodata": nodata}
+    data = change(data)
+    profile["count"] = data.shape[0]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if names:
+            for i, d in enumerate(descriptions[:data.shape[0]], start=1):
+                dst.set_band_description(i, d)
+    return path
+
+
+def _predict(model: Path, raster: Path, out: Path, *extra: str) -> Run:
+    return main("predict", "--checkpoint", str(model), "--raster_path", str(raster), "--output_path",
+               str(out), "--device", "cpu", *extra)
+
+
+def test_bands_in_another_order_are_named_in_a_warning(repo_root: Path, model: Path, tiny_stack: Any,
+                                                       tmp_path: Path) -> None:
+    swapped = _variant(tiny_stack, tmp_path / "swapped.tif", lambda d: d[[0, 2, 1, 3, 4]], names=False)
+    run = _predict(model, swapped, tmp_path / "map.tif")
+    assert run.code == 0, run.stderr[-2000:]
+    warnings = [line for line in run.logs if "looks unlike training" in line]
+    assert any(line.startswith("warning: band 2 ") and "training band 3 ('gradient')" in line for line in warnings)
+    assert any(line.startswith("warning: band 3 ") and "training band 2 ('noise')" in line for line in warnings)
+    assert not any("band 1 " in line or "band 4 " in line for line in warnings), warnings
+    same = _predict(model, tiny_stack.path, tmp_path / "same.tif")
+    assert same.code == 0 and not any("looks unlike training" in line for line in same.logs)
+
+
+def test_a_band_without_any_valid_pixel_is_named_at_predict_and_train(repo_root: Path, model: Path, tiny_stack: Any,
+                                                                      tiny_points: Any, tmp_path: Path) -> None:
+    import numpy as np
+
+    def third_band_nan(d: Any) -> Any:
+        d = d.astype("float32")
+        d[2] = np.nan
+        return d
+
+    broken = _variant(tiny_stack, tmp_path / "nan_band.tif", third_band_nan)
+    earlier = tmp_path / "out" / "map.tif"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier map")
+    before = hashes(tmp_path / "out")
+    run = _predict(model, broken, earlier)
+    run.assert_clean_failure()
+    assert "band 3 ('gradient')" in run.error and "no valid pixel" in run.error
+    assert hashes(tmp_path / "out") == before
+    args = list(train_args(tiny_stack, tiny_points, tmp_path / "train"))
+    args[args.index("--raster_path") + 1] = str(broken)
+    run = main(*args)
+    run.assert_clean_failure()
+    assert "band 3 ('gradient')" in run.error and "no valid pixel" in run.error
+    assert not (tmp_path / "train").exists()
+
+
+def test_an_all_nodata_raster_is_an_error_at_predict(repo_root: Path, model: Path, tiny_stack: Any,
+                                                     tmp_path: Path) -> None:
+    import numpy as np
+
+    empty = _variant(tiny_stack, tmp_path / "empty.tif", lambda d: np.full_like(d, tiny_stack.nodata))
+    run = _predict(model, empty, tmp_path / "map.tif")
+    run.assert_clean_failure()
+    assert "no valid pixel" in run.error and "band 1 ('signal')" in run.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif"]
+
+
+def test_an_undeclared_nodata_value_is_warned_with_the_fix(repo_root: Path, model: Path, tiny_stack: Any,
+                                                           tiny_points: Any, tmp_path: Path) -> None:
+    """-9999 in the data but no nodata declared: the values would enter the statistics silently."""
+    undeclared = _variant(tiny_stack, tmp_path / "undeclared.tif", lambda d: d, nodata=None)
+    run = _predict(model, undeclared, tmp_path / "map.tif")
+    assert run.code == 0, run.stderr[-2000:]
+    warned = [line for line in run.logs if "holds -9999" in line]
+    assert warned and all("nodata value is not set" in line and "gdal_edit.py -a_nodata -9999" in line
+                          for line in warned)
+    args = list(train_args(tiny_stack, tiny_points, tmp_path / "train"))
+    args[args.index("--raster_path") + 1] = str(undeclared)
+    run = main(*args)
+    assert run.code == 0, run.stderr[-2000:]
+    assert any("holds -9999" in line and "gdal_edit.py" in line for line in run.logs)
+    declared = _predict(model, tiny_stack.path, tmp_path / "ok.tif")
+    assert not any("holds -9999" in line for line in declared.logs)
+
+
+def test_a_multi_layer_file_without_a_layer_name_is_refused_listing_its_layers(
+        repo_root: Path, tiny_stack: Any, tiny_points: Any, tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    points = gpd.read_file(tiny_points.path)
+    gpkg = tmp_path / "many.gpkg"
+    points.to_file(gpkg, layer="deposits", driver="GPKG")
+    points.iloc[:5].to_file(gpkg, layer="prospects", driver="GPKG")
+    before = hashes(tmp_path)
+    args = list(train_args(tiny_stack, tiny_points, tmp_path / "out"))
+    args[args.index("--shapefile_path") + 1] = str(gpkg)
+    run = main(*args)
+    run.assert_clean_failure()
+    assert "several layers (deposits, prospects)" in run.error and "--layer" in run.error
+    assert hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_out_of_range_options_are_refused_with_the_range(repo_root: Path, model: Path, tiny_stack: Any,
+                                                         tiny_points: Any, tmp_path: Path) -> None:
+    run = main("train", "--raster_path", str(tiny_stack.path), "--shapefile_path", str(tiny_points.path),
+              "--models", "unet_sc2_layers4_e32", "--tile_size", "1", "1", "--output_path", str(tmp_path / "out"))
+    run.assert_clean_failure()
+    assert "--tile_size 1 x 1 is smaller than unet_sc2_layers4_e32's minimum tile 8 x 8" in run.error
+    run = _predict(model, tiny_stack.path, tmp_path / "map.tif", "--overlap", "0.9")
+    run.assert_clean_failure()
+    assert "from 0 to 0.5; got 0.9" in run.error
+    run = _predict(model, tiny_stack.path, tmp_path / "map.tif", "--tile_size", "1")
+    run.assert_clean_failure()
+    assert "minimum tile 2 x 2" in run.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_multi_band_raster_unless_a_band_is_named(repo_root: Path, tiny_stack: Any,
+                                                                     tiny_points: Any, tmp_path: Path) -> None:
+    args = ("evaluate", "--probability_map", str(tiny_stack.path), "--labels", str(tiny_points.path), "--output_dir")
+    run = main(*args, str(tmp_path / "eval"))
+    run.assert_clean_failure()
+    assert "has 5 bands" in run.error and "--band N" in run.error and "1 'signal'" in run.error
+    assert not (tmp_path / "eval").exists()
+    run = main(*args, str(tmp_path / "eval"), "--band", "1")
+    assert run.code == 0, run.stderr[-2000:]
+    assert (tmp_path / "eval" / "metrics.json").is_file()

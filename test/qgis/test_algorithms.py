@@ -20,12 +20,13 @@ EXPECTED_PARAMETERS = {
         "INPUT", *GRID, "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "ARCHITECTURE", "EPOCHS", "BATCH_SIZE",
         "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE", "AMP_MODE",
         "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS", "RESUME",
-        "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY", "PU_PRIOR", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
+        "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY", "PU_PRIOR", "OVERWRITE", "OUTPUT_MODEL", "OUTPUT_FOLDER"],
     "stacksegmenter:predictprobabilitymap": [
         "INPUT", *GRID, "MODEL", "MASK", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", "OUTPUT",
         "UNCERTAINTY"],
     "stacksegmenter:evaluateprobabilitymap": [
-        "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "OUTPUT_FOLDER"],
+        "PROBABILITY_MAP", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODEL", "BAND",
+        "OUTPUT_FOLDER"],
     "stacksegmenter:buildevidencestack": ["INPUT", *GRID, "CATEGORICAL_BANDS", "OUTPUT"],
     "stacksegmenter:crossvalidate": [
         "INPUT", "LABELS", "LABEL_FIELD", "POSITIVE_VALUES", "MASK", "MODELS", "BASELINES", "FOLDS", "EPOCHS",
@@ -39,7 +40,7 @@ ADVANCED = {
     "stacksegmenter:setupworker": {"ENVIRONMENT_FOLDER"},
     "stacksegmenter:trainsegmenter": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
                                       "CATEGORICAL_BANDS", "RESUME", "ENSEMBLE", "WEIGHT_DECAY", "BAND_PENALTY",
-                                      "PU_PRIOR", *GRID},
+                                      "PU_PRIOR", "OVERWRITE", *GRID},
     "stacksegmenter:predictprobabilitymap": {"TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "SPHERICAL", *GRID},
     "stacksegmenter:crossvalidate": {"AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE",
                                      "CATEGORICAL_BANDS", "BLOCK_SIZE", "BUFFER", "BACKGROUND"},
