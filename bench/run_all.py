@@ -219,9 +219,14 @@ class Bench:
 
     def cv_memory(self, paths: Dict[str, Path]) -> None:
         """Peak memory of the baselines' cross-validation on the generated stack (target: < 2 GB)."""
+        from core.config import BASELINES
+
         labels = self.work / "labels.gpkg"
+        a = self.args
+        background = 20000 if a.height * a.width >= 1_000_000 else 2000  # the full sample where memory matters
         params = {"raster": str(paths["none"]), "labels": str(labels), "models": [], "folds": 5,
-                  "baselines": list(__import__("core.config", fromlist=["BASELINES"]).BASELINES),
+                  "background": background,
+                  "baselines": list(BASELINES),
                   "out": str(self.work / "cv_memory")}
         self.results["cv_memory"] = self.child("skill_cv", params, "cross-validation of the six baselines")
 
