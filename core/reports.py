@@ -232,11 +232,18 @@ def write_block_map(bm: BlockMap, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
+    _save_png(fig, path)
+    return path
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    """Writes a report figure atomically (cropped to what it draws) and frees it."""
+    import matplotlib.pyplot as plt
+
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
     finally:
         plt.close(fig)
-    return path
 
 
 def _number(value: Any) -> Optional[float]:
@@ -267,10 +274,7 @@ def write_capture_figure(metrics: Dict[str, Any], path: Path, title: str) -> Opt
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)
     return path
 
 
