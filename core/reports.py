@@ -178,59 +178,79 @@ Box = Tuple[int, int, int, int]
 
 @dataclass
 class BlockMap:
-    """What the validation-block map draws: the usable area (decimated to at most ``MAX_SIDE``
-    pixels on its long side), the validation blocks and the positive features (pixel (row, col))."""
+    """What the validation-block map draws: the usable area and the training area (decimated to at
+    most ``MAX_SIDE`` pixels on the long side), the validation blocks, the positive features (pixel
+    (row, col)) and the training windows (pixel boxes) that tell which deposits trained the model."""
 
     usable: np.ndarray
+    training: np.ndarray
     step: int
     shape: Tuple[int, int]
     blocks: List[Box]
+    windows: List[Box]
     points: np.ndarray
 
     MAX_SIDE = 800
 
     @classmethod
-    def of(cls, usable: np.ndarray, blocks: Sequence[Box], points: Optional[np.ndarray]) -> "BlockMap":
+    def of(cls, usable: np.ndarray, blocks: Sequence[Box], windows: Sequence[Box],
+           points: Optional[np.ndarray]) -> "BlockMap":
         step = max(1, math.ceil(max(usable.shape) / cls.MAX_SIDE))
+        training = np.zeros(usable.shape, dtype=bool)
+        for r0, c0, r1, c1 in windows:
+            training[max(r0, 0):r1, max(c0, 0):c1] = True
         pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
-        return cls(usable[::step, ::step].copy(), step, tuple(usable.shape), [tuple(map(int, b)) for b in blocks],
+        return cls(usable[::step, ::step].copy(), (training & usable)[::step, ::step].copy(), step,
+                   tuple(usable.shape), [tuple(map(int, b)) for b in blocks], [tuple(map(int, b)) for b in windows],
                    pts)
 
-    def held_out(self) -> np.ndarray:
-        """bool (N,): which points lie inside a validation block."""
+    def _inside(self, boxes: Sequence[Box]) -> np.ndarray:
         inside = np.zeros(len(self.points), dtype=bool)
-        for r0, c0, r1, c1 in self.blocks:
+        for r0, c0, r1, c1 in boxes:
             inside |= ((self.points[:, 0] >= r0) & (self.points[:, 0] < r1)
                        & (self.points[:, 1] >= c0) & (self.points[:, 1] < c1))
         return inside
 
+    def kinds(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(held out: in a validation block, trained on: in a training window); a deposit that is
+        neither lies in the buffer between them and was not used."""
+        held = self._inside(self.blocks)
+        return held, self._inside(self.windows) & ~held
+
 
 def write_block_map(bm: BlockMap, path: Path, title: str) -> Path:
-    """The validation blocks (red, dashed) over the usable area (grey), deposits as dots."""
+    """The validation blocks (red, dashed) over the training area (grey) and the rest of the usable
+    area (light grey); deposits held out, trained on, or in the buffer between."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Patch, Rectangle
 
     h, w = bm.shape
     fig, ax = plt.subplots(figsize=(8, max(3.0, 8 * h / max(w, 1))))
-    ax.imshow(np.where(bm.usable, 0.82, 1.0), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0),
-              interpolation="nearest")
-    for i, (r0, c0, r1, c1) in enumerate(bm.blocks):
+    shade = np.where(bm.training, 0.70, np.where(bm.usable, 0.90, 1.0))
+    ax.imshow(shade, cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0), interpolation="nearest")
+    handles = [Patch(color="0.70", label="training area"), Patch(color="0.90", label="buffer / not used")]
+    for r0, c0, r1, c1 in bm.blocks:
         ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, edgecolor="#e31a1c", linewidth=1.5,
-                               linestyle="--", label="validation block (held out)" if i == 0 else None))
-    held = bm.held_out()
-    if len(bm.points):
-        ax.scatter(bm.points[~held, 1], bm.points[~held, 0], s=14, c="black", label=f"training deposit ({(~held).sum()})")
-        ax.scatter(bm.points[held, 1], bm.points[held, 0], s=24, c="#e31a1c", marker="^", edgecolors="white",
-                   linewidths=0.5, label=f"held-out deposit ({held.sum()})")
+                               linestyle="--"))
+    handles.append(Patch(fill=False, edgecolor="#e31a1c", linestyle="--", label="validation block (held out)"))
+    held, trained = bm.kinds()
+    unused = ~held & ~trained
+    for mask, style, label in ((trained, dict(s=14, c="black"), "deposit trained on"),
+                               (held, dict(s=26, c="#e31a1c", marker="^", edgecolors="white", linewidths=0.5),
+                                "held-out deposit"),
+                               (unused, dict(s=14, facecolors="none", edgecolors="black"), "deposit in the buffer")):
+        if mask.any():
+            handles.append(ax.scatter(bm.points[mask, 1], bm.points[mask, 0], label=f"{label} ({mask.sum()})",
+                                      **style))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xlabel("column (pixels)")
     ax.set_ylabel("row (pixels)")
     ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     _save_png(fig, path)
     return path
@@ -261,7 +281,7 @@ def write_capture_figure(metrics: Dict[str, Any], path: Path, title: str) -> Opt
     import matplotlib.pyplot as plt
 
     x = np.arange(len(TOP_KS))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     ax.bar(x - 0.2, captured, width=0.4, color="#31688e", label=f"held-out deposits ({metrics['val_n_deposits']})")
     ax.bar(x + 0.2, TOP_KS, width=0.4, color="#cccccc", label="chance (a random map)")
     fit = _number(metrics.get("train_top10"))
@@ -270,9 +290,9 @@ def write_capture_figure(metrics: Dict[str, Any], path: Path, title: str) -> Opt
                    label="training deposits, top 10 % (fit, not skill)")
     ax.set_xticks(x, [f"top {k} %" for k in TOP_KS])
     ax.set_ylabel("% of deposits captured")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 104)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     _save_png(fig, path)
     return path

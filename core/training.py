@@ -1044,7 +1044,8 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
 
     return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, epoch, final, history,
                     count_parameters(eval_step.model), training_time, max(1, members),
-                    BlockMap.of(data.usable, td.split.val_blocks, data.labels.positive_points))
+                    BlockMap.of(data.usable, td.split.val_blocks, td.train_set.windows,
+                                data.labels.positive_points))
 
 
 def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Optional[Dict[str, Any]],

@@ -63,6 +63,8 @@ def test_train_writes_every_output_and_a_loadable_checkpoint(tiny_stack, tiny_po
     for image in re.findall(r'<img src="([^"]+)"', page):
         assert (folder / image).is_file(), image
     assert 'src="figures/validation_blocks.png"' in page and 'src="figures/curves.png"' in page
+    assert info["skill"]["val_n_deposits"] > 0  # the tiny split holds deposits out: the capture figure shows them
+    assert 'src="figures/capture.png"' in page and f"{info['skill']['val_prediction_rate_auc']:.3f}" in page
     assert f"{info['metrics']['val_roc_auc']:.3f}" in page
     assert (folder / "figures" / "validation_0.png").read_bytes()[:4] == b"\x89PNG"
 
