@@ -389,7 +389,8 @@ def evaluate(
     check_outputs_not_inputs(
         [("--output_dir file", out_dir / name) for name in OUTPUT_FILES],
         [("probability map (--probability_map)", config.probability_map),
-         ("labels (--labels)", config.labels.labels_path), ("study-area mask (--mask_path)", config.labels.mask_path or ""),
+         ("labels (--labels)", config.labels.labels_path),
+         ("study-area mask (--mask_path)", config.labels.mask_path or ""),
          ("model file (--checkpoint)", config.checkpoint or ""), ("test area (--test_area)", config.test_area or "")],
     )
     check_output_location(out_dir, "--output_dir", folder=True)

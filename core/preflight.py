@@ -99,7 +99,8 @@ def check_train_targets(config: TrainConfig, names: Sequence[str], log: LogFn) -
             log(f"warning: --overwrite: the model at {path} ({describe_model_file(path)}) will be replaced "
                 "when the first epoch of this run is saved")
         else:
-            raise ConfigError(f"{path} already holds {describe_model_file(path)}; {OVERWRITE_HINT}. Nothing was written")
+            raise ConfigError(f"{path} already holds {describe_model_file(path)}; {OVERWRITE_HINT}. "
+                              "Nothing was written")
     return resumes
 
 

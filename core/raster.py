@@ -409,7 +409,8 @@ def survey_bands(path: str | Path, bands: Optional[Sequence[int]] = None, seed: 
             try:
                 raw = src.read(indexes=indexes, window=win)
             except RasterioIOError as exc:
-                raise DataError(f"cannot read {path} ({' '.join(str(exc).split())[:200]}); the file is damaged") from None
+                raise DataError(f"cannot read {path} ({' '.join(str(exc).split())[:200]}); "
+                                "the file is damaged") from None
             masked = src.dataset_mask(window=win) > 0 if _has_internal_mask(src) else None
             ok_all = np.ones(raw.shape[1:], dtype=bool)
             for k, index in enumerate(indexes):

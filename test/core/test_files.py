@@ -107,7 +107,8 @@ def test_stale_temporary_files_of_a_dead_run_are_removed_and_nothing_else(tmp_pa
     ours_dead = tmp_path / f".checkpoint.pt.{dead}-0123abcd.partial.pt"
     ours_alive = temp_path(target)  # this process: alive, kept
     legacy = tmp_path / ".checkpoint.pt.k2j4_x9a.tmp"  # mkstemp name of earlier versions
-    user = [tmp_path / ".checkpoint.pt.notes", tmp_path / "checkpoint.pt.bak", tmp_path / f".other.pt.{dead}-0123abcd.partial.pt"]
+    user = [tmp_path / ".checkpoint.pt.notes", tmp_path / "checkpoint.pt.bak",
+            tmp_path / f".other.pt.{dead}-0123abcd.partial.pt"]
     for p in [ours_dead, ours_alive, legacy, *user]:
         p.write_bytes(b"x")
     assert stale_temps(target) == sorted([ours_dead, legacy])
@@ -162,6 +163,20 @@ def test_output_locations_are_checked_without_creating_anything(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "locked"]
 
 
+def _failing_write(script: str, repo_root: Path, target: Path, earlier: bytes) -> dict:
+    """Runs ``script`` (which writes ``target`` under a file-size limit) in a child; returns its error.
+
+    Checks that the earlier file at ``target`` and the rest of the folder are unchanged.
+    """
+    target.write_bytes(earlier)
+    before = {p.name: file_sha256(p) for p in target.parent.iterdir()}
+    res = subprocess.run([sys.executable, "-c", script, str(repo_root), str(target)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert {p.name: file_sha256(p) for p in target.parent.iterdir()} == before
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 SIZE_LIMITED = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
@@ -179,14 +194,8 @@ SIZE_LIMITED = textwrap.dedent("""
 def test_an_os_write_error_is_reported_with_path_and_cause(repo_root: Path, tmp_path: Path) -> None:
     """A real refused write (file size limit): the message names the path and the cause; nothing changes."""
     target = tmp_path / "checkpoint.pt"
-    target.write_bytes(b"the good model")
-    before = {p.name: file_sha256(p) for p in tmp_path.iterdir()}
-    res = subprocess.run([sys.executable, "-c", SIZE_LIMITED, str(repo_root), str(target)], capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    err = json.loads(res.stdout)
+    err = _failing_write(SIZE_LIMITED, repo_root, target, b"the good model")
     assert err["type"] == "DataError" and str(target) in err["message"] and "File too large" in err["message"]
-    assert {p.name: file_sha256(p) for p in tmp_path.iterdir()} == before
 
 
 GEOTIFF_SIZE_LIMITED = textwrap.dedent("""
@@ -203,7 +212,8 @@ GEOTIFF_SIZE_LIMITED = textwrap.dedent("""
     data = np.random.default_rng(0).random((1, 512, 512), dtype=np.float32)
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
     try:
-        with gdal_errors() as messages, atomic_path(target, verify=lambda t: verify_raster(t, messages, (1, 512, 512))) as tmp:
+        with gdal_errors() as messages, atomic_path(
+                target, verify=lambda t: verify_raster(t, messages, (1, 512, 512))) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(data)
         print(json.dumps({"type": "none"}))
@@ -215,15 +225,9 @@ GEOTIFF_SIZE_LIMITED = textwrap.dedent("""
 def test_a_geotiff_that_gdal_failed_to_flush_replaces_nothing(repo_root: Path, tmp_path: Path) -> None:
     """GDAL reports a failed block write at close only through its error handler: it must still fail."""
     target = tmp_path / "map.tif"
-    target.write_bytes(b"an earlier good map")
-    before = {p.name: file_sha256(p) for p in tmp_path.iterdir()}
-    res = subprocess.run([sys.executable, "-c", GEOTIFF_SIZE_LIMITED, str(repo_root), str(target)],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    err = json.loads(res.stdout.strip().splitlines()[-1])
+    err = _failing_write(GEOTIFF_SIZE_LIMITED, repo_root, target, b"an earlier good map")
     assert err["type"] in ("DataError", "ResourceError"), err
     assert str(target) in err["message"] and "GDAL" in err["message"]
-    assert {p.name: file_sha256(p) for p in tmp_path.iterdir()} == before
 
 
 def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:

@@ -192,7 +192,8 @@ def test_a_multi_layer_file_uses_its_only_fitting_layer_or_is_refused(tiny_stack
 
     info = read_info(tiny_stack.path)
     gpkg = tmp_path / "project.gpkg"
-    with fiona.open(gpkg, "w", driver="GPKG", layer="notes", schema={"geometry": "None", "properties": {"t": "str"}}) as dst:
+    schema = {"geometry": "None", "properties": {"t": "str"}}
+    with fiona.open(gpkg, "w", driver="GPKG", layer="notes", schema=schema) as dst:
         dst.write({"geometry": None, "properties": {"t": "an attribute table comes first"}})
     gpd.read_file(tiny_points.path).to_file(gpkg, layer="deposits", driver="GPKG")
     logs = []

@@ -397,7 +397,8 @@ def test_every_output_is_readable_by_the_group_and_others_under_umask_022(
             "config.json", "train.log", "validation_blocks.gpkg"} <= {p.name for p in files}
     modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
-    dirs = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.rglob("*") if p.is_dir()}
+    dirs = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+            for p in tmp_path.rglob("*") if p.is_dir()}
     assert set(dirs.values()) == {"0o755"}, dirs
 
 

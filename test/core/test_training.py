@@ -266,7 +266,8 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one_with_early_stoppi
     saved = load_checkpoint(tmp_path / "cut" / TINY / "checkpoint.pt")
     assert saved["epoch"] == cut and saved["patience_counter"] == stale[cut - 1] > 0
     rec = Recorder()
-    resumed = train(_config(tiny_stack, tiny_points, tmp_path / "cut", resume=True, **kw), **rec.kwargs())["models"][TINY]
+    resumed = train(_config(tiny_stack, tiny_points, tmp_path / "cut", resume=True, **kw),
+                    **rec.kwargs())["models"][TINY]
     assert resumed["epoch"] == full["epoch"], "the resumed run must stop early at the same epoch"
     assert [m["epoch"] for m in rec.metrics] == list(range(cut + 1, full["epoch"] + 1))
     again = load_checkpoint(tmp_path / "cut" / TINY / "checkpoint.pt")

@@ -37,7 +37,8 @@ def test_output_paths_are_checked_before_the_worker_starts(plugin: Any, tiny_dat
     blocker.write_text("x")
     # A worker Python that does not exist: reaching the worker would fail with another message.
     monkeypatch.setenv("STACK_SEGMENTER_PYTHON", str(tmp_path / "no" / "python"))
-    message = _run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path, OUTPUT_MODEL=str(blocker / "m.pt")))
+    message = _run("stacksegmenter:trainsegmenter",
+                   train_params(tiny_data, tmp_path, OUTPUT_MODEL=str(blocker / "m.pt")))
     assert "(OUTPUT_MODEL)" in message and "is a file, not a folder" in message
     message = _run("stacksegmenter:trainsegmenter",
                    train_params(tiny_data, tmp_path, OUTPUT_FOLDER=str(blocker / "sub" / "training")))
