@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import re
+import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,10 +20,13 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterCrs,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterFileWriter,
     QgsRasterLayer,
@@ -32,6 +37,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from ..core.config import declared
 from . import evidence, worker, worker_setup
 from .worker import WORKER_PYTHON_SETTING, configured_worker_python  # noqa: F401 (the plugin's public names)
 
@@ -45,6 +51,10 @@ COMMON_TAGS = ("prospectivity", "mineral", "mineral exploration", "deep learning
 #: The value QGIS's raster calculator writes where there is no data (-FLT_MAX).
 CALCULATOR_NODATA = -3.4028234663852886e38
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "sqlite", "gml", "fgb"]
+Integer = QgsProcessingParameterNumber.Type.Integer
+Double = QgsProcessingParameterNumber.Type.Double
+#: QGIS's "no limit" for a number parameter's range.
+DBL_MAX = sys.float_info.max
 
 
 def help_url() -> str:
@@ -120,6 +130,66 @@ class StackSegmenterAlgorithm(QgsProcessingAlgorithm):
         if advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(param)
+
+    def add_option(self, name: str, label: str, config: type, field_name: str, advanced: bool = False,
+                   extra_help: str = "") -> QgsProcessingParameterDefinition:
+        """A parameter for a config field, as the core declares it (config.Option): default, range, choices, help.
+
+        A field whose None means "automatic" shows its ``unset`` number (0 or -1) in the dialog.
+        """
+        opt, default, kind = declared(config, field_name)
+        param: QgsProcessingParameterDefinition
+        if kind is bool:
+            param = QgsProcessingParameterBoolean(name, self.tr(label), defaultValue=default)
+        elif opt.choices:
+            param = QgsProcessingParameterEnum(name, self.tr(label), options=list(opt.choices),
+                                               defaultValue=opt.choices.index(default))
+        elif kind in (int, float) or typing.get_origin(kind) is tuple:
+            low, high = opt.closed_range()
+            if opt.unset is not None:
+                low = opt.unset if low is None else min(low, opt.unset)
+            number = Double if kind is float else Integer
+            param = QgsProcessingParameterNumber(name, self.tr(label), number,
+                                                 opt.unset if default is None else default, optional=False,
+                                                 minValue=-DBL_MAX if low is None else low,
+                                                 maxValue=DBL_MAX if high is None else high)
+        else:
+            param = QgsProcessingParameterString(name, self.tr(label), defaultValue=default,
+                                                 optional=default is None)
+        self.add(param, self.help_of(config, field_name, extra_help), advanced=advanced)
+        return param
+
+    @staticmethod
+    def help_of(config: type, field_name: str, extra: str = "") -> str:
+        """A config field's declared help as a dialog sentence (plus ``extra``)."""
+        text = declared(config, field_name)[0].help
+        return text[:1].upper() + text[1:] + "." + (" " + extra if extra else "")
+
+    def option_args(self, parameters: Dict[str, Any], context: QgsProcessingContext, config: type,
+                    options: Sequence[Tuple[str, str]]) -> List[str]:
+        """The core's flags for parameters declared by ``add_option``: (parameter id, config field) pairs.
+
+        A number at its ``unset`` value and an empty text give no flag (the core's default applies).
+        """
+        args: List[str] = []
+        for name, field_name in options:
+            if self.parameterDefinition(name) is None:  # a tool built on another may drop some of its parameters
+                continue
+            opt, _default, kind = declared(config, field_name)
+            flag = opt.flag(field_name)
+            if kind is bool:
+                args += [flag] if self.parameterAsBoolean(parameters, name, context) else []
+            elif opt.choices:
+                args += [flag, opt.choices[self.parameterAsEnum(parameters, name, context)]]
+            elif kind is float:
+                args += [flag, repr(self.parameterAsDouble(parameters, name, context))]
+            elif kind is int or typing.get_origin(kind) is tuple:
+                value = self.parameterAsInt(parameters, name, context)
+                args += [] if value == opt.unset else [flag, str(value)]
+            else:
+                text = self.parameterAsString(parameters, name, context).strip()
+                args += [f"{flag}={text}"] if text else []
+        return args
 
     # ------------------------------------------------------------------ inputs as files
 

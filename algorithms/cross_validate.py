@@ -19,18 +19,15 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
 )
 
-from ..core.config import BASELINES
+from ..core.config import BASELINES, CVConfig
 from ..core.models.catalog import PRESET_MODELS
 from . import styling
 from .train_segmenter import TrainSegmenterAlgorithm
 
-Integer = QgsProcessingParameterNumber.Type.Integer
-
 #: Train's parameters that make no sense here (cv trains each fold from scratch into its own folder).
-NOT_FOR_CV = ("ARCHITECTURE", "RESUME", "OUTPUT_MODEL", "OUTPUT_FOLDER")
+NOT_FOR_CV = ("ARCHITECTURE", "RESUME", "OVERWRITE", "OUTPUT_MODEL", "OUTPUT_FOLDER")
 
 
 class CrossValidateAlgorithm(TrainSegmenterAlgorithm):
@@ -53,6 +50,8 @@ class CrossValidateAlgorithm(TrainSegmenterAlgorithm):
         "--models": MODELS, "--baselines": BASELINES, "--folds": FOLDS, "--block_size": BLOCK_SIZE,
         "--buffer": BUFFER, "--background": BACKGROUND, "--output_path": OUTPUT_FOLDER,
     }
+    #: Parameters declared by CVConfig's fields (add_option): id -> field.
+    CV_OPTIONS = ((FOLDS, "folds"), (BLOCK_SIZE, "block_size"), (BUFFER, "buffer"), (BACKGROUND, "background"))
 
     ICON = "crossvalidate.svg"
     TAGS = ("cross-validation", "validation", "skill", "baseline", "weights of evidence", "maxent",
@@ -77,33 +76,24 @@ class CrossValidateAlgorithm(TrainSegmenterAlgorithm):
 
     def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802 (Qt API)
         self._add_inputs()
+        defaults = CVConfig.defaults()
         self.add(QgsProcessingParameterEnum(self.MODELS, self.tr("Deep models"), options=list(PRESET_MODELS),
-                                            allowMultiple=True, defaultValue=[0], optional=True),
-                 "Registry models to cross-validate, each trained per fold with the options below (none: "
-                 "baselines only).")
+                                            allowMultiple=True, optional=True,
+                                            defaultValue=[PRESET_MODELS.index(m) for m in defaults["models"]]),
+                 self.help_of(CVConfig, "models"))
         self.add(QgsProcessingParameterEnum(self.BASELINES, self.tr("Baselines"), options=list(BASELINES),
-                                            allowMultiple=True, defaultValue=list(range(len(BASELINES))),
-                                            optional=True),
-                 "Per-pixel baselines on the same folds: weights of evidence, MaxEnt, L1 logistic regression, "
-                 "random forest, gradient boosting, the best single band.")
-        self.add(QgsProcessingParameterNumber(self.FOLDS, self.tr("Folds"), Integer, 5, minValue=2, maxValue=50),
-                 "Number of spatial folds; too many for the deposits gives an error naming the largest possible.")
+                                            allowMultiple=True, optional=True,
+                                            defaultValue=[BASELINES.index(b) for b in defaults["baselines"]]),
+                 self.help_of(CVConfig, "baselines"))
+        self.add_option(self.FOLDS, "Folds", CVConfig, "folds")
         self._add_training_options()
         self._add_advanced_options()
         for name in NOT_FOR_CV:
             if self.parameterDefinition(name) is not None:
                 self.removeParameter(name)
-        self.add(QgsProcessingParameterNumber(self.BLOCK_SIZE, self.tr("Block size (pixels, 0 = automatic)"),
-                                              Integer, 0, minValue=0),
-                 "Side of the spatial blocks; automatic: about four blocks per fold, smaller when deposits cluster.",
-                 advanced=True)
-        self.add(QgsProcessingParameterNumber(self.BUFFER, self.tr("Buffer (pixels, -1 = automatic)"), Integer, -1,
-                                              minValue=-1),
-                 "Gap between a fold's test blocks and the data that trains it; automatic: 1/8 of the block side.",
-                 advanced=True)
-        self.add(QgsProcessingParameterNumber(self.BACKGROUND, self.tr("Background sample (pixels)"), Integer,
-                                              20000, minValue=100),
-                 "Background pixels per fold that the baselines learn from, besides the positives.", advanced=True)
+        self.add_option(self.BLOCK_SIZE, "Block size (pixels, 0 = automatic)", CVConfig, "block_size", advanced=True)
+        self.add_option(self.BUFFER, "Buffer (pixels, -1 = automatic)", CVConfig, "buffer", advanced=True)
+        self.add_option(self.BACKGROUND, "Background sample (pixels)", CVConfig, "background", advanced=True)
         self.add(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Cross-validation folder"),
                                                          defaultValue=QgsProcessing.TEMPORARY_OUTPUT),
                  "Where cv_summary.html, cv_results.csv, cv_summary.json, cv_comparison.png, cv_folds.gpkg and "
@@ -121,15 +111,8 @@ class CrossValidateAlgorithm(TrainSegmenterAlgorithm):
         args = self._option_args(parameters, context)  # Train's options, checked before anything is written
         folder = self.output_folder(parameters, self.OUTPUT_FOLDER, context)
         args += self._input_args(parameters, context, feedback, Path(folder) / "evidence_stack.vrt")
-        args += ["--models", *(models or ["none"]), "--baselines", *(baselines or ["none"]),
-                 "--folds", str(self.parameterAsInt(parameters, self.FOLDS, context)),
-                 "--background", str(self.parameterAsInt(parameters, self.BACKGROUND, context))]
-        block = self.parameterAsInt(parameters, self.BLOCK_SIZE, context)
-        if block > 0:
-            args += ["--block_size", str(block)]
-        buffer = self.parameterAsInt(parameters, self.BUFFER, context)
-        if buffer >= 0:
-            args += ["--buffer", str(buffer)]
+        args += ["--models", *(models or ["none"]), "--baselines", *(baselines or ["none"])]
+        args += self.option_args(parameters, context, CVConfig, self.CV_OPTIONS)
         args += ["--output_path", folder]
         result = self.run_core("cv", args, feedback, python)
         return self._cv_outputs(result, folder, context, feedback)

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.config import LabelOptions
 from ..core.files import write_text_atomic
 from .base import StackSegmenterAlgorithm
 
@@ -94,9 +95,7 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                  "present, else every feature is a positive.")
         self.add(QgsProcessingParameterString(self.POSITIVE_VALUES, self.tr("Positive values"), optional=True),
                  "For class fields: the values that mean positive, separated by commas.")
-        self.add(QgsProcessingParameterString(self.POINT_BUFFER, self.tr("Point buffer"), defaultValue="0.5"),
-                 "Radius burned around points for the pixel scores: pixels (0.5) or map units (250m).",
-                 advanced=True)
+        self.add_option(self.POINT_BUFFER, "Point buffer", LabelOptions, "point_buffer", advanced=True)
         self.add(QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Study area mask"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True),
             "Polygons: only pixels inside are scored.")
@@ -140,8 +139,8 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         labels = self.vector_file(p, self.LABELS, context, feedback)
         assert labels is not None  # required parameter
         args = ["--probability_map", self.raster_file(p, self.PROBABILITY_MAP, context, feedback),
-                "--labels", labels[0], "--output_dir", folder,
-                "--point_buffer=" + (self.parameterAsString(p, self.POINT_BUFFER, context).strip() or "0.5")]
+                "--labels", labels[0], "--output_dir", folder]
+        args += self.option_args(p, context, LabelOptions, ((self.POINT_BUFFER, "point_buffer"),))
         if labels[1]:
             args += ["--layer", labels[1]]
         fields = self.parameterAsFields(p, self.LABEL_FIELD, context)

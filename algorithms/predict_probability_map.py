@@ -9,22 +9,16 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterString,
     QgsProcessingUtils,
 )
 
-from ..core.config import MAX_OVERLAP
+from ..core.config import PredictConfig
 from . import evidence, styling
 from .base import StackSegmenterAlgorithm
 from .worker import WorkerCancelled
-
-Integer = QgsProcessingParameterNumber.Type.Integer
-Double = QgsProcessingParameterNumber.Type.Double
 
 
 class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
@@ -46,6 +40,9 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "--tile_size": TILE_SIZE, "--overlap": OVERLAP, "--batch_size": BATCH_SIZE, "--device": DEVICE,
         "--spherical": SPHERICAL, "--uncertainty_path": UNCERTAINTY,
     }
+    #: Parameters declared by PredictConfig's fields (add_option): id -> field.
+    OPTIONS = ((TILE_SIZE, "tile_size"), (OVERLAP, "overlap"), (BATCH_SIZE, "batch_size"), (DEVICE, "device"),
+               (SPHERICAL, "spherical"))
 
     ICON = "predict.svg"
     TAGS = ("predict", "probability", "map", "inference", "favourability", "susceptibility")
@@ -74,19 +71,12 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Study area mask"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True),
             "Polygons: pixels outside are written as nodata.")
-        self.add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Window size (pixels, 0 = as trained)"),
-                                              Integer, 0, minValue=0),
-                 "Side of the prediction windows; 0 uses the tile size the model was trained with.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.OVERLAP, self.tr("Window overlap"), Double, 0.25,
-                                              minValue=0.0, maxValue=MAX_OVERLAP),
-                 "Fraction of a window shared with its neighbours; blended so no seams show.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, 4, minValue=1),
-                 "Windows per forward pass; lower it when memory runs out.", advanced=True)
-        self.add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"), defaultValue="auto"),
-                 "auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N.", advanced=True)
-        self.add(QgsProcessingParameterBoolean(self.SPHERICAL, self.tr("Whole globe (spherical model)"),
-                                               defaultValue=False),
-                 "For global EPSG:4326 rasters and spherical models: the whole globe at once.", advanced=True)
+        self.add_option(self.TILE_SIZE, "Window size (pixels, 0 = as trained)", PredictConfig, "tile_size",
+                        advanced=True)
+        self.add_option(self.OVERLAP, "Window overlap", PredictConfig, "overlap", advanced=True)
+        self.add_option(self.BATCH_SIZE, "Batch size", PredictConfig, "batch_size", advanced=True)
+        self.add_option(self.DEVICE, "Device", PredictConfig, "device", advanced=True)
+        self.add_option(self.SPHERICAL, "Whole globe (spherical model)", PredictConfig, "spherical", advanced=True)
         self.add(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Probability map")),
                  "The probability GeoTIFF (0 to 1, nodata where the input is nodata). A model trained by this "
                  "plugin is calibrated: the map's mean over the training area is the training base rate. It "
@@ -145,15 +135,8 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
     def _args(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback,
               model: str, raster: str, output: str) -> List[str]:
         p = parameters
-        args = ["--checkpoint", model, "--raster_path", raster, "--output_path", output,
-                "--overlap", repr(self.parameterAsDouble(p, self.OVERLAP, context)),
-                "--batch_size", str(self.parameterAsInt(p, self.BATCH_SIZE, context)),
-                "--device", self.parameterAsString(p, self.DEVICE, context).strip() or "auto"]
-        tile = self.parameterAsInt(p, self.TILE_SIZE, context)
-        if tile > 0:
-            args += ["--tile_size", str(tile)]
-        if self.parameterAsBoolean(p, self.SPHERICAL, context):
-            args.append("--spherical")
+        args = ["--checkpoint", model, "--raster_path", raster, "--output_path", output]
+        args += self.option_args(p, context, PredictConfig, self.OPTIONS)
         mask = self.vector_file(p, self.MASK, context, feedback)
         if mask is not None:
             args += ["--mask_path", self.vector_uri(mask)]

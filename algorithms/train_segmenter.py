@@ -12,26 +12,22 @@ from qgis.core import (
     QgsProcessingOutputFolder,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterString,
     QgsProcessingUtils,
 )
 
-from ..core.config import AMP_MODES, LOSSES, MAX_ENSEMBLE, TrainConfig
+from ..core.config import LabelOptions, TrainConfig
 from ..core.models.catalog import PRESET_MODELS, parse_model_name
 from . import evidence, styling
 from .base import StackSegmenterAlgorithm
 from .runs import RunFolder, unset_destination
 from .worker import WorkerCancelled
 
-Integer = QgsProcessingParameterNumber.Type.Integer
-Double = QgsProcessingParameterNumber.Type.Double
 DEFAULTS = TrainConfig.defaults()
 """The core's defaults: the dialog, the command line and the API agree."""
 
@@ -94,6 +90,15 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--overwrite": OVERWRITE, "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
         "--ensemble": ENSEMBLE,
     }
+    #: Parameters declared by TrainConfig's fields (add_option): id -> field.
+    OPTIONS = (
+        (EPOCHS, "num_epochs"), (BATCH_SIZE, "batch_size"), (LEARNING_RATE, "learning_rate"), (TILE_SIZE, "tile_size"),
+        (STRIDE, "stride"), (VAL_FRACTION, "val_fraction"), (SEED, "seed"), (DEVICE, "device"),
+        (AMP_MODE, "amp_mode"), (MAX_GRAD_NORM, "max_grad_norm"), (LABEL_SMOOTHING, "label_smoothing"),
+        (AUGMENT, "augment"), (LOSS, "loss"), (PU_PRIOR, "pu_prior"), (WEIGHT_DECAY, "weight_decay"),
+        (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (ENSEMBLE, "ensemble"), (RESUME, "resume"),
+        (OVERWRITE, "overwrite"),
+    )
 
     ICON = "train.svg"
     TAGS = ("train", "model", "neural network", "unet", "transformer", "pytorch", "labels", "deposits")
@@ -130,10 +135,9 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
             "the label field. Reprojected to the raster's CRS. 'Selected features only' is honoured.")
         self.add(QgsProcessingParameterField(self.LABEL_FIELD, self.tr("Label field"),
                                              parentLayerParameterName=self.LABELS, optional=True),
-                 "Field holding the labels (1/0, true/false, or classes with 'Positive values'). Empty: the "
-                 "field 'label' when present, else every feature is a positive.")
+                 self.help_of(LabelOptions, "label_column"))
         self.add(QgsProcessingParameterString(self.POSITIVE_VALUES, self.tr("Positive values"), optional=True),
-                 "For class fields: the values that mean positive, separated by commas (e.g. water).")
+                 self.help_of(LabelOptions, "positive_values"))
         self.add(QgsProcessingParameterFeatureSource(
             self.MASK, self.tr("Study area mask"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True),
             "Polygons of the study area: pixels outside are ignored for training, statistics and metrics.")
@@ -141,92 +145,39 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     def _add_training_options(self) -> None:
         self.add(QgsProcessingParameterEnum(self.ARCHITECTURE, self.tr("Architecture"), options=list(PRESET_MODELS),
                                             defaultValue=PRESET_MODELS.index(DEFAULTS["models"][0])),
-                 "The network: pixel_* (per-pixel network with band selection, made for tens of point labels), "
-                 "cnn_* (small CNN that sees a few pixels around), unet_* (planar U-Net: spatial patterns, needs "
-                 "many labels), transformer_* (windowed attention, slower), s2unet_* / s2segformer_* (spherical, "
-                 "for global EPSG:4326 rasters).")
-        self.add(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), Integer, DEFAULTS["num_epochs"],
-                                              minValue=0),
-                 "Passes over the training tiles (0: train nothing, only validate). Early stopping may end "
-                 "sooner (see Patience).")
-        self.add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), Integer, DEFAULTS["batch_size"],
-                                              minValue=1),
-                 "Tiles per optimisation step; lower it when memory runs out.")
-        lr = QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), Double,
-                                          DEFAULTS["learning_rate"], minValue=0.0)
-        lr.setMetadata({"widget_wrapper": {"decimals": 6}})
-        self.add(lr, "AdamW learning rate.")
-        self.add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size (pixels, 0 = automatic)"),
-                                              Integer, 0, minValue=0),
-                 "Side of the square training tiles. 0: 256, or the raster size when smaller (halved while "
-                 "the raster is under three tiles, so a spatial validation split fits).")
-        self.add(QgsProcessingParameterNumber(self.STRIDE, self.tr("Stride (pixels, 0 = tile size)"),
-                                              Integer, 0, minValue=0),
-                 "Step between training tiles; smaller than the tile size gives overlapping tiles.")
-        self.add(QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction"), Double,
-                                              DEFAULTS["val_fraction"],
-                                              minValue=0.0, maxValue=0.9),
-                 "Share of the area held out in spatially separate validation blocks.")
-        self.add(QgsProcessingParameterString(self.POINT_BUFFER, self.tr("Point buffer"),
-                                              defaultValue=DEFAULTS["labels"].point_buffer),
-                 "Radius burned around label points: pixels (0.5, 1.5px) or map units (250m, 2km).")
-        self.add(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), Integer, 0, minValue=0),
-                 "The same seed repeats a CPU run exactly.")
-        self.add(QgsProcessingParameterString(self.DEVICE, self.tr("Device"), defaultValue="auto"),
-                 "auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N.")
+                 self.help_of(TrainConfig, "models"))
+        self.add_option(self.EPOCHS, "Epochs", TrainConfig, "num_epochs")
+        self.add_option(self.BATCH_SIZE, "Batch size", TrainConfig, "batch_size")
+        self.add_option(self.LEARNING_RATE, "Learning rate", TrainConfig, "learning_rate").setMetadata(
+            {"widget_wrapper": {"decimals": 6}})
+        self.add_option(self.TILE_SIZE, "Tile size (pixels, 0 = automatic)", TrainConfig, "tile_size")
+        self.add_option(self.STRIDE, "Stride (pixels, 0 = tile size)", TrainConfig, "stride")
+        self.add_option(self.VAL_FRACTION, "Validation fraction", TrainConfig, "val_fraction")
+        self.add_option(self.POINT_BUFFER, "Point buffer", LabelOptions, "point_buffer")
+        self.add_option(self.SEED, "Random seed", TrainConfig, "seed")
+        self.add_option(self.DEVICE, "Device", TrainConfig, "device")
 
     def _add_advanced_options(self) -> None:
-        self.add(QgsProcessingParameterEnum(self.AMP_MODE, self.tr("Mixed precision"), options=list(AMP_MODES),
-                                            defaultValue=0),
-                 "none, fp16 (CUDA only) or bf16 (CPU and GPU): faster, less memory, slightly less precise.",
-                 advanced=True)
-        self.add(QgsProcessingParameterNumber(self.MAX_GRAD_NORM, self.tr("Gradient clipping norm"), Double, 1.0,
-                                              minValue=0.0), "Clips the gradient norm each step.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.LABEL_SMOOTHING, self.tr("Label smoothing"), Double, 0.0,
-                                              minValue=0.0, maxValue=0.49),
-                 "Softens the 0/1 targets (0 = off).", advanced=True)
-        self.add(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Data augmentation"),
-                                               defaultValue=DEFAULTS["augment"]),
-                 "Band noise and band dropout; for models that see neighbours also random flips and 90-degree "
-                 "rotations (spherical models: longitude roll and flips).", advanced=True)
-        self.add(QgsProcessingParameterEnum(self.LOSS, self.tr("Loss"), options=list(LOSSES),
-                                            defaultValue=LOSSES.index(DEFAULTS["loss"])),
-                 "Imbalance-aware loss; pu (positive-unlabelled) treats unlabelled ground as unknown, not as "
-                 "barren, which suits known deposits as points.", advanced=True)
-        prior = QgsProcessingParameterNumber(self.PU_PRIOR, self.tr("PU prior (share of the area, 0 = labelled share)"),
-                                             Double, DEFAULTS["pu_prior"], minValue=0.0, maxValue=0.49)
-        prior.setMetadata({"widget_wrapper": {"decimals": 4}})
-        self.add(prior, "pu loss: the share of the unlabelled area assumed to hold positives; 0 weighs presences "
-                        "against the background as MaxEnt does.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.WEIGHT_DECAY, self.tr("Weight decay"), Double,
-                                              DEFAULTS["weight_decay"], minValue=0.0),
-                 "AdamW weight decay: shrinks every weight a little each step (regularisation).", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.BAND_PENALTY, self.tr("Band penalty (0 = off)"), Double,
-                                              DEFAULTS["band_penalty"], minValue=0.0),
-                 "Group-lasso penalty on the weights that read each band (pixel_* and cnn_* models): the model "
-                 "learns to lean on few bands, as a sparse logistic regression does. The log lists the band "
-                 "weights.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.PATIENCE, self.tr("Early stopping patience (epochs, 0 = off)"),
-                                              Integer, DEFAULTS["patience"], minValue=0),
-                 "Stops after this many epochs without validation improvement.", advanced=True)
+        for name, label, field_name in (
+                (self.AMP_MODE, "Mixed precision", "amp_mode"),
+                (self.MAX_GRAD_NORM, "Gradient clipping norm", "max_grad_norm"),
+                (self.LABEL_SMOOTHING, "Label smoothing", "label_smoothing"),
+                (self.AUGMENT, "Data augmentation", "augment"),
+                (self.LOSS, "Loss", "loss")):
+            self.add_option(name, label, TrainConfig, field_name, advanced=True)
+        self.add_option(self.PU_PRIOR, "PU prior (share of the area, 0 = labelled share)", TrainConfig, "pu_prior",
+                        advanced=True).setMetadata({"widget_wrapper": {"decimals": 4}})
+        self.add_option(self.WEIGHT_DECAY, "Weight decay", TrainConfig, "weight_decay", advanced=True)
+        self.add_option(self.BAND_PENALTY, "Band penalty (0 = off)", TrainConfig, "band_penalty", advanced=True)
+        self.add_option(self.PATIENCE, "Early stopping patience (epochs, 0 = off)", TrainConfig, "patience",
+                        advanced=True)
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
-                 "Bands holding class codes (e.g. lithology): band names (a single-band layer's name, or a band "
-                 "description) or 1-based numbers, separated by commas. One-hot encoded instead of normalised (the "
-                 "64 most frequent codes get a channel each; rarer codes, and codes unseen in training, share one "
-                 "'other' channel), and resampled by nearest neighbour when layers are aligned.", advanced=True)
-        self.add(QgsProcessingParameterNumber(self.ENSEMBLE, self.tr("Ensemble members"), Integer,
-                                              DEFAULTS["ensemble"],
-                                              minValue=1, maxValue=MAX_ENSEMBLE),
-                 "Models trained with different seeds into the one model file; Predict averages them and can map "
-                 "where they disagree (its Uncertainty output, which needs 2 or more). Training takes this many "
-                 "times longer.", advanced=True)
-        self.add(QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from the output model"),
-                                               defaultValue=False),
-                 "Continue training from the model already at 'Trained model' (give its path).", advanced=True)
-        self.add(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite existing model"),
-                                               defaultValue=False),
-                 "Replace a model already at 'Trained model'. Off: an existing model is never replaced (the run "
-                 "is refused unless 'Resume from the output model' is ticked).", advanced=True)
+                 self.help_of(TrainConfig, "categorical_bands", "Separated by commas; resampled by nearest neighbour "
+                              "when layers are aligned."), advanced=True)
+        self.add_option(self.ENSEMBLE, "Ensemble members", TrainConfig, "ensemble", advanced=True)
+        self.add_option(self.RESUME, "Resume from the output model", TrainConfig, "resume", advanced=True,
+                        extra_help="Give that model's path as 'Trained model'.")
+        self.add_option(self.OVERWRITE, "Overwrite existing model", TrainConfig, "overwrite", advanced=True)
 
     def _add_outputs(self) -> None:
         self.add(QgsProcessingParameterFileDestination(
@@ -357,37 +308,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         return args
 
     def _option_args(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> List[str]:
-        p = parameters
-        args = [
-            "--num_epochs", str(self.parameterAsInt(p, self.EPOCHS, context)),
-            "--batch_size", str(self.parameterAsInt(p, self.BATCH_SIZE, context)),
-            "--learning_rate", repr(self.parameterAsDouble(p, self.LEARNING_RATE, context)),
-            "--val_fraction", repr(self.parameterAsDouble(p, self.VAL_FRACTION, context)),
-            "--point_buffer=" + (self.parameterAsString(p, self.POINT_BUFFER, context).strip()
-                                  or DEFAULTS["labels"].point_buffer),
-            "--seed", str(self.parameterAsInt(p, self.SEED, context)),
-            "--device", self.parameterAsString(p, self.DEVICE, context).strip() or "auto",
-            "--amp_mode", AMP_MODES[self.parameterAsEnum(p, self.AMP_MODE, context)],
-            "--max_grad_norm", repr(self.parameterAsDouble(p, self.MAX_GRAD_NORM, context)),
-            "--label_smoothing_factor", repr(self.parameterAsDouble(p, self.LABEL_SMOOTHING, context)),
-            "--loss", LOSSES[self.parameterAsEnum(p, self.LOSS, context)],
-            "--patience", str(self.parameterAsInt(p, self.PATIENCE, context)),
-            "--ensemble", str(self.parameterAsInt(p, self.ENSEMBLE, context)),
-            "--pu_prior", repr(self.parameterAsDouble(p, self.PU_PRIOR, context)),
-            "--weight_decay", repr(self.parameterAsDouble(p, self.WEIGHT_DECAY, context)),
-            "--band_penalty", repr(self.parameterAsDouble(p, self.BAND_PENALTY, context)),
-        ]
-        for option, flag in ((self.TILE_SIZE, "--tile_size"), (self.STRIDE, "--stride")):
-            value = self.parameterAsInt(p, option, context)
-            if value > 0:
-                args += [flag, str(value)]
-        if self.parameterAsBoolean(p, self.AUGMENT, context):
-            args.append("--enable_data_augmentation")
-        if self.parameterAsBoolean(p, self.RESUME, context):
-            args.append("--resume")
-        if self.parameterAsBoolean(p, self.OVERWRITE, context):
-            args.append("--overwrite")
-        return args
+        return (self.option_args(parameters, context, TrainConfig, self.OPTIONS)
+                + self.option_args(parameters, context, LabelOptions, ((self.POINT_BUFFER, "point_buffer"),)))
 
     def _outputs(self, result: Dict[str, Any], architecture: str, run: RunFolder,
                  context: QgsProcessingContext) -> Dict[str, Any]:

@@ -6,10 +6,12 @@ anything is read ("Arguments are validated before any data is read").
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar, Union
 
 from .errors import ConfigError
 from .models.catalog import DEFAULT_MODELS, check_tile, parse_model_name
@@ -53,10 +55,12 @@ def _pair(value: Any, name: str) -> Optional[Tuple[int, int]]:
         return None
     if isinstance(value, int):
         value = (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 1:  # the command line's one value = square
+        value = (value[0], value[0])
     try:
         h, w = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be one integer or two (height width), got {value!r}") from None
+        raise ConfigError(f"{name} takes one or two integers (height width), got {value!r}") from None
     if h <= 0 or w <= 0:
         raise ConfigError(f"{name} must be positive, got {h} x {w}; e.g. --{name} 256 256")
     return (h, w)
@@ -81,13 +85,115 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
-def _check_amp(amp_mode: str) -> None:
-    if amp_mode not in AMP_MODES:
-        raise ConfigError(f"amp mode {amp_mode!r} is not valid; use one of {', '.join(AMP_MODES)}")
+@dataclass(frozen=True)
+class Option:
+    """How one config field is offered to people: its flag(s), help and accepted range.
+
+    Declared once, on the field (``option(...)``); the command line (cli.py) and the QGIS
+    tools (algorithms/) read it, and the config checks its range on construction, so the
+    three always agree.
+    """
+
+    help: str
+    flags: Tuple[str, ...] = ()
+    """Command-line flags; empty: ``--<field name>``. The first one is the flag messages name."""
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    choices: Tuple[str, ...] = ()
+    note: str = ""
+    """Said after the range when a value is refused (e.g. what 0 means)."""
+    required: bool = False
+    metavar: Optional[str] = None
+    nargs: Optional[str] = None
+    """For list fields: '+' (default) or '*'."""
+    unset: Optional[int] = None
+    """The number a QGIS dialog shows for None (0 = automatic); None: the field has no unset state there."""
+    skip: Tuple[str, ...] = ()
+    """For a nested config: its fields not offered here (the outer config sets them)."""
+
+    def flag(self, name: str) -> str:
+        return self.flags[0] if self.flags else f"--{name}"
+
+    def accepts(self, value: float) -> bool:
+        """Whether a number lies in the declared range."""
+        low, high = self.minimum, self.maximum
+        if low is not None and (value <= low if self.min_exclusive else value < low):
+            return False
+        return high is None or (value < high if self.max_exclusive else value <= high)
+
+    def range_text(self) -> str:
+        """'in [0, 0.5)', '>= 1', '> 0' ..."""
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"in {'(' if self.min_exclusive else '['}{low:g}, {high:g}{')' if self.max_exclusive else ']'}"
+        if low is not None:
+            return f"{'>' if self.min_exclusive else '>='} {low:g}"
+        return f"{'<' if self.max_exclusive else '<='} {high:g}" if high is not None else "any number"
+
+    def closed_range(self) -> Tuple[Optional[float], Optional[float]]:
+        """The range with inclusive bounds (the nearest float inside an exclusive one), as QGIS declares it."""
+        low, high = self.minimum, self.maximum
+        if low is not None and self.min_exclusive:
+            low = math.nextafter(low, math.inf)
+        if high is not None and self.max_exclusive:
+            high = math.nextafter(high, -math.inf)
+        return low, high
+
+
+def option(default: Any = MISSING, *, factory: Any = MISSING, **declaration: Any) -> Any:
+    """A dataclass field with its Option (see Option for the keywords)."""
+    return field(default=default, default_factory=factory, metadata={"option": Option(**declaration)})
+
+
+def option_of(f: "Field[Any]") -> Optional[Option]:
+    return f.metadata.get("option")
+
+
+def default_of(f: "Field[Any]") -> Any:
+    """A field's default value (a fresh one for factories)."""
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is MISSING else f.default
+
+
+def plain_type(kind: Any) -> Any:
+    """Optional[X] -> X."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is Union and len(args) == 1 else kind
+
+
+def declared(cls: type, name: str) -> Tuple[Option, Any, Any]:
+    """(Option, default, plain type) of one offered field of a config."""
+    f = next(f for f in fields(cls) if f.name == name)
+    opt = option_of(f)
+    assert opt is not None, f"{cls.__name__}.{name} declares no option"
+    return opt, default_of(f), plain_type(field_types(cls)[name])
+
+
+def field_types(cls: type) -> Dict[str, Any]:
+    """Resolved type hints of a config's fields (annotations are strings here)."""
+    return typing.get_type_hints(cls)
+
+
+def declared_options(cls: type, skip: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], "Field[Any]", Any]]:
+    """Every offered field of a config, nested configs included: (path of field names, field, type)."""
+    types = field_types(cls)
+    for f in fields(cls):
+        opt = option_of(f)
+        if opt is None or f.name in skip:
+            continue
+        kind = types[f.name]
+        if is_dataclass(kind):
+            for path, inner, inner_type in declared_options(kind, opt.skip):
+                yield (f.name, *path), inner, inner_type
+        else:
+            yield (f.name,), f, kind
 
 
 class _JsonConfig:
-    """JSON round trip shared by the configs (never pickle)."""
+    """JSON round trip shared by the configs (never pickle), and the declared ranges checked."""
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -107,6 +213,23 @@ class _JsonConfig:
     def from_json(cls: Type[T], text: str) -> T:
         return cls.from_dict(json.loads(text))
 
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Every field's default: what the command line and the QGIS tools offer when nothing is given."""
+        return {f.name: default_of(f) for f in fields(cls)}  # type: ignore[arg-type]
+
+    def check_options(self) -> None:
+        """Refuses a value outside its declared range or choices, naming the flag, the range and the value."""
+        for f in fields(self):  # type: ignore[arg-type]
+            opt, value = option_of(f), getattr(self, f.name)
+            if opt is None or value is None or isinstance(value, (bool, list, tuple, _JsonConfig)):
+                continue
+            if opt.choices and value not in opt.choices:
+                raise ConfigError(f"{opt.flag(f.name)} {value!r} is not valid; use one of {', '.join(opt.choices)}")
+            if isinstance(value, (int, float)) and not opt.accepts(value):
+                note = f" ({opt.note})" if opt.note else ""
+                raise ConfigError(f"{opt.flag(f.name)} must be {opt.range_text()}{note}, got {value}")
+
 
 @dataclass
 class LabelOptions(_JsonConfig):
@@ -117,59 +240,108 @@ class LabelOptions(_JsonConfig):
         layer: layer name inside a multi-layer source (GeoPackage); None = the first.
         label_column: column holding the labels. None means "use 'label' when present,
             otherwise every feature is positive"; a name given explicitly must exist.
-        positive_values: values of the column that mean positive (for string/class columns).
-            None: the column must be numeric/boolean 0/1 (or already binary).
+        positive_values: values of the column that mean positive (for string/class columns);
+            commas also separate values. None: the column must be numeric/boolean 0/1.
         point_buffer: radius for points: pixels ('0.5', '1.5px') or map units ('250m').
         mask_path: optional study-area polygons; pixels outside are ignored.
     """
 
-    labels_path: str = ""
-    layer: Optional[str] = None
-    label_column: Optional[str] = None
-    positive_values: Optional[List[str]] = None
-    point_buffer: str = "0.5"
-    mask_path: Optional[str] = None
+    labels_path: str = option("", flags=("--shapefile_path", "--labels"), required=True,
+                              help="vector labels: any OGR file (shapefile, GeoPackage, GeoJSON) of points or polygons")
+    layer: Optional[str] = option(None, help="layer name inside a multi-layer source such as a GeoPackage")
+    label_column: Optional[str] = option(
+        None, help="field holding the labels (1/0, true/false, or classes with the positive values); empty: the "
+                   "field 'label' when present, else every feature is a positive")
+    positive_values: Optional[List[str]] = option(
+        None, metavar="VALUE", help="for class fields: the values that mean positive, separated by commas (e.g. water)")
+    point_buffer: str = option("0.5", help="radius burned around label points: pixels (0.5, 1.5px) or map units "
+                                           "(250m, 2km)")
+    mask_path: Optional[str] = option(None, help="polygons of the study area: pixels outside are ignored for "
+                                                 "training, statistics and metrics")
 
     def __post_init__(self) -> None:
         if not self.labels_path:
             raise ConfigError("no labels given; pass a vector file of points or polygons (--shapefile_path)")
         parse_point_buffer(self.point_buffer)
         if self.positive_values is not None:
-            self.positive_values = [str(v) for v in self.positive_values]
+            values = [v.strip() for item in self.positive_values for v in str(item).split(",") if v.strip()]
+            self.positive_values = values or None
 
 
 @dataclass
 class TrainConfig(_JsonConfig):
     """Everything a training run needs (the CLI flags of train_raster.py map one to one)."""
 
-    raster_path: str = ""
-    labels: LabelOptions = field(default_factory=lambda: LabelOptions(labels_path="?"))
-    models: List[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    tile_size: Optional[Tuple[int, int]] = None
-    stride: Optional[Tuple[int, int]] = None
-    num_epochs: int = 100
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    max_grad_norm: float = 1.0
-    label_smoothing: float = 0.0
-    amp_mode: str = "none"
-    augment: bool = False
-    ddp: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    output_path: str = "checkpoints_raster"
-    checkpoint_path: Optional[str] = None
-    seed: int = 0
-    device: str = "auto"
-    val_fraction: float = 0.2
-    loss: str = DEFAULT_LOSS
-    patience: int = 20
-    num_workers: int = 0
-    categorical_bands: List[Union[int, str]] = field(default_factory=list)
-    ensemble: int = DEFAULT_ENSEMBLE
-    weight_decay: float = 1e-2
-    band_penalty: float = 0.0
-    pu_prior: float = 0.0
+    raster_path: str = option("", required=True, help="the evidence raster stack (any GDAL raster)")
+    labels: LabelOptions = option(factory=lambda: LabelOptions(labels_path="?"), help="")
+    models: List[str] = option(
+        factory=lambda: list(DEFAULT_MODELS), metavar="NAME",
+        help="models to train in turn (`python -m core list-models`): pixel_* (per-pixel network with band "
+             "selection, made for tens of point labels), cnn_* (small CNN that sees a few pixels around), unet_* "
+             "(planar U-Net: spatial patterns, needs many labels), transformer_* (windowed attention, slower), "
+             "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters)")
+    tile_size: Optional[Tuple[int, int]] = option(
+        None, metavar="N", minimum=1, unset=0,
+        help="side of the training tiles (height width; one value = square). Automatic: 256, or the raster size "
+             "when smaller (halved while the raster is under three tiles, so a spatial validation split fits); "
+             "spherical models on a global raster take the whole globe")
+    stride: Optional[Tuple[int, int]] = option(
+        None, metavar="N", minimum=1, unset=0,
+        help="step between training tiles (height width); automatic: the tile size; smaller gives overlapping tiles")
+    num_epochs: int = option(100, minimum=0, note="0 trains nothing, only validates",
+                             help="passes over the training tiles (0: train nothing, only validate); early "
+                                  "stopping may end sooner (see patience)")
+    batch_size: int = option(4, minimum=1, help="tiles per optimisation step; lower it when memory runs out")
+    learning_rate: float = option(1e-4, minimum=0.0, min_exclusive=True, help="AdamW learning rate")
+    max_grad_norm: float = option(1.0, minimum=0.0, min_exclusive=True, help="clips the gradient norm each step")
+    label_smoothing: float = option(0.0, flags=("--label_smoothing_factor",), minimum=0.0, maximum=0.5,
+                                    max_exclusive=True, help="softens the 0/1 targets (0 = off)")
+    amp_mode: str = option("none", choices=AMP_MODES,
+                           help="mixed precision: none, fp16 (CUDA only) or bf16 (CPU and GPU): faster, less "
+                                "memory, slightly less precise")
+    augment: bool = option(False, flags=("--enable_data_augmentation",),
+                           help="band noise and band dropout; for models that see neighbours also random flips and "
+                                "90-degree rotations (spherical models: longitude roll and flips)")
+    ddp: bool = option(False, flags=("--enable_ddp",),
+                       help="distributed data parallel; start with torchrun --nproc_per_node=N (gloo on CPU, nccl "
+                            "on GPU)")
+    resume: bool = option(False, help="continue training the model already at the checkpoint path (model, "
+                                      "optimiser, scheduler, epoch, RNG state, early-stopping state)")
+    overwrite: bool = option(False, help="replace a model already at the checkpoint path; without it (or resume) an "
+                                         "existing model is never replaced")
+    output_path: str = option("checkpoints_raster", help="folder for the figures, metrics, training report, "
+                                                         "validation blocks and log")
+    checkpoint_path: Optional[str] = option(None, help="write the model to this file instead of "
+                                                       "<output_path>/<model>/checkpoint.pt (one model only)")
+    seed: int = option(0, minimum=0, help="random seed; the same seed repeats a CPU run exactly")
+    device: str = option("auto", help="auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N")
+    val_fraction: float = option(0.2, minimum=0.0, maximum=0.9, min_exclusive=True, max_exclusive=True,
+                                 help="share of the area held out in spatially separate validation blocks")
+    loss: str = option(DEFAULT_LOSS, choices=LOSSES,
+                       help="imbalance-aware loss; pu (positive-unlabelled) treats unlabelled ground as unknown, "
+                            "not as barren, which suits known deposits as points")
+    patience: int = option(20, minimum=0, note="0 disables early stopping",
+                           help="stop after this many epochs without validation improvement (0: never)")
+    num_workers: int = option(0, minimum=0, help="data loader worker processes")
+    categorical_bands: List[Union[int, str]] = option(
+        factory=list, metavar="BAND",
+        help="bands holding class codes (e.g. lithology), by name (a band description, a single-band layer's name) "
+             "or 1-based number: one-hot encoded, not normalised; the 64 most frequent codes get a channel each, "
+             "rarer and unseen ones share 'other'")
+    ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
+                           note="the number of members to train",
+                           help="members trained with different seeds (seed..seed+N-1) into the one model file; "
+                                "predict averages them and can map where they disagree (uncertainty, 2 or more); "
+                                "training takes this many times longer")
+    weight_decay: float = option(1e-2, minimum=0.0, help="AdamW (decoupled) weight decay: shrinks every weight a "
+                                                         "little each step (regularisation)")
+    band_penalty: float = option(0.0, minimum=0.0, note="0 = off",
+                                 help="group-lasso penalty on the weights that read each band (pixel_* and cnn_* "
+                                      "models), so the model leans on few bands as a sparse logistic regression does; "
+                                      "the log lists the band weights (0 = off)")
+    pu_prior: float = option(0.0, minimum=0.0, maximum=0.5, max_exclusive=True, note="0 = the labelled share",
+                             help="pu loss: the share of the unlabelled area assumed to hold positives; 0 weighs "
+                                  "presences against the background as MaxEnt does")
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -184,52 +356,15 @@ class TrainConfig(_JsonConfig):
         if self.tile_size is not None:
             for name in self.models:
                 check_tile(self.tile_size, name)
-        if self.num_epochs < 0:
-            raise ConfigError(f"num_epochs must be >= 0 (0 only validates), got {self.num_epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not self.max_grad_norm > 0:
-            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        _check_amp(self.amp_mode)
+        self.check_options()
         _check_device(self.device)
-        if not 0.0 < self.val_fraction < 0.9:
-            raise ConfigError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss {self.loss!r} is not valid; use one of {', '.join(LOSSES)}")
-        if self.patience < 0:
-            raise ConfigError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.band_penalty >= 0:
-            raise ConfigError(f"band_penalty must be >= 0 (0 = off), got {self.band_penalty}")
-        if not 0.0 <= self.pu_prior < 0.5:
-            raise ConfigError(f"pu_prior must be in [0, 0.5) (0 = the labelled share), got {self.pu_prior}")
         self.categorical_bands = categorical_band_list(self.categorical_bands)
-        if not 1 <= int(self.ensemble) <= MAX_ENSEMBLE:
-            raise ConfigError(f"ensemble is the number of members to train, 1 to {MAX_ENSEMBLE}; got {self.ensemble}")
         self.ensemble = int(self.ensemble)
         if self.resume and self.overwrite:
             raise ConfigError("resume continues the existing model and overwrite replaces it: choose one "
                               "(--resume or --overwrite)")
         if self.checkpoint_path is not None and len(self.models) != 1:
             raise ConfigError("checkpoint_path names one file, so train exactly one model with it")
-
-    @classmethod
-    def defaults(cls) -> Dict[str, Any]:
-        """Every field's default: the one source the CLI's and the QGIS tool's defaults read."""
-        out: Dict[str, Any] = {}
-        for f in fields(cls):
-            if f.default_factory is not MISSING:  # type: ignore[misc]
-                out[f.name] = f.default_factory()  # type: ignore[misc]
-            elif f.default is not MISSING:
-                out[f.name] = f.default
-        return out
 
     def model_dir(self, model_name: str) -> Path:
         """The original layout: <output_path>/<model_name>/."""
@@ -254,20 +389,29 @@ class PredictConfig(_JsonConfig):
     members of an ensemble checkpoint (refused for a single model).
     """
 
-    checkpoint: str = ""
-    raster_path: str = ""
-    output_path: str = ""
-    model_name: Optional[str] = None
-    in_channels: Optional[int] = None
-    num_classes: Optional[int] = None
-    spherical: bool = False
-    tile_size: Optional[Tuple[int, int]] = None
-    overlap: float = 0.25
-    batch_size: int = 4
-    device: str = "auto"
-    amp_mode: str = "none"
-    mask_path: Optional[str] = None
-    uncertainty_path: Optional[str] = None
+    checkpoint: str = option("", required=True, help="the trained model (.pt) written by training")
+    raster_path: str = option("", required=True, help="the raster stack to predict (the bands the model was "
+                                                      "trained on, found by name in any order)")
+    output_path: str = option("", required=True, help="the probability GeoTIFF to write")
+    model_name: Optional[str] = option(None, help="optional; read from the checkpoint (must agree if given)")
+    in_channels: Optional[int] = option(None, minimum=1, help="optional; read from the checkpoint")
+    num_classes: Optional[int] = option(None, minimum=1, help="optional; read from the checkpoint")
+    spherical: bool = option(False, help="for global EPSG:4326 rasters and spherical models: run the whole globe "
+                                         "through the model at once")
+    tile_size: Optional[Tuple[int, int]] = option(
+        None, metavar="N", minimum=1, unset=0,
+        help="side of the prediction windows (height width); automatic: the tile size the model was trained with")
+    overlap: float = option(0.25, minimum=0.0, maximum=MAX_OVERLAP,
+                            note="the fraction of a window shared with each neighbour",
+                            help="fraction of a window shared with its neighbours, blended so no seams show; windows "
+                                 "overlap more when the model needs the context for seamless blending")
+    batch_size: int = option(4, minimum=1, help="windows per forward pass; lower it when memory runs out")
+    device: str = option("auto", help="auto (a GPU when usable, else the CPU), cpu, cuda or cuda:N")
+    amp_mode: str = option("none", choices=AMP_MODES, help="mixed precision: none, bf16 or fp16 (CUDA only)")
+    mask_path: Optional[str] = option(None, help="study-area polygons: pixels outside are written as nodata")
+    uncertainty_path: Optional[str] = option(
+        None, help="also write the per-pixel standard deviation across the members of an ensemble model to this "
+                   "GeoTIFF (0 where they agree); needs a model trained with ensemble 2 or more")
 
     def __post_init__(self) -> None:
         for name in ("checkpoint", "raster_path", "output_path"):
@@ -276,12 +420,7 @@ class PredictConfig(_JsonConfig):
         if self.model_name is not None:
             parse_model_name(self.model_name)
         self.tile_size = _pair(self.tile_size, "tile_size")
-        if not 0.0 <= self.overlap <= MAX_OVERLAP:
-            raise ConfigError(f"overlap is the fraction of a window shared with each neighbour, from 0 to "
-                              f"{MAX_OVERLAP}; got {self.overlap}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        _check_amp(self.amp_mode)
+        self.check_options()
         _check_device(self.device)
 
 
@@ -292,14 +431,17 @@ class EvaluateConfig(_JsonConfig):
     ``band``: the band of a multi-band raster to score (1-based); a map with one band needs none.
     """
 
-    probability_map: str = ""
-    labels: LabelOptions = field(default_factory=lambda: LabelOptions(labels_path="?"))
-    checkpoint: Optional[str] = None
-    output_dir: str = ""
-    test_area: Optional[str] = None
-    """Polygons of ground the model never saw: deposits inside are scored as held out (skill)
-    against the map inside them; takes the place of the checkpoint's validation blocks."""
-    band: Optional[int] = None
+    probability_map: str = option("", required=True, help="the probability GeoTIFF to score")
+    labels: LabelOptions = option(factory=lambda: LabelOptions(labels_path="?"), help="")
+    checkpoint: Optional[str] = option(
+        None, help="the model's checkpoint: splits deposits into training and held-out validation blocks")
+    output_dir: str = option("", required=True, help="folder for metrics.json, CSV and PNG (created)")
+    test_area: Optional[str] = option(
+        None, help="polygons of ground the model never saw: deposits inside are scored as held out (skill) against "
+                   "the map inside them (instead of the checkpoint's validation blocks)")
+    band: Optional[int] = option(None, minimum=1, note="a 1-based band number",
+                                 help="band to score when the raster has several (1-based); a single-band map needs "
+                                      "none")
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -308,14 +450,23 @@ class EvaluateConfig(_JsonConfig):
             raise ConfigError("--probability_map is required")
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
-        if self.band is not None and int(self.band) < 1:
-            raise ConfigError(f"--band is a 1-based band number, got {self.band}")
+        self.check_options()
 
 
 #: The built-in per-pixel baselines of cross-validation (core/baselines.py), in report order.
 BASELINES: Tuple[str, ...] = (
     "weights_of_evidence", "maxent", "logistic", "random_forest", "gradient_boosting", "best_band",
 )
+
+
+#: Train's options that make no sense per fold (cv trains from scratch, one process, its own folders).
+_NOT_FOR_CV = ("models", "output_path", "checkpoint_path", "resume", "overwrite", "ddp")
+
+
+def _candidate_names(values: Any) -> List[str]:
+    """Names given as a list, commas also separating them; 'none' alone means no candidate of that kind."""
+    names = [v.strip() for item in values or [] for v in str(item).split(",") if v.strip()]
+    return [] if [n.lower() for n in names] == ["none"] else names
 
 
 @dataclass
@@ -338,23 +489,37 @@ class CVConfig(_JsonConfig):
         output_path: folder for cv_results.csv, cv_summary.json, oof_<candidate>.tif, ...
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(raster_path="?"))
-    models: List[str] = field(default_factory=lambda: [DEFAULT_MODELS[0]])
-    baselines: List[str] = field(default_factory=lambda: list(BASELINES))
-    folds: int = 5
-    block_size: Optional[int] = None
-    buffer: Optional[int] = None
-    background: int = 20000
-    bootstrap: int = 1000
-    output_path: str = "cv_output"
+    train: TrainConfig = option(factory=lambda: TrainConfig(raster_path="?"), help="",
+                                skip=_NOT_FOR_CV)
+    models: List[str] = option(
+        factory=lambda: [DEFAULT_MODELS[0]], metavar="NAME", nargs="*",
+        help="registry models to cross-validate, each trained per fold with Train's options ('none': baselines only)")
+    baselines: List[str] = option(
+        factory=lambda: list(BASELINES), metavar="NAME", nargs="*",
+        help="built-in per-pixel baselines on the same folds: weights of evidence, MaxEnt, L1 logistic regression, "
+             "random forest, gradient boosting, the best single band ('none' for none)")
+    folds: int = option(5, minimum=2, note="at least 2 folds",
+                        help="number of spatial folds; too many for the deposits gives an error naming the largest "
+                             "possible")
+    block_size: Optional[int] = option(None, minimum=2, unset=0, note="pixels",
+                                       help="side of the spatial blocks in pixels; automatic: about four blocks per "
+                                            "fold, smaller when deposits cluster")
+    buffer: Optional[int] = option(None, minimum=0, unset=-1, note="pixels",
+                                   help="gap in pixels between a fold's test blocks and the data that trains it; "
+                                        "automatic: 1/8 of the block side")
+    background: int = option(20000, minimum=100, note="pixels",
+                             help="background pixels per fold that the baselines learn from, besides the positives")
+    bootstrap: int = option(1000, minimum=0, help="bootstrap resamples of the deposits for the pooled 95 % intervals")
+    output_path: str = option("cv_output", help="folder for cv_summary.html, cv_results.csv, cv_summary.json, "
+                                                "cv_comparison.png, cv_folds.gpkg and the out-of-fold maps "
+                                                "oof_<candidate>.tif")
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
         models: List[str] = []
         baselines: List[str] = []
-        for name in list(self.models) + list(self.baselines):
-            name = str(name).strip()
+        for name in _candidate_names(self.models) + _candidate_names(self.baselines):
             if name in BASELINES:
                 baselines.append(name)
                 continue
@@ -369,16 +534,7 @@ class CVConfig(_JsonConfig):
         self.baselines = list(dict.fromkeys(baselines))
         if not self.models and not self.baselines:
             raise ConfigError("no candidate to cross-validate; give --models and/or --baselines")
-        if self.folds < 2:
-            raise ConfigError(f"--folds must be at least 2, got {self.folds}")
-        if self.block_size is not None and self.block_size < 2:
-            raise ConfigError(f"--block_size must be at least 2 pixels, got {self.block_size}")
-        if self.buffer is not None and self.buffer < 0:
-            raise ConfigError(f"--buffer must be >= 0 pixels, got {self.buffer}")
-        if self.background < 100:
-            raise ConfigError(f"--background must be at least 100 pixels, got {self.background}")
-        if self.bootstrap < 0:
-            raise ConfigError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+        self.check_options()
         if not self.output_path:
             raise ConfigError("--output_path is required")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import build_parser, main, train_config_from_args
+from core.cli import build_parser, config_from_args, main
 from core.config import EvaluateConfig, LabelOptions, PredictConfig, TrainConfig, parse_point_buffer
 from core.errors import ConfigError
 
@@ -47,14 +47,14 @@ def test_original_flags_map_to_config() -> None:
         "--amp_mode", "bf16", "--enable_data_augmentation", "--positive_values", "water,wet", "--categorical_bands",
         "3", "1",
     ])
-    cfg = train_config_from_args(args)
+    cfg = config_from_args(TrainConfig, args)
     assert cfg.tile_size == (64, 128) and cfg.stride is None
     assert cfg.models == ["unet_sc2_layers2_e8"] and cfg.num_epochs == 3
     assert cfg.label_smoothing == 0.1 and cfg.amp_mode == "bf16" and cfg.augment
     assert cfg.labels.positive_values == ["water", "wet"] and cfg.labels.label_column is None
     assert cfg.categorical_bands == [1, 3]
     assert TrainConfig.from_json(cfg.to_json()) == cfg
-    named = train_config_from_args(build_parser().parse_args([
+    named = config_from_args(TrainConfig, build_parser().parse_args([
         "train", "--raster_path", "r.tif", "--shapefile_path", "l.shp", "--categorical_bands", "lith_code", "4"]))
     assert named.categorical_bands == [4, "lith_code"]
 
@@ -62,7 +62,7 @@ def test_original_flags_map_to_config() -> None:
 def test_train_defaults_are_the_config_defaults() -> None:
     """The command line without options trains exactly what TrainConfig() describes (one source)."""
     args = build_parser().parse_args(["train", "--raster_path", "r.tif", "--shapefile_path", "l.shp"])
-    cfg = train_config_from_args(args)
+    cfg = config_from_args(TrainConfig, args)
     defaults = TrainConfig(raster_path="r.tif", labels=cfg.labels)
     assert cfg == defaults
 

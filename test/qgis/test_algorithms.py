@@ -33,7 +33,7 @@ EXPECTED_PARAMETERS = {
         "BATCH_SIZE", "LEARNING_RATE", "TILE_SIZE", "STRIDE", "VAL_FRACTION", "POINT_BUFFER", "SEED", "DEVICE",
         "AMP_MODE", "MAX_GRAD_NORM", "LABEL_SMOOTHING", "AUGMENT", "LOSS", "PATIENCE", "CATEGORICAL_BANDS",
         "BLOCK_SIZE", "BUFFER", "BACKGROUND", "OUTPUT_FOLDER"],
-    "stacksegmenter:checkenvironment": [],
+    "stacksegmenter:checkenvironment": ["OUTPUT_HTML"],
     "stacksegmenter:setupworker": ["TORCH_BUILD", "ENVIRONMENT_FOLDER"],
 }
 ADVANCED = {
@@ -51,6 +51,31 @@ REQUIRED = {
     "stacksegmenter:evaluateprobabilitymap": {"PROBABILITY_MAP", "LABELS", "OUTPUT_FOLDER"},
     "stacksegmenter:buildevidencestack": {"INPUT", "OUTPUT"},
     "stacksegmenter:crossvalidate": {"INPUT", "LABELS"},
+    "stacksegmenter:checkenvironment": set(),
+    "stacksegmenter:setupworker": set(),
+}
+TRAIN_OPTIONS = {
+    "EPOCHS": "num_epochs", "BATCH_SIZE": "batch_size", "LEARNING_RATE": "learning_rate", "TILE_SIZE": "tile_size",
+    "STRIDE": "stride", "VAL_FRACTION": "val_fraction", "SEED": "seed", "DEVICE": "device", "AMP_MODE": "amp_mode",
+    "MAX_GRAD_NORM": "max_grad_norm", "LABEL_SMOOTHING": "label_smoothing", "AUGMENT": "augment", "LOSS": "loss",
+    "PATIENCE": "patience", "WEIGHT_DECAY": "weight_decay", "BAND_PENALTY": "band_penalty", "PU_PRIOR": "pu_prior",
+}
+#: Parameters that are core options, per tool: (core command, {parameter id: (config, field)}). Their defaults,
+#: ranges and choices are the config's (read there, never written here); the table says which is which.
+CORE_OPTIONS = {
+    "stacksegmenter:trainsegmenter": ("train", {
+        **{name: ("TrainConfig", f) for name, f in TRAIN_OPTIONS.items()}, "ENSEMBLE": ("TrainConfig", "ensemble"),
+        "RESUME": ("TrainConfig", "resume"), "OVERWRITE": ("TrainConfig", "overwrite"),
+        "POINT_BUFFER": ("LabelOptions", "point_buffer")}),
+    "stacksegmenter:crossvalidate": ("cv", {
+        **{name: ("TrainConfig", f) for name, f in TRAIN_OPTIONS.items()}, "FOLDS": ("CVConfig", "folds"),
+        "BLOCK_SIZE": ("CVConfig", "block_size"), "BUFFER": ("CVConfig", "buffer"),
+        "BACKGROUND": ("CVConfig", "background"), "POINT_BUFFER": ("LabelOptions", "point_buffer")}),
+    "stacksegmenter:predictprobabilitymap": ("predict", {
+        "TILE_SIZE": ("PredictConfig", "tile_size"), "OVERLAP": ("PredictConfig", "overlap"),
+        "BATCH_SIZE": ("PredictConfig", "batch_size"), "DEVICE": ("PredictConfig", "device"),
+        "SPHERICAL": ("PredictConfig", "spherical")}),
+    "stacksegmenter:evaluateprobabilitymap": ("evaluate", {"POINT_BUFFER": ("LabelOptions", "point_buffer")}),
 }
 
 
@@ -109,7 +134,89 @@ def test_parameter_ids_are_the_public_interface(plugin: Any, alg_id: str) -> Non
     assert ADVANCED.get(alg_id, set()) <= advanced
     required = {p.name() for p in alg.parameterDefinitions()  # mandatory = not optional and no default
                 if not p.flags() & QgsProcessingParameterDefinition.Flag.FlagOptional and p.defaultValue() is None}
-    assert required == REQUIRED.get(alg_id, required), f"only the listed ids may be mandatory in {alg_id}"
+    assert required == REQUIRED[alg_id], f"only the listed ids may be mandatory in {alg_id}"
+
+
+def _config_accepts(config: str, field_name: str, value: Any) -> bool:
+    """Whether the core takes ``value`` for one option (the rest minimal and valid)."""
+    from stack_segmenter.core import config as cfg
+    from stack_segmenter.core.errors import ConfigError
+
+    labels = cfg.LabelOptions(labels_path="l.shp")
+    train = {"raster_path": "r.tif", "labels": labels}
+    make = {
+        "TrainConfig": lambda **kw: cfg.TrainConfig(**train, **kw),
+        "LabelOptions": lambda **kw: cfg.LabelOptions(labels_path="l.shp", **kw),
+        "PredictConfig": lambda **kw: cfg.PredictConfig(checkpoint="m.pt", raster_path="r.tif", output_path="o.tif",
+                                                        **kw),
+        "CVConfig": lambda **kw: cfg.CVConfig(train=cfg.TrainConfig(**train), **kw),
+    }[config]
+    try:
+        make(**{field_name: value})
+    except ConfigError:
+        return False
+    return True
+
+
+def _probes(param: Any) -> List[float]:
+    """The values around the parameter's declared range (its bounds and the next number outside each)."""
+    import math
+
+    from qgis.core import QgsProcessingParameterNumber
+
+    integer = param.dataType() == QgsProcessingParameterNumber.Type.Integer
+    out = []
+    for bound, direction in ((param.minimum(), -math.inf), (param.maximum(), math.inf)):
+        if abs(bound) < 1e300:
+            out += [bound, bound + (1 if direction > 0 else -1) if integer else math.nextafter(bound, direction)]
+    return [int(v) for v in out] if integer else out
+
+
+@pytest.mark.parametrize("alg_id", sorted(CORE_OPTIONS))
+def test_dialog_command_line_and_config_agree_on_defaults_and_ranges(plugin: Any, alg_id: str) -> None:
+    """Each option is declared once (config field metadata): the QGIS parameter and the CLI flag take the
+    same default and accept exactly the values the config accepts, at both ends of the range."""
+    import typing
+
+    from stack_segmenter.core import config as cfg
+    from stack_segmenter.core.cli import build_parser
+
+    command, options = CORE_OPTIONS[alg_id]
+    alg = algorithm(alg_id)
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    flags = {flag: action for action in sub._actions for flag in action.option_strings}
+    for name, (config, field_name) in options.items():
+        param = alg.parameterDefinition(name)
+        opt, default, kind = cfg.declared(getattr(cfg, config), field_name)
+        assert param is not None, f"{alg_id} lacks {name}"
+        assert flags[opt.flag(field_name)].default == default, f"{command} {opt.flag(field_name)}"
+        assert opt.help[1:] in param.help(), f"{name}: the help is the core's"
+        if opt.choices:
+            assert param.options() == list(opt.choices) and param.options()[param.defaultValue()] == default, name
+            continue
+        if kind in (bool, str):
+            assert param.defaultValue() == default, name
+            continue
+        expected = opt.unset if default is None else default
+        assert param.defaultValue() == pytest.approx(expected), name
+        if typing.get_origin(kind) is tuple:  # tile sizes: the model sets the smallest (checked per model)
+            assert param.minimum() == opt.unset and opt.minimum == 1, name
+            continue
+        for value in _probes(param):
+            unset = opt.unset is not None and value == opt.unset
+            dialog = param.checkValueIsAcceptable(value)
+            assert dialog == (unset or _config_accepts(config, field_name, value)), (name, value, dialog)
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "predict", "evaluate"])
+def test_every_flag_is_a_config_field(command: str) -> None:
+    """The command line offers exactly the configs' declared fields (nothing added or copied by hand)."""
+    from stack_segmenter.core.cli import CONFIG_COMMANDS, build_parser
+    from stack_segmenter.core.config import declared_options
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    dests = {a.dest for a in sub._actions} - {"help", "events"}
+    assert dests == {path[-1] for path, _f, _k in declared_options(CONFIG_COMMANDS[command][0])}
 
 
 @pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
@@ -167,29 +274,14 @@ def test_train_outputs_declared(plugin: Any) -> None:
 
 
 def test_architecture_choices_come_from_the_catalog(plugin: Any) -> None:
+    from stack_segmenter.core.config import CVConfig, TrainConfig
     from stack_segmenter.core.models.catalog import PRESET_MODELS
 
     param = algorithm("stacksegmenter:trainsegmenter").parameterDefinition("ARCHITECTURE")
     assert param.options() == list(PRESET_MODELS)
-    assert param.options()[param.defaultValue()] == "unet_sc2_layers4_e32"
-
-
-def test_train_dialog_defaults_are_the_core_defaults(plugin: Any) -> None:
-    """What a user gets without touching Advanced is what the core's TrainConfig() and the CLI train."""
-    from stack_segmenter.core.config import LOSSES, TrainConfig
-    from stack_segmenter.core.models.catalog import PRESET_MODELS
-
-    d = TrainConfig.defaults()
-    alg = algorithm("stacksegmenter:trainsegmenter")
-    default = {p.name(): p.defaultValue() for p in alg.parameterDefinitions()}
-    assert PRESET_MODELS[default["ARCHITECTURE"]] == d["models"][0]
-    assert LOSSES[default["LOSS"]] == d["loss"]
-    assert bool(default["AUGMENT"]) == d["augment"]
-    for name, key in (("EPOCHS", "num_epochs"), ("BATCH_SIZE", "batch_size"), ("LEARNING_RATE", "learning_rate"),
-                      ("PATIENCE", "patience"), ("WEIGHT_DECAY", "weight_decay"), ("BAND_PENALTY", "band_penalty"),
-                      ("PU_PRIOR", "pu_prior"), ("VAL_FRACTION", "val_fraction"), ("ENSEMBLE", "ensemble")):
-        assert float(default[name]) == pytest.approx(float(d[key])), name
-    assert default["POINT_BUFFER"] == d["labels"].point_buffer
+    assert param.options()[param.defaultValue()] == TrainConfig.defaults()["models"][0]
+    param = algorithm("stacksegmenter:crossvalidate").parameterDefinition("MODELS")
+    assert [param.options()[i] for i in param.defaultValue()] == CVConfig.defaults()["models"]
 
 
 @pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
