@@ -67,11 +67,11 @@ def predict_batches(ckpt: Dict[str, Any], height: int, width: int, tile: Tuple[i
     padded to the model's multiple as its runner pads them.
     """
     from core.models.catalog import parse_model_name
-    from core.predict import _batches, model_context, plan_strips, stride_for
+    from core.predict import _batches, plan_strips, stride_for
 
     spec = parse_model_name(str(ckpt["model_name"]))
     multiple = 1 if spec.spherical else spec.scale ** spec.layers
-    stride = stride_for(tile, overlap, multiple, model_context(spec.arch, spec.scale, spec.layers))
+    stride = stride_for(tile, overlap, multiple, spec.context)
 
     def padded(n: int) -> int:
         return n + (-n) % multiple

@@ -91,3 +91,22 @@ def logit_offset(calibration: Optional[Dict[str, Any]]) -> float:
         return 0.0
     value = float(calibration.get("logit_offset", 0.0))
     return value if math.isfinite(value) else 0.0
+
+
+def class1_probability(logits: Any, offset: float = 0.0) -> Any:
+    """Positive-class probability from logits (B, K, H, W), with ``offset`` added to its logit.
+
+    K >= 2: the class-1 logit against the others (softmax's class 1 when the offset is 0);
+    K == 1: a sigmoid. The offset is the member's calibration (core/calibration.py).
+    """
+    import torch
+
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+    elif logits.shape[1] == 2:
+        z = logits[:, 1] - logits[:, 0]
+    else:
+        others = torch.cat([logits[:, :1], logits[:, 2:]], dim=1)
+        z = logits[:, 1] - torch.logsumexp(others, dim=1)
+    return torch.sigmoid(z + offset) if offset else torch.sigmoid(z)

@@ -36,10 +36,9 @@ from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
 from .files import atomic_path, gdal_errors, prepare_folder, verify_raster, write_atomic, write_text_atomic
 from .metrics import (TOP_PERCENTS, area_rank_fractions, bootstrap_mean_interval, finite_or_none, pixel_aucs,
                       rate_curve, top_threshold)
-from .raster import CHUNK, RasterInfo, read_info, read_valid_mask
+from .raster import CHUNK, MAP_NODATA as NODATA, RasterInfo, read_info, read_valid_mask
 from .sampling import Folds, make_folds, point_pixels, write_blocks_gpkg
 
-NODATA = -9999.0
 EVAL_SAMPLE = 20000
 """Uniform training-area pixels that the success-rate AUC ranks the training deposits against."""
 MAX_POSITIVES = 20000
@@ -397,7 +396,7 @@ def write_oof_map(path: Path, state: CandidateState, info: RasterInfo, config: C
     """The out-of-fold map: float32 GeoTIFF, nodata where no fold predicted (unusable pixels)."""
     import rasterio
 
-    from .predict import _output_profile
+    from .raster import map_profile
 
     values = np.where(np.isfinite(state.oof), state.oof, np.float32(NODATA)).astype(np.float32)
     valid = values[values != np.float32(NODATA)]
@@ -406,7 +405,7 @@ def write_oof_map(path: Path, state: CandidateState, info: RasterInfo, config: C
     cutoffs = {f"top{k}_cutoff": repr(top_threshold(valid, k)) for k in TOP_PERCENTS} if valid.size else {}
     with gdal_errors() as messages, atomic_path(
             path, verify=lambda tmp: verify_raster(tmp, messages, (1, info.height, info.width))) as tmp:
-        with rasterio.open(tmp, "w", **_output_profile(info)) as dst:
+        with rasterio.open(tmp, "w", **map_profile(info)) as dst:
             dst.write(values, 1)
             dst.set_band_description(1, f"out-of-fold score ({state.name})")
             dst.update_tags(candidate=state.name, kind=state.kind, folds=str(config.folds),

@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 
 from .encoding import BandEncoder
 from .errors import DataError
-from .raster import Box, gdal_env, open_dataset, read_window
+from .raster import PixelBox, gdal_env, open_dataset, read_window
 
 
-def _crop(a: np.ndarray, box: Box, fill: Any) -> np.ndarray:
+def _crop(a: np.ndarray, box: PixelBox, fill: Any) -> np.ndarray:
     """The box of a 2-D array, padded with ``fill`` where the box leaves the array."""
     r0, c0, r1, c1 = box
     out = np.full((r1 - r0, c1 - c0), fill, dtype=a.dtype)
@@ -124,7 +124,7 @@ class EncodedRaster:
         """Whether the encoded raster fits the memory budget."""
         return cls.nbytes(height, width, encoder) <= budget
 
-    def window(self, box: Box) -> Tuple[np.ndarray, np.ndarray]:
+    def window(self, box: PixelBox) -> Tuple[np.ndarray, np.ndarray]:
         """Encoded (C, h, w) and validity (h, w) of a box (0 / invalid outside the raster)."""
         r0, c0, r1, c1 = box
         _, height, width = self.x.shape
@@ -159,7 +159,7 @@ class TileDataset(Dataset):
     def __init__(
         self,
         raster_path: str,
-        windows: Sequence[Box],
+        windows: Sequence[PixelBox],
         labels: np.ndarray,
         encoder: BandEncoder,
         study_mask: Optional[np.ndarray] = None,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ConfigError
+from .events import LogFn
 from .files import (WriteFailed, check_free_space, free_bytes, gdal_errors, prepare_folder, remove_stale_temps,
                     temp_path, verify_raster, write_error)
 
@@ -52,9 +53,7 @@ FILE_NAMES = {
     "deposits": "deposits.shp",
     "readme": "README.txt",
 }
-_SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
-LogFn = Callable[[str], None]
 PathLike = Union[str, Path]
 STAGING = "demo"
 """Name the staging folder's temporary name derives from: ``.demo.<pid>-<hex>.partial``."""

@@ -16,9 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .raster import Box, chunks, coverage_mask, open_raster, read_window
+from .events import LogFn
+from .raster import PixelBox, chunks, coverage_mask, open_raster, read_window
 
-LogFn = Callable[[str], None]
 
 FORMAT = "stack_segmenter.encoder/2"
 #: Formats ``from_dict`` reads (1: no "other" channels).
@@ -276,7 +276,7 @@ def keep_frequent(tally: Dict[float, int], most: int) -> tuple[List[float | int]
 
 def fit_encoder(
     raster_path: str | Path,
-    windows: Sequence[Box],
+    windows: Sequence[PixelBox],
     categorical_bands: Sequence[int | str] = (),
     *,
     mask: Optional[np.ndarray] = None,

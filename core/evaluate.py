@@ -23,8 +23,8 @@ from .events import Callbacks, LogFn, ProgressFn, StopFn
 from .files import check_output_location, check_outputs_not_inputs, prepare_folder, write_atomic
 from .metrics import (RateCurve, area_rank_fractions, bootstrap_mean_interval, finite_or_none, latitude_weights,
                       pixel_aucs, rate_curve)
+from .raster import MapBox
 
-Box = Tuple[float, float, float, float]
 OUTPUT_FILES = ("metrics.json", "success_rate.csv", "success_rate.png", "roc.csv", "precision_recall.csv",
                 "roc_pr.png", "summary.html")
 """What evaluation writes into --output_dir (summary.html: the QGIS tool)."""
@@ -147,7 +147,7 @@ def pixel_centres(rc: np.ndarray, transform: Sequence[float]) -> np.ndarray:
     return to_map(np.asarray(rc, dtype=np.float64) + 0.5, transform)
 
 
-def normalise_box(box: Any) -> Box:
+def normalise_box(box: Any) -> MapBox:
     """A map box as (xmin, ymin, xmax, ymax) from a 4-sequence or a dict, in any corner order."""
     if isinstance(box, dict):
         vals = [box.get(k) for k in ("left", "bottom", "right", "top")]
@@ -159,7 +159,7 @@ def normalise_box(box: Any) -> Box:
     return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
-def in_boxes(xy: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+def in_boxes(xy: np.ndarray, boxes: Sequence[MapBox]) -> np.ndarray:
     """Which map points fall inside any of the boxes (edges included)."""
     inside = np.zeros(len(xy), dtype=bool)
     for x0, y0, x1, y1 in boxes:
@@ -167,7 +167,7 @@ def in_boxes(xy: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     return inside
 
 
-def block_mask(shape: Tuple[int, int], transform: Sequence[float], boxes: Sequence[Box]) -> np.ndarray:
+def block_mask(shape: Tuple[int, int], transform: Sequence[float], boxes: Sequence[MapBox]) -> np.ndarray:
     """Pixels whose centre lies inside a validation block (row by row: no grid of coordinates)."""
     h, w = shape
     out = np.zeros(shape, dtype=bool)
@@ -178,7 +178,7 @@ def block_mask(shape: Tuple[int, int], transform: Sequence[float], boxes: Sequen
     return out
 
 
-def validation_boxes(checkpoint_path: str) -> List[Box]:
+def validation_boxes(checkpoint_path: str) -> List[MapBox]:
     """The held-out blocks of a checkpoint, in map coordinates."""
     from .checkpoint import load_checkpoint
 
@@ -309,7 +309,7 @@ def _curve_metrics(prefix: str, auc_name: str, curve: RateCurve) -> Dict[str, An
 
 
 def split_metrics(
-    scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, points: np.ndarray, boxes: Sequence[Box],
+    scored: ScoredMap, scores: np.ndarray, usable: np.ndarray, points: np.ndarray, boxes: Sequence[MapBox],
     area_scores: np.ndarray, area_weights: Optional[np.ndarray], labels: np.ndarray,
 ) -> Tuple[Dict[str, Any], Dict[str, RateCurve]]:
     """Success rate of training-area deposits, prediction rate of held-out ones.

@@ -15,12 +15,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .metrics import TOP_PERCENTS, area_rank_fractions, bootstrap_mean_interval, finite_or_none, rate_curve
+from .raster import PixelBox
 
 FIT_WINDOWS = 64
 """Training windows sampled (seeded) as the area the success rate ranks training deposits against."""
 BOOTSTRAP = 1000
 
-Box = Tuple[int, int, int, int]
 
 
 def window_probabilities(model: Any, dataset: Any, indices: Sequence[int], device: Any, autocast: Callable[[], Any],
@@ -28,7 +28,7 @@ def window_probabilities(model: Any, dataset: Any, indices: Sequence[int], devic
     """(index, class-1 probability (h, w), valid (h, w)) of the dataset's windows, in batches."""
     import torch
 
-    from .predict import class1_probability
+    from .calibration import class1_probability
 
     out: List[Tuple[int, np.ndarray, np.ndarray]] = []
     model.eval()
@@ -44,7 +44,7 @@ def window_probabilities(model: Any, dataset: Any, indices: Sequence[int], devic
     return out
 
 
-def _paint(shape: Tuple[int, int], windows: Sequence[Box], results: List[Tuple[int, np.ndarray, np.ndarray]]
+def _paint(shape: Tuple[int, int], windows: Sequence[PixelBox], results: List[Tuple[int, np.ndarray, np.ndarray]]
            ) -> np.ndarray:
     """float32 (H, W): each window's probabilities where it is valid (NaN elsewhere)."""
     h, w = shape

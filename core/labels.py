@@ -5,8 +5,8 @@ to the raster's CRS when the two differ, then burned with ``rasterio.features.ra
 polygons (and lines) as they are, points and multipoints buffered by ``point_buffer`` AND
 burned as points so the pixel that holds a point is always positive.
 
-Burn order: negatives (label 0) first, positives on top. Background is 0, so a negative
-feature only documents "known background"; where a negative and a positive overlap the
+Only positives burn. Background is 0, so a negative feature (label 0) only documents
+"known background" and is never burned; where a negative and a positive overlap the
 positive wins, so a rare deposit is never erased by a surrounding negative polygon.
 
 A layer inside a multi-layer file can be named with ``LabelOptions.layer`` or, for the
@@ -17,15 +17,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .config import LabelOptions, parse_point_buffer
 from .errors import DataError
+from .events import LogFn
 from .raster import RasterInfo, map_to_pixel
 
-LogFn = Callable[[str], None]
 
 DEFAULT_LABEL_COLUMN = "label"
 _POINT_TYPES = ("Point", "MultiPoint")
@@ -328,7 +328,6 @@ def mask_source(mask_path: str, log: LogFn = _noop) -> str:
     return f"{base}|layername={chosen}" if chosen is not None and layer is None else mask_path
 
 
-_mask_source = mask_source  # the name predict.py first imported
 
 
 def rasterize_mask(mask_path: str, info: RasterInfo, log: LogFn = _noop) -> np.ndarray:
@@ -415,3 +414,34 @@ def rasterize_labels(opts: LabelOptions, info: RasterInfo, log: Optional[LogFn] 
         f"inside the raster, {n_pos_px} positive pixel(s)"
     )
     return LabelRaster(labels=labels, study_mask=study_mask, positive_points=points, summary=summary)
+
+
+class StudyArea:
+    """Study-area polygons, rasterized one block of rows at a time (never the whole grid)."""
+
+    def __init__(self, shapes: List[Any], transform: Sequence[float], width: int) -> None:
+        self.shapes = shapes
+        self.transform = transform
+        self.width = width
+
+    @classmethod
+    def load(cls, path: str, info: Any, log: LogFn) -> "StudyArea":
+        """Reads the polygons, reprojected to the raster's CRS."""
+        from shapely.geometry import box
+
+        gdf = read_vector(mask_source(path, log), what="study-area mask")
+        gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if gdf.empty:
+            raise DataError(f"the mask {path} holds no polygons; --mask_path needs study-area polygons")
+        gdf = to_raster_crs(gdf, info, log, "study-area mask")
+        if not gdf.geometry.intersects(box(*info.bounds)).any():
+            raise DataError(f"the mask {path} does not overlap the raster {info.path}; check its CRS and extent")
+        return cls(list(gdf.geometry), info.transform, info.width)
+
+    def rows(self, row0: int, n: int) -> np.ndarray:
+        """Inside-mask flags of rows ``row0 .. row0 + n`` (bool, n x width)."""
+        from affine import Affine
+        from rasterio.features import geometry_mask
+
+        t = Affine(*self.transform[:6]) * Affine.translation(0, row0)
+        return geometry_mask(self.shapes, out_shape=(n, self.width), transform=t, invert=True)

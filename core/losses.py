@@ -22,7 +22,6 @@ Label smoothing moves ``label_smoothing`` of the target mass onto the other clas
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from .calibration import class1_probability
 from .config import PredictConfig
 from .device import autocast_for, resolve_device
 from .errors import ConfigError, DataError
@@ -36,10 +37,8 @@ from .events import Callbacks, LogFn, ProgressFn, StopFn
 from .files import (WriteFailed, atomic_paths, check_output_location, check_outputs_not_inputs, file_sha256,
                     gdal_errors, verify_raster)
 from .models.catalog import check_tile
+from .raster import MAP_BLOCK as BLOCK, MAP_NODATA as NODATA
 
-NODATA: float = -9999.0
-#: Output GeoTIFF block size (rows and columns); GDAL wants a multiple of 16.
-BLOCK: int = 256
 #: Weight floor inside a window's discarded margin: every pixel lies in some window's
 #: trusted interior (weight 1), so this changes a value by < 1e-4 of a difference, yet no
 #: pixel can ever end with zero weight (and be lost) whatever the plan.
@@ -110,18 +109,6 @@ def stride_for(tile: Tuple[int, int], overlap: float, multiple: int = 1, context
         return step
 
     return (one(tile[0]), one(tile[1]))
-
-
-def model_context(arch: str, scale: int, layers: int) -> int:
-    """Pixels of real neighbourhood a planar model needs so zero padding does not show.
-
-    Each architecture declares it in the catalog (``Architecture.context``; a U-Net's
-    receptive radius capped at ``2 * scale**layers``, a small CNN's ``layers * dilation``,
-    0 for per-pixel models and the transformer).
-    """
-    from .models.catalog import ARCHITECTURES
-
-    return ARCHITECTURES[arch].context(scale, layers)
 
 
 def context_margin(tile: int, stride: int) -> int:
@@ -430,25 +417,6 @@ def _batches(cols: Sequence[int], width: int, tile_w: int, n: int) -> Iterator[L
 # ----------------------------------------------------------------------------- torch side
 
 
-def class1_probability(logits: Any, offset: float = 0.0) -> Any:
-    """Positive-class probability from logits (B, K, H, W), with ``offset`` added to its logit.
-
-    K >= 2: the class-1 logit against the others (softmax's class 1 when the offset is 0);
-    K == 1: a sigmoid. The offset is the member's calibration (core/calibration.py).
-    """
-    import torch
-
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        z = logits[:, 0]
-    elif logits.shape[1] == 2:
-        z = logits[:, 1] - logits[:, 0]
-    else:
-        others = torch.cat([logits[:, :1], logits[:, 2:]], dim=1)
-        z = logits[:, 1] - torch.logsumexp(others, dim=1)
-    return torch.sigmoid(z + offset) if offset else torch.sigmoid(z)
-
-
 @dataclass
 class Member:
     """One model of the ensemble a checkpoint holds, ready to run."""
@@ -463,8 +431,8 @@ class Member:
 class TorchRunner:
     """Encodes raw windows with the members' encoders and runs every member on them.
 
-    Planar U-Nets halve the size ``layers`` times, so windows are zero-padded to a multiple
-    of ``multiple`` and cropped back (a raster smaller than a tile is padded the same way).
+    Windows are zero-padded to the model's input multiple (``ModelSpec.multiple``: a U-Net
+    pools ``layers - 1`` times) and cropped back (a raster smaller than a tile is padded the same way).
     Members that share an encoder share one encoded batch; the first encoder's batch is
     encoded on the prefetch thread (``prepare``), any other group's when it is needed, so
     only one extra encoded batch exists at a time. ``infer`` returns the members' mean
@@ -504,10 +472,6 @@ class TorchRunner:
         """(the first encoder's batch, the raw batch when other encoders still need it)."""
         raw = (data, valid) if len(self.encoders) > 1 else None
         return self.encode_group(0, data, valid), raw
-
-    def encode(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """The first encoder's batch (what a single model sees; the benchmarks call it)."""
-        return self.encode_group(0, data, valid)
 
     def member_probability(self, member: Member, x: Any) -> Any:
         """One member's class-1 probability (B, H, W) of an encoded tensor batch, on the device."""
@@ -638,7 +602,9 @@ def match_bands(ours: Sequence[str], theirs: Sequence[str], path: str, log: LogF
 
 
 def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> Optional[List[int]]:
-    """The raster must hold the bands the model was trained on; returns which bands to read, in order.
+    """
+    from .raster import same_crs
+The raster must hold the bands the model was trained on; returns which bands to read, in order.
 
     With real band names on both sides (not all ``band_N``), bands are matched by name in any
     order (extra bands ignored); otherwise by position, and the counts must agree. Then the
@@ -693,20 +659,6 @@ def check_band_values(path: str, info: Any, bands: Optional[List[int]], ckpt: Di
         log(line)
 
 
-def same_crs(wkt_a: str, wkt_b: str) -> bool:
-    """CRS equivalence (not object equality): same EPSG code, or GDAL says they are the same."""
-    from rasterio.crs import CRS
-
-    try:
-        a, b = CRS.from_user_input(wkt_a), CRS.from_user_input(wkt_b)
-    except Exception:  # noqa: BLE001 - an unparsable CRS is simply "not known to be the same"
-        return wkt_a == wkt_b
-    if a == b:
-        return True
-    ea, eb = a.to_epsg(), b.to_epsg()
-    return ea is not None and ea == eb
-
-
 def prepare_output(path: str, flag: str, config: PredictConfig) -> Path:
     """Checks an output path before any work (creating nothing): not an input, a file name, a writable folder."""
     out = Path(path).expanduser().resolve()
@@ -731,65 +683,7 @@ def remove_stale_sidecars(out: Path, log: LogFn) -> None:
             log(f"removed {sidecar.name}: it described the map this run replaced")
 
 
-# ----------------------------------------------------------------------------- study area
-
-
-class StudyArea:
-    """Study-area polygons, rasterized one block of rows at a time (never the whole grid)."""
-
-    def __init__(self, shapes: List[Any], transform: Sequence[float], width: int) -> None:
-        self.shapes = shapes
-        self.transform = transform
-        self.width = width
-
-    @classmethod
-    def load(cls, path: str, info: Any, log: LogFn) -> "StudyArea":
-        """Reads the polygons (labels.py's reader), reprojected to the raster's CRS."""
-        from shapely.geometry import box
-
-        from .labels import mask_source, read_vector, to_raster_crs
-
-        gdf = read_vector(mask_source(path, log), what="study-area mask")
-        gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
-        if gdf.empty:
-            raise DataError(f"the mask {path} holds no polygons; --mask_path needs study-area polygons")
-        gdf = to_raster_crs(gdf, info, log, "study-area mask")
-        if not gdf.geometry.intersects(box(*info.bounds)).any():
-            raise DataError(f"the mask {path} does not overlap the raster {info.path}; check its CRS and extent")
-        return cls(list(gdf.geometry), info.transform, info.width)
-
-    def rows(self, row0: int, n: int) -> np.ndarray:
-        """Inside-mask flags of rows ``row0 .. row0 + n`` (bool, n x width)."""
-        from affine import Affine
-        from rasterio.features import geometry_mask
-
-        t = Affine(*self.transform[:6]) * Affine.translation(0, row0)
-        return geometry_mask(self.shapes, out_shape=(n, self.width), transform=t, invert=True)
-
-
 # ----------------------------------------------------------------------------- the globe
-
-
-def check_global(info: Any) -> None:
-    """Spherical mode needs a whole-globe geographic grid: -180..180 x -90..90, width = 2 x height."""
-    from rasterio.crs import CRS
-
-    crs = CRS.from_user_input(info.crs_wkt) if info.crs_wkt else None
-    left, bottom, right, top = info.bounds
-    tol_x, tol_y = 1.01 * abs(info.res[0]), 1.01 * abs(info.res[1])
-    why = None
-    if crs is None or not crs.is_geographic:
-        why = f"its CRS is {'missing' if crs is None else (crs.to_string() or 'projected')}, not geographic (EPSG:4326)"
-    elif abs(left + 180) > tol_x or abs(right - 180) > tol_x or abs(bottom + 90) > tol_y or abs(top - 90) > tol_y:
-        why = f"its extent {left:g}, {bottom:g}, {right:g}, {top:g} is not the whole globe (-180, -90, 180, 90)"
-    elif abs(info.width - 2 * info.height) > max(1, 0.02 * info.width):
-        why = f"it is {info.width} x {info.height} pixels; a global grid is twice as wide as high"
-    if why:
-        raise DataError(
-            f"--spherical runs the whole globe through a spherical model, but {info.path} is not a global "
-            f"EPSG:4326 raster: {why}. Reproject to a global grid (e.g. gdalwarp -t_srs EPSG:4326 "
-            "-te -180 -90 180 90 -ts 2N N), or leave out --spherical and use a planar model"
-        )
 
 
 def resample_periodic(x: Any, size: Tuple[int, int]) -> Any:
@@ -868,28 +762,6 @@ def _model_grid(ckpt: Dict[str, Any]) -> Optional[Tuple[int, int]]:
         if value:
             return (int(value[0]), int(value[1]))
     return None
-
-
-def _output_profile(info: Any) -> Dict[str, Any]:
-    from affine import Affine
-
-    block = BLOCK
-    return {
-        "driver": "GTiff",
-        "width": info.width,
-        "height": info.height,
-        "count": 1,
-        "dtype": "float32",
-        "crs": info.crs_wkt or None,
-        "transform": Affine(*info.transform[:6]),
-        "nodata": NODATA,
-        "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
-        "compress": "deflate",
-        "predictor": 3,
-        "BIGTIFF": "IF_SAFER",
-    }
 
 
 def _tags(config: PredictConfig, ckpt: Dict[str, Any], tile: Tuple[int, int], spherical: bool) -> Dict[str, str]:
@@ -997,7 +869,8 @@ def predict(
     from .checkpoint import ensemble_members, load_checkpoint
     from .metrics import TOP_PERCENTS
     from .models.catalog import parse_model_name
-    from .raster import open_raster, read_info, read_window
+    from .labels import StudyArea
+    from .raster import check_global, map_profile, open_raster, read_info, read_window
 
     cb = Callbacks.of(progress, should_stop, log)
     prepare_output(config.output_path, "--output_path", config)  # an input as the output: refused first
@@ -1045,7 +918,7 @@ def predict(
             targets, needed=[map_bytes(info)] * len(targets), log=cb.log,
             verify=lambda tmp: verify_raster(tmp, gdal_messages, (1, info.height, info.width))) as tmps:
         with open_raster(config.raster_path) as src, ExitStack() as stack:
-            dsts = [stack.enter_context(rasterio.open(t, "w", **_output_profile(info))) for t in tmps]
+            dsts = [stack.enter_context(rasterio.open(t, "w", **map_profile(info))) for t in tmps]
             writers = [BlockRowWriter(d, BLOCK, mask_fn, on_rows=smp, gdal_messages=gdal_messages)
                        for d, smp in zip(dsts, samples)]
             if config.spherical:

@@ -22,13 +22,19 @@ from rasterio.windows import Window
 from .errors import DataError
 
 GDAL_CACHE_MB = 64
+#: Nodata of the maps we write (probability, uncertainty, out-of-fold maps).
+MAP_NODATA: float = -9999.0
+#: Block size (rows and columns) of the maps we write; GDAL wants a multiple of 16.
+MAP_BLOCK: int = 256
 """Upper bound of GDAL's block cache (MB) while we read or write (GDAL's default is 5% of RAM)."""
 
 CHUNK = 512
 """Side of the square chunks used when a whole-raster pass (masks, statistics) is needed."""
 
-Box = Tuple[int, int, int, int]
+PixelBox = Tuple[int, int, int, int]
 """A pixel window as (row0, col0, row1, col1), half-open (row1/col1 excluded)."""
+MapBox = Tuple[float, float, float, float]
+"""A box in map coordinates as (left, bottom, right, top), the raster's CRS."""
 
 
 @dataclass
@@ -254,13 +260,13 @@ def iter_windows(height: int, width: int, tile: Tuple[int, int], stride: Optiona
     return [(r, c) for r in _origins(height, th, sh) for c in _origins(width, tw, sw)]
 
 
-def chunks(height: int, width: int, size: int = CHUNK) -> List[Box]:
+def chunks(height: int, width: int, size: int = CHUNK) -> List[PixelBox]:
     """Non-overlapping boxes covering the raster, for whole-raster passes in bounded memory."""
     return [(r, c, min(r + size, height), min(c + size, width))
             for r in range(0, height, size) for c in range(0, width, size)]
 
 
-def coverage_mask(shape: tuple[int, int], windows: Sequence[Box], mask: Optional[np.ndarray] = None) -> np.ndarray:
+def coverage_mask(shape: tuple[int, int], windows: Sequence[PixelBox], mask: Optional[np.ndarray] = None) -> np.ndarray:
     """bool (H, W): pixels inside any window (and inside ``mask`` when given)."""
     cover = np.zeros(shape, dtype=bool)
     for r0, c0, r1, c1 in windows:
@@ -319,7 +325,7 @@ def read_pixels(src: "rasterio.io.DatasetReader", rows: np.ndarray, cols: np.nda
     return data, valid
 
 
-def box_to_map(box: Box, info: RasterInfo) -> Tuple[float, float, float, float]:
+def box_to_map(box: PixelBox, info: RasterInfo) -> MapBox:
     """A pixel box as a map-coordinate box (left, bottom, right, top) in the raster's CRS."""
     r0, c0, r1, c1 = box
     t = info.affine()
@@ -385,7 +391,7 @@ def _representable(value: float, dtype: np.dtype) -> bool:
     return float(value).is_integer() and info.min <= value <= info.max
 
 
-def _survey_windows(height: int, width: int, count: int = SURVEY_WINDOWS, side: int = SURVEY_SIDE) -> List[Box]:
+def _survey_windows(height: int, width: int, count: int = SURVEY_WINDOWS, side: int = SURVEY_SIDE) -> List[PixelBox]:
     """Up to ``count`` windows spread evenly over the raster (a grid of origins, edges included)."""
     h, w = min(side, height), min(side, width)
     per_axis = max(1, int(math.sqrt(count)))
@@ -516,3 +522,75 @@ def coverage_warnings(survey: BandSurvey, share: float = 0.5) -> List[str]:
         "nodata wherever this band is"
         for index, name, n in zip(survey.bands, survey.names, survey.valid) if 0 < n < share * best
     ]
+
+
+# ----------------------------------------------------------------------------- geography
+
+
+def same_crs(wkt_a: str, wkt_b: str) -> bool:
+    """CRS equivalence (not object equality): same EPSG code, or GDAL says they are the same."""
+    from rasterio.crs import CRS
+
+    try:
+        a, b = CRS.from_user_input(wkt_a), CRS.from_user_input(wkt_b)
+    except Exception:  # noqa: BLE001 - an unparsable CRS is simply "not known to be the same"
+        return wkt_a == wkt_b
+    if a == b:
+        return True
+    ea, eb = a.to_epsg(), b.to_epsg()
+    return ea is not None and ea == eb
+
+
+def global_grid_problem(info: RasterInfo) -> Optional[str]:
+    """Why a raster is not a whole-globe geographic grid (-180..180 x -90..90, width = 2 x height); None if it is."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(info.crs_wkt) if info.crs_wkt else None
+    left, bottom, right, top = info.bounds
+    tol_x, tol_y = 1.01 * abs(info.res[0]), 1.01 * abs(info.res[1])
+    if crs is None or not crs.is_geographic:
+        return f"its CRS is {'missing' if crs is None else (crs.to_string() or 'projected')}, not geographic (EPSG:4326)"
+    if abs(left + 180) > tol_x or abs(right - 180) > tol_x or abs(bottom + 90) > tol_y or abs(top - 90) > tol_y:
+        return f"its extent {left:g}, {bottom:g}, {right:g}, {top:g} is not the whole globe (-180, -90, 180, 90)"
+    if abs(info.width - 2 * info.height) > max(1, 0.02 * info.width):
+        return f"it is {info.width} x {info.height} pixels; a global grid is twice as wide as high"
+    return None
+
+
+def is_global_raster(info: RasterInfo) -> bool:
+    """A whole-globe EPSG:4326-like grid (what spherical models are made for)."""
+    return global_grid_problem(info) is None
+
+
+def check_global(info: RasterInfo) -> None:
+    """Spherical mode needs a whole-globe geographic grid; a DataError says why this one is not, and the fix."""
+    why = global_grid_problem(info)
+    if why:
+        raise DataError(
+            f"--spherical runs the whole globe through a spherical model, but {info.path} is not a global "
+            f"EPSG:4326 raster: {why}. Reproject to a global grid (e.g. gdalwarp -t_srs EPSG:4326 "
+            "-te -180 -90 180 90 -ts 2N N), or leave out --spherical and use a planar model"
+        )
+
+
+def map_profile(info: RasterInfo) -> Dict[str, Any]:
+    """The rasterio profile of a map on ``info``'s grid: float32, nodata MAP_NODATA, tiled MAP_BLOCK, deflate."""
+    from affine import Affine
+
+    block = MAP_BLOCK
+    return {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": 1,
+        "dtype": "float32",
+        "crs": info.crs_wkt or None,
+        "transform": Affine(*info.transform[:6]),
+        "nodata": MAP_NODATA,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "predictor": 3,
+        "BIGTIFF": "IF_SAFER",
+    }

@@ -24,6 +24,7 @@ import numpy as np
 
 from .events import LogFn
 from .files import write_atomic, write_text_atomic
+from .raster import PixelBox
 
 ROWS = ("num_params", "loss mean", "loss std", "mean IoU mean", "mean IoU std", "mean Accuracy mean",
         "mean Accuracy std", "training_time", "roc_auc", "pr_auc", "epochs")
@@ -173,7 +174,6 @@ PIXEL_ROWS = (
     ("val_accuracy", "Accuracy (validation pixels)"),
 )
 TOP_KS = (1, 5, 10, 20)
-Box = Tuple[int, int, int, int]
 
 
 @dataclass
@@ -186,14 +186,14 @@ class BlockMap:
     training: np.ndarray
     step: int
     shape: Tuple[int, int]
-    blocks: List[Box]
-    windows: List[Box]
+    blocks: List[PixelBox]
+    windows: List[PixelBox]
     points: np.ndarray
 
     MAX_SIDE = 800
 
     @classmethod
-    def of(cls, usable: np.ndarray, blocks: Sequence[Box], windows: Sequence[Box],
+    def of(cls, usable: np.ndarray, blocks: Sequence[PixelBox], windows: Sequence[PixelBox],
            points: Optional[np.ndarray]) -> "BlockMap":
         step = max(1, math.ceil(max(usable.shape) / cls.MAX_SIDE))
         training = np.zeros(usable.shape, dtype=bool)
@@ -204,7 +204,7 @@ class BlockMap:
                    tuple(usable.shape), [tuple(map(int, b)) for b in blocks], [tuple(map(int, b)) for b in windows],
                    pts)
 
-    def _inside(self, boxes: Sequence[Box]) -> np.ndarray:
+    def _inside(self, boxes: Sequence[PixelBox]) -> np.ndarray:
         inside = np.zeros(len(self.points), dtype=bool)
         for r0, c0, r1, c1 in boxes:
             inside |= ((self.points[:, 0] >= r0) & (self.points[:, 0] < r1)

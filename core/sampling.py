@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .config import DEFAULT_TILE
 from .errors import DataError
+from .events import LogFn
 from .files import WriteFailed, write_atomic
-from .raster import Box, RasterInfo, box_to_map, coverage_mask, iter_windows
+from .raster import PixelBox, RasterInfo, box_to_map, coverage_mask, iter_windows
 
-LogFn = Callable[[str], None]
 Pair = Tuple[int, int]
 
 ATTEMPTS = 16
@@ -52,20 +52,16 @@ class Split:
         train_weights: one sampling weight per training window (WeightedRandomSampler):
             windows holding positives are drawn about POSITIVE_SHARE of the time.
         summary: counts (positives on each side, windows, fractions), JSON-able.
-        train_mask, val_mask: bool (H, W) pixel masks, set only by ``make_globe_split``
-            (one whole-raster window serves both sides; AND them into the study mask).
     """
 
     tile: Pair
     stride: Pair
     buffer: Pair
-    val_blocks: List[Box]
-    train_windows: List[Box]
-    val_windows: List[Box]
+    val_blocks: List[PixelBox]
+    train_windows: List[PixelBox]
+    val_windows: List[PixelBox]
     train_weights: List[float]
     summary: Dict[str, Any] = field(default_factory=dict)
-    train_mask: Optional[np.ndarray] = None
-    val_mask: Optional[np.ndarray] = None
 
     def val_blocks_map(self, info: RasterInfo) -> List[Tuple[float, float, float, float]]:
         """Validation blocks as map boxes (left, bottom, right, top) in the raster's CRS."""
@@ -110,7 +106,7 @@ def _integral(a: np.ndarray) -> np.ndarray:
     return s
 
 
-def _box_sum(s: np.ndarray, b: Box) -> int:
+def _box_sum(s: np.ndarray, b: PixelBox) -> int:
     r0, c0, r1, c1 = b
     return int(s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0])
 
@@ -122,7 +118,7 @@ def _edges(size: int, block: int) -> List[int]:
 
 
 def block_grid(height: int, width: int, tile: Pair, usable_pixels: int, val_fraction: float,
-               block_size: Optional[int] = None) -> List[Box]:
+               block_size: Optional[int] = None) -> List[PixelBox]:
     """The candidate blocks: a grid of boxes at least two tiles wide.
 
     Without ``block_size`` the side is chosen so the validation area spans about
@@ -136,17 +132,17 @@ def block_grid(height: int, width: int, tile: Pair, usable_pixels: int, val_frac
     return [(re[i], ce[j], re[i + 1], ce[j + 1]) for i in range(len(re) - 1) for j in range(len(ce) - 1)]
 
 
-def _overlaps(a: Box, b: Box) -> bool:
+def _overlaps(a: PixelBox, b: PixelBox) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _grow(b: Box, buffer: Pair) -> Box:
+def _grow(b: PixelBox, buffer: Pair) -> PixelBox:
     return (b[0] - buffer[0], b[1] - buffer[1], b[2] + buffer[0], b[3] + buffer[1])
 
 
-def _choose_blocks(blocks: List[Box], usable_s: np.ndarray, target: float, rng: np.random.Generator) -> List[Box]:
+def _choose_blocks(blocks: List[PixelBox], usable_s: np.ndarray, target: float, rng: np.random.Generator) -> List[PixelBox]:
     """Adds blocks in random order while that brings the validation area closer to target (globe split)."""
-    chosen: List[Box] = []
+    chosen: List[PixelBox] = []
     area = 0
     for i in rng.permutation(len(blocks)):
         n = _box_sum(usable_s, blocks[i])
@@ -174,7 +170,7 @@ def point_pixels(points: Optional[np.ndarray], usable: np.ndarray) -> np.ndarray
     return rc[usable[rc[:, 0], rc[:, 1]]]
 
 
-def block_counts(blocks: Sequence[Box], usable_s: np.ndarray, rc: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def block_counts(blocks: Sequence[PixelBox], usable_s: np.ndarray, rc: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(positive features, usable pixels) inside each block."""
     area = np.array([_box_sum(usable_s, b) for b in blocks], dtype=np.float64)
     pos = np.array([int(((rc[:, 0] >= b[0]) & (rc[:, 0] < b[2]) & (rc[:, 1] >= b[1]) & (rc[:, 1] < b[3])).sum())
@@ -306,9 +302,9 @@ def balance_blocks(pos: np.ndarray, area: np.ndarray, shares: Sequence[float], r
     return best
 
 
-def _val_windows(blocks: List[Box], tile: Pair, usable_s: np.ndarray) -> List[Box]:
+def _val_windows(blocks: List[PixelBox], tile: Pair, usable_s: np.ndarray) -> List[PixelBox]:
     """Tile-sized windows inside each validation block (blocks are at least a tile wide)."""
-    out: List[Box] = []
+    out: List[PixelBox] = []
     for r0, c0, r1, c1 in blocks:
         for r, c in iter_windows(r1 - r0, c1 - c0, tile, tile):
             w = (r0 + r, c0 + c, r0 + r + tile[0], c0 + c + tile[1])
@@ -319,9 +315,9 @@ def _val_windows(blocks: List[Box], tile: Pair, usable_s: np.ndarray) -> List[Bo
 
 @dataclass
 class _Layout:
-    blocks: List[Box]
-    train: List[Box]
-    val: List[Box]
+    blocks: List[PixelBox]
+    train: List[PixelBox]
+    val: List[PixelBox]
     stats: Dict[str, Any]
 
     def key(self, target_fraction: float, n_features: int, by_points: bool) -> Tuple[Any, ...]:
@@ -353,7 +349,7 @@ def feature_balance_ok(in_val: int, n_features: int, fraction: float) -> bool:
     return 0.5 * fraction * n_features <= in_val <= 1.5 * fraction * n_features
 
 
-def _layout(blocks: List[Box], windows: List[Box], tile: Pair, buffer: Pair, usable: np.ndarray,
+def _layout(blocks: List[PixelBox], windows: List[PixelBox], tile: Pair, buffer: Pair, usable: np.ndarray,
             usable_s: np.ndarray, pos: np.ndarray, points: np.ndarray) -> _Layout:
     """Training/validation windows and their positive counts for one choice of blocks."""
     grown = [_grow(b, buffer) for b in blocks]
@@ -374,7 +370,7 @@ def _layout(blocks: List[Box], windows: List[Box], tile: Pair, buffer: Pair, usa
     return _Layout(blocks, train, val, stats)
 
 
-def positive_weights(windows: Sequence[Box], pos_s: np.ndarray, share: float = POSITIVE_SHARE) -> List[float]:
+def positive_weights(windows: Sequence[PixelBox], pos_s: np.ndarray, share: float = POSITIVE_SHARE) -> List[float]:
     """Sampling weights (summing to 1): windows holding positives get ``share`` of the draws.
 
     When positives are already at least that common, every window weighs the same.
@@ -503,7 +499,7 @@ def _split_choices(n_pos: np.ndarray, n_area: np.ndarray, shares: Tuple[float, f
 
 
 def _split_grids(height: int, width: int, tile: Pair, usable_pixels: int, val_fraction: float,
-                 block_size: Optional[int]) -> Iterator[List[Box]]:
+                 block_size: Optional[int]) -> Iterator[List[PixelBox]]:
     """Block grids to try: the automatic one, then ever smaller blocks (down to a tile).
 
     Smaller blocks let the balance reach clustered deposits; they are tried only when the
@@ -597,13 +593,13 @@ class Folds:
     """
 
     k: int
-    blocks: List[Box]
+    blocks: List[PixelBox]
     fold: List[int]
     buffer: Pair
     block_size: Pair
     summary: Dict[str, Any] = field(default_factory=dict)
 
-    def test_blocks(self, f: int) -> List[Box]:
+    def test_blocks(self, f: int) -> List[PixelBox]:
         """The blocks of fold ``f``."""
         return [b for b, g in zip(self.blocks, self.fold) if g == f]
 
@@ -624,7 +620,7 @@ class Folds:
         return usable & ~coverage_mask(usable.shape, grown)
 
 
-def _square_grid(height: int, width: int, side: int) -> List[Box]:
+def _square_grid(height: int, width: int, side: int) -> List[PixelBox]:
     re, ce = _edges(height, side), _edges(width, side)
     return [(re[i], ce[j], re[i + 1], ce[j + 1]) for i in range(len(re) - 1) for j in range(len(ce) - 1)]
 
@@ -700,7 +696,7 @@ def make_folds(
         raise DataError("no positive label on a usable pixel: cross-validation needs positives "
                         "(check the labels, --label_column / --positive_values and the mask)")
     usable_s = _integral(usable)
-    tried: List[Tuple[float, int, List[Box], np.ndarray, np.ndarray, np.ndarray]] = []
+    tried: List[Tuple[float, int, List[PixelBox], np.ndarray, np.ndarray, np.ndarray]] = []
     largest_k = 0
     for side in _fold_sides(int(usable.sum()), k, block_size):
         blocks = _square_grid(h, w, side)
@@ -767,7 +763,7 @@ def _log_folds(folds: Folds, what: str, n_feat: int, balanced: bool, log: LogFn)
             f"blocks of {folds.block_size[0]} px; the best balance found is used, so fold scores will be noisier")
 
 
-def write_blocks_gpkg(blocks: Sequence[Box], info: RasterInfo, path: str | Path, layer: str = "validation_blocks",
+def write_blocks_gpkg(blocks: Sequence[PixelBox], info: RasterInfo, path: str | Path, layer: str = "validation_blocks",
                       extra: Optional[Dict[str, Sequence[Any]]] = None) -> Path:
     """Writes blocks as polygons (raster CRS) to a GeoPackage layer, atomically.
 
@@ -807,70 +803,16 @@ def write_blocks_gpkg(blocks: Sequence[Box], info: RasterInfo, path: str | Path,
     return path
 
 
-def _paint_wrapped(shape: Pair, boxes: Sequence[Box], grow: Pair) -> np.ndarray:
-    """bool (H, W) of boxes grown by ``grow``; columns wrap around (longitude is periodic)."""
+def buffer_mask(shape: Pair, boxes: Sequence[PixelBox], grow: Pair, wrap: bool = False) -> np.ndarray:
+    """bool (H, W) of the boxes grown by ``grow`` (rows, cols), clipped at the edges; with ``wrap`` the
+    columns wrap around instead (a whole-globe grid: longitude is periodic, so a buffer reaches across
+    the antimeridian)."""
     h, w = shape
     out = np.zeros(shape, dtype=bool)
     for r0, c0, r1, c1 in boxes:
         rows = slice(max(r0 - grow[0], 0), min(r1 + grow[0], h))
-        cols = np.arange(c0 - grow[1], c1 + grow[1]) % w
-        out[rows, cols] = True
+        if wrap:
+            out[rows, np.arange(c0 - grow[1], c1 + grow[1]) % w] = True
+        else:
+            out[rows, max(c0 - grow[1], 0):min(c1 + grow[1], w)] = True
     return out
-
-
-def make_globe_split(
-    labels: np.ndarray,
-    usable: np.ndarray,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    buffer: Optional[Pair] = None,
-    positive_points: Optional[np.ndarray] = None,
-    attempts: int = ATTEMPTS,
-    log: Optional[LogFn] = None,
-) -> Split:
-    """Split for spherical models that see the whole globe as ONE window.
-
-    Validation blocks become pixel masks instead of windows: ``train_mask`` excludes the
-    blocks grown by ``buffer`` (default 1/16 of the grid; columns wrap around),
-    ``val_mask`` is the blocks themselves. Both window lists hold the whole raster.
-    """
-    log = log or _noop
-    h, w = labels.shape
-    if labels.shape != usable.shape or not usable.any():
-        raise DataError("no valid pixel in the raster (inside the study mask); check nodata and --mask_path")
-    buf = buffer if buffer is not None else (max(1, h // 16), max(1, w // 16))
-    pos = labels.astype(bool) & usable
-    points = np.zeros((0, 2)) if positive_points is None else np.asarray(positive_points, dtype=float).reshape(-1, 2)
-    usable_s = _integral(usable)
-    side = max(4, int(math.sqrt(float(usable.sum()) * val_fraction / BLOCKS_TARGET)))
-    blocks = block_grid(h, w, (max(2, side // 2), max(2, side // 2)), int(usable.sum()), val_fraction, side)
-    target = val_fraction * float(usable.sum())
-    best: Optional[Tuple[Tuple[bool, int], List[Box], np.ndarray, np.ndarray]] = None
-    for k in range(attempts):
-        chosen = _choose_blocks(blocks, usable_s, target, np.random.default_rng([seed, k]))
-        val_mask = _paint_wrapped((h, w), chosen, (0, 0)) & usable
-        train_mask = ~_paint_wrapped((h, w), chosen, buf) & usable
-        both = bool((pos & val_mask).any() and (pos & train_mask).any()) and bool(train_mask.any())
-        key = (both, -int(round(abs(val_mask.sum() / usable.sum() - val_fraction) / 0.05)))
-        if best is None or key > best[0]:
-            best = (key, chosen, train_mask, val_mask)
-    assert best is not None
-    _, chosen, train_mask, val_mask = best
-    if not train_mask.any():
-        raise DataError("no training pixel is left outside the validation blocks; lower --val_fraction")
-    rows, cols = points[:, 0].astype(int), points[:, 1].astype(int)
-    total = float(usable.sum())
-    stats = {
-        "val_positive_pixels": int((pos & val_mask).sum()),
-        "train_positive_pixels": int((pos & train_mask).sum()),
-        "val_positive_points": int(val_mask[rows, cols].sum()) if len(points) else 0,
-        "train_positive_points": int(train_mask[rows, cols].sum()) if len(points) else 0,
-        "val_area_fraction": float(val_mask.sum() / total),
-        "train_area_fraction": float(train_mask.sum() / total),
-    }
-    whole = [(0, 0, h, w)]
-    lay = _Layout(chosen, whole, whole, stats)
-    split = _finish(lay, buf, (h, w), (h, w), _integral(pos), val_fraction, log)
-    split.train_mask, split.val_mask = train_mask, val_mask
-    return split

@@ -2,7 +2,7 @@
 
 Read it top to bottom: ``train()`` prepares the data once (labels, usable pixels), then
 for each model in turn ``train_model()`` builds the split, the encoder, the datasets, the
-model and the optimiser, runs ``run_epoch()`` / ``evaluate()`` per epoch, saves the
+model and the optimiser, runs ``run_epoch()`` / ``validate()`` per epoch, saves the
 checkpoint atomically at the end of every epoch, and finally writes the report files
 (``reports``: figures, metrics.pkl, metrics.json).
 
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import finished_member, load_checkpoint, model_weights, save_checkpoint
+from .checkpoint import finished_member, model_weights, save_checkpoint
 from .config import TrainConfig
 from .dataset import EncodedRaster, TileDataset, augment_bands
 from .device import autocast_for, resolve_device
@@ -48,9 +48,9 @@ from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
 from .models.registry import build_model, count_parameters, model_kwargs
 from .preflight import check_resume, check_same_split, check_train_targets
-from .raster import (Box, RasterInfo, box_to_map, check_some_data, coverage_mask, coverage_warnings, read_info,
-                     read_valid_mask, sentinel_warnings, survey_bands)
-from .sampling import Split, make_split, resolve_tile, write_blocks_gpkg
+from .raster import (PixelBox, RasterInfo, box_to_map, check_some_data, coverage_mask, coverage_warnings,
+                     is_global_raster, read_info, read_valid_mask, sentinel_warnings, survey_bands)
+from .sampling import Split, buffer_mask, make_split, resolve_tile, write_blocks_gpkg
 
 WARMUP_FRACTION = 0.05
 """Share of the optimiser steps spent warming the learning rate up (at least one step)."""
@@ -175,17 +175,6 @@ class TileData:
     area: Optional[torch.Tensor] = None
 
 
-def is_global_raster(info: RasterInfo) -> bool:
-    """A whole-globe EPSG:4326-like grid (what spherical models are made for)."""
-    from .predict import check_global
-
-    try:
-        check_global(info)
-    except DataError:
-        return False
-    return True
-
-
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
                    area_mask: Optional[np.ndarray] = None) -> RasterData:
     """Reads the raster's metadata, burns the labels and finds the usable pixels (``progress`` 0..1).
@@ -236,9 +225,12 @@ def tile_for(config: TrainConfig, spec: ModelSpec, data: RasterData, log: LogFn)
     return tile, False
 
 
-def _grown_mask(shape: Tuple[int, int], boxes: List[Box], buffer: Tuple[int, int]) -> np.ndarray:
-    grown = [(b[0] - buffer[0], b[1] - buffer[1], b[2] + buffer[0], b[3] + buffer[1]) for b in boxes]
-    return coverage_mask(shape, grown)
+def globe_masks(usable: np.ndarray, split: Split) -> Tuple[np.ndarray, np.ndarray]:
+    """(training pixels, validation pixels) of a whole-globe sample: the validation blocks, and everything
+    outside them and their buffer, which wraps across the antimeridian (longitude is periodic)."""
+    val = usable & buffer_mask(usable.shape, split.val_blocks, (0, 0))
+    train = usable & ~buffer_mask(usable.shape, split.val_blocks, split.buffer, wrap=True)
+    return train, val
 
 
 def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], whole_globe: bool,
@@ -256,10 +248,9 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
                        seed=config.seed, positive_points=lab.positive_points, log=log)
     train_mask = data.usable.copy()
     if whole_globe:
-        train_mask &= ~_grown_mask(data.info.shape, split.val_blocks, split.buffer)
-        train_windows: List[Box] = [(0, 0, tile[0], tile[1])]
-        val_windows: List[Box] = [(0, 0, tile[0], tile[1])]
-        val_mask = data.usable & coverage_mask(data.info.shape, split.val_blocks)
+        train_mask, val_mask = globe_masks(data.usable, split)
+        train_windows: List[PixelBox] = [(0, 0, tile[0], tile[1])]
+        val_windows: List[PixelBox] = [(0, 0, tile[0], tile[1])]
     else:
         train_windows, val_windows, val_mask = split.train_windows, split.val_windows, lab.study_mask
     if encoder is None:
@@ -312,18 +303,6 @@ def rng_state() -> Dict[str, Any]:
         "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
         "python": [int(version), [int(v) for v in internal], gauss],
     }
-
-
-def restore_rng(state: Dict[str, Any]) -> None:
-    """Restores what ``rng_state`` saved (missing parts are left alone)."""
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
 
 
 def epoch_indices(weights: List[float], seed: int, epoch: int, dist: Dist) -> List[int]:
@@ -500,7 +479,7 @@ def _aucs(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray])
 
 
 @torch.no_grad()
-def evaluate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_examples: int = 0) -> Evaluation:
+def validate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_examples: int = 0) -> Evaluation:
     """Validation loss, mean IoU, accuracy and ROC/PR AUC over the valid validation pixels."""
     step.model.eval()
     losses, weights_sum = 0.0, 0.0
@@ -759,7 +738,7 @@ class Ensemble:
 class MemberMean(nn.Module):
     """An ensemble as one model for validation: the log of the members' mean class probabilities.
 
-    Softmax of its output is the mean of the members' softmax, so evaluate() scores the
+    Softmax of its output is the mean of the members' softmax, so validate() scores the
     ensemble exactly as prediction averages it (without calibration offsets).
     """
 
@@ -770,6 +749,24 @@ class MemberMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
         return torch.log(probs.clamp_min(1e-12))
+
+
+def member_step(config: TrainConfig, td: TileData, kwargs: Dict[str, Any], seed: int, dist: Dist,
+                device: torch.device, autocast: Callable[[], Any], log: LogFn) -> Tuple[nn.Module, Step]:
+    """A fresh member (weights drawn from ``seed``) and what one optimisation step needs: optimiser, loss, ..."""
+    seed_everything(epoch_seed(seed, 0))
+    model = build_model(**kwargs).to(device)
+    wrapped = model
+    if dist.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps = math.ceil(math.ceil(len(td.train_set) / dist.world) / config.batch_size)
+    opt, sched = make_optimiser(model, config, steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
+    loss_fn = make_loss(config.loss, pos_weight=positive_weight(td.pos_fraction),
+                        label_smoothing=config.label_smoothing, pu_prior=config.pu_prior)
+    return model, Step(wrapped, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area,
+                       penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log),
+                       augment=band_augmentation(td.encoder) if config.augment else None)
 
 
 def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData, kwargs: Dict[str, Any],
@@ -784,25 +781,13 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     seed = member_seed(config.seed, index)
     n = ensemble.size
     label = f"{spec.name} member {index + 1}/{n}" if n > 1 else spec.name
-    seed_everything(epoch_seed(seed, 0))
-    model = build_model(**kwargs).to(device)
-    train_model_ = model
-    if dist.enabled:
-        train_model_ = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    steps = math.ceil(math.ceil(len(td.train_set) / dist.world) / config.batch_size)
-    opt, sched = make_optimiser(model, config, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
-    pos_w = positive_weight(td.pos_fraction)
-    loss_fn = make_loss(config.loss, pos_weight=pos_w, label_smoothing=config.label_smoothing,
-                        pu_prior=config.pu_prior)
-    step = Step(train_model_, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area,
-                penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log),
-                augment=band_augmentation(td.encoder) if config.augment else None)
+    model, step = member_step(config, td, kwargs, seed, dist, device, autocast, log)
+    opt, sched = step.opt, step.sched
     if index == 0 or resumed is not None:
         log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
-            f"{td.encoder.out_channels} input channel(s), loss {config.loss} (positive weight {pos_w:.1f}, "
-            f"{100 * td.pos_fraction:.3f}% positive pixels in the training area), device {device}, AMP "
-            f"{config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
+            f"{td.encoder.out_channels} input channel(s), loss {config.loss} (positive weight "
+            f"{positive_weight(td.pos_fraction):.1f}, {100 * td.pos_fraction:.3f}% positive pixels in the training "
+            f"area), device {device}, AMP {config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
             + (f", ensemble of {n} (seeds {seed - index}..{seed - index + n - 1})" if n > 1 else ""))
     if n > 1:
         log(f"{label}: seed {seed}")
@@ -813,8 +798,6 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         if resumed.get("optimizer") and config.num_epochs > 0:
             opt.load_state_dict(resumed["optimizer"])
             sched.load_state_dict(resumed["scheduler"])
-        if resumed.get("rng"):
-            restore_rng(resumed["rng"])
         state = LoopState.from_checkpoint(resumed)
     start = state.epoch
 
@@ -842,15 +825,13 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         seed_everything(epoch_seed(seed, epoch, dist.rank))
         indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist)
         loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
-        if dist.enabled and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
         where = f"{label} epoch {epoch}/{config.num_epochs}"
 
         def on_batch(frac: float, epoch: int = epoch) -> None:
             progress((epoch - 1 - start + frac * 0.9) / max(1, config.num_epochs - start))
 
         train_loss = run_epoch(step, loader, cb, where, on_batch)
-        ev = evaluate(eval_step, val_loader, cb, config.seed)
+        ev = validate(eval_step, val_loader, cb, config.seed)
         row = {"model": spec.name, **({"member": index + 1} if n > 1 else {}), "epoch": epoch,
                "train_loss": train_loss, **ev.metrics, "lr": float(sched.get_last_lr()[0])}
         improved = state.record(row, model)
@@ -943,6 +924,110 @@ def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], lo
     return Ensemble(n, finished), index
 
 
+@dataclass
+class ModelSetup:
+    """What every member of one model shares: its split, band statistics and datasets, its ensemble so far."""
+
+    spec: ModelSpec
+    td: TileData
+    kwargs: Dict[str, Any]
+    ensemble: Ensemble
+    resumed_index: Optional[int]
+    checkpoint: Path
+    output_dir: Path
+
+
+def setup_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData], dist: Dist,
+                runlog: RunLog, backlog: List[str], resumed: Optional[Dict[str, Any]],
+                setup_progress: Optional[Callable[[float], None]]) -> ModelSetup:
+    """The model's split, statistics and datasets, then its first files (once every check passed)."""
+    ckpt_path = config.checkpoint_file(spec.name)
+    first_line = len(runlog.lines)
+    if resumed is not None:
+        runlog(f"resuming {spec.name} from {ckpt_path} (after epoch {resumed.get('epoch', 0)})")
+    elif config.resume:
+        runlog(f"--resume: no checkpoint at {ckpt_path} yet; starting {spec.name} from scratch")
+    ensemble, resumed_index = _resumed_ensemble(config, resumed, runlog)
+    td = tiles_for_model(config, spec, data, tiles, resumed, runlog, setup_progress)
+    if dist.main:
+        start_model_files(config, spec, data, td, runlog, backlog + runlog.lines[first_line:], resumed is not None)
+    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=td.tile)
+    return ModelSetup(spec, td, kwargs, ensemble, resumed_index, ckpt_path, config.model_dir(spec.name))
+
+
+def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resumed: Optional[Dict[str, Any]],
+                  dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, log: LogFn,
+                  progress: Callable[[float], None]) -> List[MemberOutcome]:
+    """Trains the members still to train (each calibrated and saved into the checkpoint as it finishes)."""
+    spec, ensemble, ckpt_path = setup.spec, setup.ensemble, setup.checkpoint
+    only_validate = config.num_epochs == 0 and resumed is not None
+    n = ensemble.size if config.num_epochs > 0 else 1
+    outcomes: List[MemberOutcome] = []
+    for k in range(0 if only_validate else n):
+        def member_progress(frac: float, k: int = k) -> None:
+            progress((k + max(0.0, min(1.0, frac))) / n)
+
+        if k < len(ensemble.finished) and k != setup.resumed_index:
+            log(f"{spec.name} member {k + 1}/{n} is already trained; kept")
+            continue
+        state = resumed if (resumed is not None and k == setup.resumed_index) else None
+        outcome = train_member(config, spec, data, setup.td, setup.kwargs, k, ensemble, state, dist, device,
+                               autocast, cb, log, ckpt_path, member_progress)
+        outcomes.append(outcome)
+        if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
+            log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
+            if dist.main:
+                save_checkpoint(ckpt_path, outcome.payload, log=log)
+        elif outcome.epochs_run > 0 or state is None or k >= len(ensemble.finished):
+            label = f"{spec.name} member {k + 1}/{n}" if n > 1 else spec.name
+            calibration = calibrate_member(config, data, setup.td, outcome.model, outcome.step, cb, log, label)
+            member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k))
+            if k < len(ensemble.finished):
+                ensemble.finished[k] = member
+            else:
+                ensemble.finished.append(member)
+            if dist.main:
+                save_checkpoint(ckpt_path, {**outcome.payload, **ensemble.extras(k, config.seed)}, log=log)
+    return outcomes
+
+
+def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, outcomes: List[MemberOutcome],
+                     resumed: Optional[Dict[str, Any]], device: torch.device, autocast: Callable[[], Any],
+                     cb: Callbacks, log: LogFn) -> Tuple[Evaluation, int]:
+    """Scores the finished model (the members' mean) on the validation blocks: pixels, then held-out deposits.
+
+    Returns the evaluation (metrics with the deposit figures) and the model's parameter count.
+    """
+    from .evaluate import only_points
+
+    spec, td, ensemble = setup.spec, setup.td, setup.ensemble
+    eval_step = Step(build_model(**setup.kwargs).to(device), make_loss(config.loss, pos_weight=positive_weight(
+        td.pos_fraction), label_smoothing=config.label_smoothing, pu_prior=config.pu_prior), None, None, None,
+        autocast, device, config.max_grad_norm, td.area)  # type: ignore[arg-type]
+    final_model = _final_model(ensemble, outcomes, resumed, eval_step.model)
+    val_loader = _loader(td.val_set, config.batch_size, config)
+    final = validate(replace(eval_step, model=final_model), val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
+    undefined = [k for k in ("val_roc_auc", "val_pr_auc") if not math.isfinite(final.metrics[k])]
+    if undefined:
+        log(f"note: {undefined[0]} is undefined (validation pixels hold a single class); reported as NaN")
+    members = len(ensemble.finished)
+    label = f"{spec.name} (ensemble of {members})" if members > 1 else spec.name
+    plain_train = TileDataset(config.raster_path, td.train_set.windows, data.labels.labels, td.encoder,
+                              td.train_set.study_mask, augment=False, spherical=td.whole_globe,
+                              memory=td.train_set.memory)
+    figures = deposit_figures(final_model, td.val_set, plain_train, data.info.shape, data.labels.positive_points,
+                              device, autocast, config.batch_size, config.seed,
+                              lambda: cb.check_stop("final evaluation"))
+    final.metrics.update(figures)  # held-out skill first, fit second (issue 9); pixel figures after
+    for line in skill_lines(label, figures):
+        log(line)
+    log(_final_line(label, final.metrics, points=only_points(data.labels.summary)))
+    ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
+    if ranking is not None:
+        log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
+    return final, count_parameters(eval_step.model)
+
+
 def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
                 dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, runlog: RunLog,
                 backlog: List[str], progress: Callable[[float], None],
@@ -961,91 +1046,24 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
     written for this model until its split and statistics are ready (and, on resume, the
     split is the checkpoint's).
     """
-    out_dir = config.model_dir(spec.name)
-    ckpt_path = config.checkpoint_file(spec.name)
-    log = runlog
-    first_line = len(runlog.lines)
-    if resumed is not None:
-        log(f"resuming {spec.name} from {ckpt_path} (after epoch {resumed.get('epoch', 0)})")
-    elif config.resume:
-        log(f"--resume: no checkpoint at {ckpt_path} yet; starting {spec.name} from scratch")
-    ensemble, resumed_index = _resumed_ensemble(config, resumed, log)
-    td = tiles_for_model(config, spec, data, tiles, resumed, log, setup_progress)
-    if dist.main:
-        start_model_files(config, spec, data, td, runlog, backlog + runlog.lines[first_line:], resumed is not None)
-    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=td.tile)
-    only_validate = config.num_epochs == 0 and resumed is not None
-    n = ensemble.size if config.num_epochs > 0 else 1
+    from .reports import BlockMap
 
+    setup = setup_model(config, spec, data, tiles, dist, runlog, backlog, resumed, setup_progress)
     t0 = time.time()
-    outcomes: List[MemberOutcome] = []
-    epochs_run = 0
-    for k in range(0 if only_validate else n):
-        def member_progress(frac: float, k: int = k) -> None:
-            progress((k + max(0.0, min(1.0, frac))) / n)
-
-        if k < len(ensemble.finished) and k != resumed_index:
-            log(f"{spec.name} member {k + 1}/{n} is already trained; kept")
-            continue
-        state = resumed if (resumed is not None and k == resumed_index) else None
-        outcome = train_member(config, spec, data, td, kwargs, k, ensemble, state, dist, device, autocast, cb, log,
-                               ckpt_path, member_progress)
-        outcomes.append(outcome)
-        epochs_run += outcome.epochs_run
-        if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
-            log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
-            if dist.main:
-                save_checkpoint(ckpt_path, outcome.payload, log=log)
-        elif outcome.epochs_run > 0 or state is None or k >= len(ensemble.finished):
-            label = f"{spec.name} member {k + 1}/{n}" if n > 1 else spec.name
-            calibration = calibrate_member(config, data, td, outcome.model, outcome.step, cb, log, label)
-            member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k))
-            if k < len(ensemble.finished):
-                ensemble.finished[k] = member
-            else:
-                ensemble.finished.append(member)
-            if dist.main:
-                save_checkpoint(ckpt_path, {**outcome.payload, **ensemble.extras(k, config.seed)}, log=log)
+    outcomes = train_members(config, setup, data, resumed, dist, device, autocast, cb, runlog, progress)
     training_time = time.time() - t0
-    eval_step = Step(build_model(**kwargs).to(device), make_loss(config.loss, pos_weight=positive_weight(
-        td.pos_fraction), label_smoothing=config.label_smoothing, pu_prior=config.pu_prior), None, None, None,
-        autocast, device, config.max_grad_norm, td.area)  # type: ignore[arg-type]
-    final_model = _final_model(ensemble, outcomes, resumed, eval_step.model)
-    val_loader = _loader(td.val_set, config.batch_size, config)
-    final = evaluate(replace(eval_step, model=final_model), val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
-    for key_name in ("val_roc_auc", "val_pr_auc"):
-        if not math.isfinite(final.metrics[key_name]):
-            log(f"note: {key_name} is undefined (validation pixels hold a single class); reported as NaN")
-            break
-    members = len(ensemble.finished)
-    label = f"{spec.name} (ensemble of {members})" if members > 1 else spec.name
-    from .evaluate import only_points
-
-    plain_train = TileDataset(config.raster_path, td.train_set.windows, data.labels.labels, td.encoder,
-                              td.train_set.study_mask, augment=False, spherical=td.whole_globe,
-                              memory=td.train_set.memory)
-    figures = deposit_figures(final_model, td.val_set, plain_train, data.info.shape, data.labels.positive_points,
-                              device, autocast, config.batch_size, config.seed,
-                              lambda: cb.check_stop("final evaluation"))
-    final.metrics.update(figures)  # held-out skill first, fit second (issue 9); pixel figures after
-    for line in skill_lines(label, figures):
-        log(line)
-    log(_final_line(label, final.metrics, points=only_points(data.labels.summary)))
-    ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
-    if ranking is not None:
-        log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
+    final, num_params = final_validation(config, setup, data, outcomes, resumed, device, autocast, cb, runlog)
+    members = len(setup.ensemble.finished)
     if members > 1:
-        history = [row for m in ensemble.finished for row in (m.get("history") or [])]
+        history = [row for m in setup.ensemble.finished for row in (m.get("history") or [])]
     else:
         history = outcomes[-1].history if outcomes else list((resumed or {}).get("history") or [])
     epoch = outcomes[-1].epoch if outcomes else int((resumed or {}).get("epoch", 0))
     progress(1.0)
-    from .reports import BlockMap
-
-    return ModelRun(spec.name, ckpt_path, out_dir, epochs_run, epoch, final, history,
-                    count_parameters(eval_step.model), training_time, max(1, members),
-                    BlockMap.of(data.usable, td.split.val_blocks, td.train_set.windows,
-                                data.labels.positive_points))
+    block_map = BlockMap.of(data.usable, setup.td.split.val_blocks, setup.td.train_set.windows,
+                            data.labels.positive_points)
+    return ModelRun(spec.name, setup.checkpoint, setup.output_dir, sum(o.epochs_run for o in outcomes), epoch, final,
+                    history, num_params, training_time, max(1, members), block_map)
 
 
 def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Optional[Dict[str, Any]],

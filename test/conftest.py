@@ -8,6 +8,7 @@ name of the folder the repository was cloned into.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,11 @@ _PLUGINS_DIR = Path(tempfile.mkdtemp(prefix="stack_segmenter_plugins_"))
 sys.path.insert(0, str(_PLUGINS_DIR))
 os.environ["QGIS_PLUGINPATH"] = str(_PLUGINS_DIR)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The temporary plugins folder goes with the session (the symlink only: the repository stays)."""
+    shutil.rmtree(_PLUGINS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

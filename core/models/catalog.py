@@ -27,9 +27,9 @@ def downsampling_multiple(scale: int, layers: int) -> int:
 def unet_context(scale: int, layers: int) -> int:
     """Pixels of real neighbourhood a planar U-Net needs so zero padding does not show.
 
-    The theoretical receptive radius (3x3 convolution pairs at every stage, pooling) is
-    capped at two pixels of the deepest stage, ``2 * scale**layers``: farther pixels weigh
-    little. Measured with random-weight U-Nets of 2, 3 and 4 stages (tiles 32, 64, 128):
+    The theoretical receptive radius (3x3 convolution pairs at every stage, ``layers - 1``
+    poolings) is capped at ``2 * scale**layers`` pixels (``2 * scale`` pixels of the deepest
+    stage): farther pixels weigh little. Measured with random-weight U-Nets of 2, 3 and 4 stages (tiles 32, 64, 128):
     a margin of this size keeps tiled and single-window outputs within 0.01 of each other,
     while half of it left errors of 0.07-0.09.
     """
@@ -56,7 +56,8 @@ def _dilated_radius(scale: int, layers: int) -> int:
 
 
 def _pooled(scale: int, layers: int) -> int:
-    """A U-Net pools ``layers - 1`` times: a smaller side leaves nothing for the deepest stage."""
+    """A U-Net pools ``layers - 1`` times: it pads its input to this multiple, and a smaller side leaves
+    nothing for the deepest stage."""
     return scale ** (layers - 1)
 
 
@@ -90,7 +91,7 @@ ARCHITECTURES: Dict[str, Architecture] = {
     a.arch: a
     for a in (
         Architecture("unet", False, "Planar U-Net (plain torch); learns spatial patterns, needs many labels.",
-                     context=unet_context, minimum=_pooled),
+                     multiple=_pooled, context=unet_context, minimum=_pooled),
         Architecture(
             "transformer",
             False,

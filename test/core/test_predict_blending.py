@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from affine import Affine
 
 from core.events import Callbacks
+from core.models.catalog import parse_model_name
 from core.predict import (
     NODATA,
     BlockRowWriter,
@@ -24,7 +25,6 @@ from core.predict import (
     axis_weight,
     context_margin,
     edge_ramp,
-    model_context,
     plan_strips,
     resample_periodic,
     stride_for,
@@ -98,9 +98,19 @@ def test_stride_leaves_room_for_the_model_context() -> None:
 
 
 def test_model_context_grows_with_the_unet_depth() -> None:
-    assert [model_context("unet", 2, layers) for layers in (1, 2, 3, 4)] == [2, 8, 16, 32]
-    assert model_context("unet", 1, 3) == 10  # no downsampling: the plain receptive radius
-    assert model_context("transformer", 2, 4) == 0
+    context = [parse_model_name(f"unet_sc2_layers{layers}_e8").context for layers in (1, 2, 3, 4)]
+    assert context == [2, 8, 16, 32]
+    assert parse_model_name("unet_sc1_layers3_e8").context == 10  # no downsampling: the plain receptive radius
+    assert parse_model_name("transformer_sc2_layers4_e8").context == 0
+
+
+def test_the_registry_answers_the_unet_input_multiple() -> None:
+    """Prediction steps its windows by the multiple the catalog declares: the one the U-Net pads to."""
+    from core.models.registry import build_model
+
+    for layers in (2, 3, 4):
+        name = f"unet_sc2_layers{layers}_e4"
+        assert parse_model_name(name).multiple == build_model(name, 3).multiple == 2 ** (layers - 1)
 
 
 def test_inner_edges_are_discarded_and_raster_borders_trusted() -> None:

@@ -210,22 +210,15 @@ def test_real_ecuador_split_inside_study_mask(shared_data):
     assert split.summary["val_positive_pixels"] > 0 and split.summary["train_positive_pixels"] > 0
 
 
-def test_globe_split_masks_are_disjoint_with_a_wrapped_buffer():
-    from core.sampling import make_globe_split
+def test_the_globe_buffer_reaches_across_the_antimeridian():
+    """A block at the east edge of a whole-globe grid is buffered on the west edge too (longitude wraps);
+    a planar buffer stops at the edge."""
+    from core.sampling import buffer_mask
 
-    h, w = 64, 128
-    labels = _labels(h, w, _random_sites(30, h, w, seed=4))
-    logs = []
-    split = make_globe_split(labels, np.ones((h, w), dtype=bool), seed=0, log=logs.append)
-    assert split.train_windows == split.val_windows == [(0, 0, h, w)]
-    tm, vm = split.train_mask, split.val_mask
-    assert tm.any() and vm.any() and not (tm & vm).any()
-    assert abs(vm.mean() - 0.2) < 0.1
-    assert split.summary["val_positive_pixels"] > 0 and split.summary["train_positive_pixels"] > 0
-    # a buffer around every validation pixel, wrapping around in longitude
-    br, bc = split.buffer
-    rows, cols = np.nonzero(vm)
-    for r, c in zip(rows[::17], cols[::17]):
-        near = tm[max(r - br + 1, 0):r + br, :][:, np.arange(c - bc + 1, c + bc) % w]
-        assert not near.any()
-    assert any("validation split" in m for m in logs)
+    h, w = 20, 40
+    block = (8, 36, 12, 40)  # the last four columns
+    wrapped = buffer_mask((h, w), [block], (2, 3), wrap=True)
+    assert wrapped[6:14, 33:].all() and wrapped[6:14, :3].all()  # 3 columns across the antimeridian
+    assert not wrapped[:, 3:33].any() and not wrapped[:6].any() and not wrapped[14:].any()
+    planar = buffer_mask((h, w), [block], (2, 3))
+    assert planar[6:14, 33:].all() and not planar[:, :33].any()

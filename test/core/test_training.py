@@ -364,6 +364,32 @@ def test_spherical_model_on_a_global_raster_takes_the_whole_globe(tmp_path: Path
     assert ckpt["model_kwargs"]["img_size"] == [32, 64] and ckpt["validation_blocks"]
 
 
+def test_whole_globe_training_pixels_keep_the_buffer_across_the_antimeridian(tmp_path: Path) -> None:
+    """No training pixel lies within the buffer of a validation pixel, measured around the globe."""
+    from core.sampling import make_split, resolve_tile
+    from core.training import globe_masks, prepare_raster
+
+    raster, labels = _global_stack(tmp_path)
+    cfg = TrainConfig(raster_path=str(raster), labels=LabelOptions(labels_path=str(labels)),
+                      models=["s2unet_sc2_layers2_e8"], device="cpu")
+    data = prepare_raster(cfg, lambda _m: None)
+    h, w = data.info.shape
+    split = make_split(data.labels.labels, data.usable, resolve_tile(None, h, w), val_fraction=0.2, seed=0,
+                       positive_points=data.labels.positive_points)
+    train, val = globe_masks(data.usable, split)
+    br, bc = split.buffer
+    assert train.any() and val.any() and not (train & val).any()
+    for r, c in zip(*np.nonzero(val)):
+        assert not train[max(r - br, 0):r + br + 1][:, np.arange(c - bc, c + bc + 1) % w].any(), (r, c)
+    # the case the wrap is for: a validation block within a buffer of the east or west edge
+    r0, c0, r1, c1 = split.val_blocks[0]
+    moved = [(r0, w - (c1 - c0), r1, w)]  # the first block, shifted to the east edge
+    split.val_blocks = moved
+    train, val = globe_masks(data.usable, split)
+    rows = slice(moved[0][0], moved[0][2])
+    assert val[rows, -1].any() and not train[rows, :bc].any(), "the buffer must reach across the antimeridian"
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -522,8 +522,8 @@ def test_worker_ends_when_a_grandchild_keeps_stdout_open(plugin: Any, tmp_path: 
     python.write_text(f'#!/bin/sh\nsleep 20 &\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
     python.chmod(0o755)
     started = time.monotonic()
-    result = run_worker(str(python), "check-env", [], QgsProcessingFeedback())
-    assert result["packages"]["numpy"]
+    result = run_worker(str(python), "list-models", [], QgsProcessingFeedback())  # imports no torch: quick
+    assert result["models"]
     assert time.monotonic() - started < ORPHAN_PIPE_SECONDS + 10
 
 
