@@ -306,7 +306,8 @@ class TrainConfig(_JsonConfig):
                        help="distributed data parallel; start with torchrun --nproc_per_node=N (gloo on CPU, nccl "
                             "on GPU)")
     resume: bool = option(False, help="continue training the model already at the checkpoint path (model, "
-                                      "optimiser, scheduler, epoch, early-stopping state; every epoch is re-seeded from the seed)")
+                                      "optimiser, scheduler, epoch, early-stopping state; every epoch is "
+                                      "re-seeded from the seed)")
     overwrite: bool = option(False, help="replace a model already at the checkpoint path; without it (or resume) an "
                                          "existing model is never replaced")
     output_path: str = option("checkpoints_raster", help="folder for the figures, metrics, training report, "
