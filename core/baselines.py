@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -139,6 +139,16 @@ class TrainingSample:
         X = np.concatenate([transform(self.positives), transform(self.background)])
         y = np.concatenate([np.ones(len(self.positives)), np.zeros(len(self.background))]).astype(np.int64)
         return X, y
+
+
+def _fit_in_batches(model: Any, size: str, batch: int, total: int, X: np.ndarray, y: np.ndarray,
+                    stop: StopFn) -> None:
+    """Warm-started fits that grow ``size`` (trees, boosting rounds) by ``batch`` up to ``total``: a cancel is
+    seen between batches."""
+    for n in range(batch, total + 1, batch):
+        stop()
+        model.set_params(**{size: n})
+        model.fit(X, y)
 
 
 class Baseline:
@@ -367,10 +377,7 @@ class RandomForest(Baseline):
                                             warm_start=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for n in range(RF_BATCH, RF_TREES + 1, RF_BATCH):
-                stop()
-                self.model.set_params(n_estimators=n)
-                self.model.fit(X, y)
+            _fit_in_batches(self.model, "n_estimators", RF_BATCH, RF_TREES, X, y, stop)
         self.summary = f"{RF_TREES} trees"
         return self
 
@@ -397,10 +404,7 @@ class GradientBoosting(Baseline):
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="openmp"):
-            for n in range(GB_BATCH, GB_ITERATIONS + 1, GB_BATCH):
-                stop()
-                self.model.set_params(max_iter=n)
-                self.model.fit(X, y)
+            _fit_in_batches(self.model, "max_iter", GB_BATCH, GB_ITERATIONS, X, y, stop)
         self.summary = f"{GB_ITERATIONS} boosting rounds"
         return self
 

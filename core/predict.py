@@ -602,14 +602,14 @@ def match_bands(ours: Sequence[str], theirs: Sequence[str], path: str, log: LogF
 
 
 def check_raster(info: Any, ckpt: Dict[str, Any], log: LogFn) -> Optional[List[int]]:
-    """
-    from .raster import same_crs
-The raster must hold the bands the model was trained on; returns which bands to read, in order.
+    """The raster must hold the bands the model was trained on; returns which bands to read, in order.
 
     With real band names on both sides (not all ``band_N``), bands are matched by name in any
     order (extra bands ignored); otherwise by position, and the counts must agree. Then the
     grid: another CRS or pixel size is a warning.
     """
+    from .raster import same_crs
+
     expected = int(ckpt.get("band_count", ckpt.get("in_channels", info.count)))
     theirs = list(ckpt.get("band_names") or [])
     ours = list(info.band_names or [])

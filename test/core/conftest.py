@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -251,3 +251,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ecuador_usable(shared_data: Path) -> Tuple[Any, Any, np.ndarray]:
+    """The real Ecuador landslide stack: (RasterInfo, LabelRaster of the points in the study mask, usable pixels)."""
+    from core.config import LabelOptions
+    from core.labels import rasterize_labels
+    from core.raster import read_info, read_valid_mask
+
+    d = shared_data / "ecuador_landslides"
+    info = read_info(d / "ecuador_ta_stack.tif")
+    lr = rasterize_labels(LabelOptions(labels_path=str(d / "landslide_points.shp"),
+                                       mask_path=str(d / "ecuador_landslides.gpkg")), info)
+    return info, lr, read_valid_mask(info.path) & lr.study_mask

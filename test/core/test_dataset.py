@@ -140,18 +140,13 @@ def test_missing_raster_is_a_data_error(tmp_path, parts):
         ds[0]
 
 
-def test_real_ecuador_pipeline_feeds_positive_batches(shared_data):
+def test_real_ecuador_pipeline_feeds_positive_batches(ecuador_usable):
     """labels -> valid mask -> split -> statistics on training windows -> weighted batches."""
     from torch.utils.data import WeightedRandomSampler
 
-    from core.raster import read_valid_mask
     from core.sampling import make_split
 
-    d = shared_data / "ecuador_landslides"
-    info = read_info(d / "ecuador_ta_stack.tif")
-    lr = rasterize_labels(LabelOptions(labels_path=str(d / "landslide_points.shp"),
-                                       mask_path=str(d / "ecuador_landslides.gpkg")), info)
-    usable = read_valid_mask(info.path) & lr.study_mask
+    info, lr, usable = ecuador_usable
     split = make_split(lr.labels, usable, (64, 64), positive_points=lr.positive_points, seed=0)
     enc = fit_encoder(info.path, split.train_windows, mask=lr.study_mask)
     ds = TileDataset(info.path, split.train_windows, lr.labels, enc, lr.study_mask, augment=True)

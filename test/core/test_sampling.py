@@ -198,12 +198,8 @@ def test_real_cloncurry_split(shared_data):
     assert len(split.val_blocks_map(info)) == len(split.val_blocks)
 
 
-def test_real_ecuador_split_inside_study_mask(shared_data):
-    d = shared_data / "ecuador_landslides"
-    info = read_info(d / "ecuador_ta_stack.tif")
-    lr = rasterize_labels(LabelOptions(labels_path=str(d / "landslide_points.shp"),
-                                       mask_path=str(d / "ecuador_landslides.gpkg")), info)
-    usable = read_valid_mask(info.path) & lr.study_mask
+def test_real_ecuador_split_inside_study_mask(ecuador_usable):
+    info, lr, usable = ecuador_usable
     tile = resolve_tile(None, info.height, info.width)
     split = make_split(lr.labels, usable, tile, positive_points=lr.positive_points)
     _check_separated(split, min_gap=split.buffer)
