@@ -522,7 +522,7 @@ def test_out_of_range_options_are_refused_with_the_range(repo_root: Path, model:
     assert "--tile_size 1 x 1 is smaller than unet_sc2_layers4_e32's minimum tile 8 x 8" in run.error
     run = _predict(model, tiny_stack.path, tmp_path / "map.tif", "--overlap", "0.9")
     run.assert_clean_failure()
-    assert "from 0 to 0.5; got 0.9" in run.error
+    assert "--overlap must be in [0, 0.5]" in run.error and "got 0.9" in run.error
     run = _predict(model, tiny_stack.path, tmp_path / "map.tif", "--tile_size", "1")
     run.assert_clean_failure()
     assert "minimum tile 2 x 2" in run.error
