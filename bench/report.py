@@ -2,6 +2,8 @@
 
 Targets (issue "Benchmarks"): prediction peak memory < 2 GB on the full-size stack and
 <= 10 % higher on a twice-as-large one; prediction wall <= 1.25 x (forward + I/O floor);
+(issue 10) the same memory and wall targets for an ensemble of n members, wall against
+n x forward + I/O floor, with and without the uncertainty map;
 training pipeline >= 3 x the fastest model's consumption on the uncompressed stack, with
 the stack never fully loaded. A target that could not be measured is 'not measured',
 never 'met'.
@@ -38,17 +40,21 @@ def pipeline_run(results: Dict[str, Any], compress: str) -> Optional[Dict[str, A
     return max(runs, key=lambda r: r["tiles_per_s"]) if runs else None
 
 
+def size_note(results: Dict[str, Any]) -> str:
+    """'' on the full-size stack (99 x 2000 x 4000 or more), else a note that says it was smaller."""
+    stack = (results.get("meta") or {}).get("stack", {})
+    full = stack.get("bands", 0) >= 99 and stack.get("height", 0) * stack.get("width", 0) >= 2000 * 4000
+    return "" if full else "measured on a smaller stack than the full 99 x 2000 x 4000"
+
+
 def _predict_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     pred = results.get("predict") or {}
     one, two = pred.get("none"), pred.get("double")
-    stack = (results.get("meta") or {}).get("stack", {})
-    full = stack.get("bands", 0) >= 99 and stack.get("height", 0) * stack.get("width", 0) >= 2000 * 4000
-    size_note = "" if full else "measured on a smaller stack than the full 99 x 2000 x 4000"
     out = []
     if _ok(one):
         peak = one["peak_rss_mb"]
         out.append(_target("prediction peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", f"{peak:.0f} MB",
-                           peak < PEAK_LIMIT_MB, size_note))
+                           peak < PEAK_LIMIT_MB, size_note(results)))
     else:
         out.append(_target("prediction peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", "not measured", None))
     if _ok(one) and _ok(two):
@@ -67,6 +73,54 @@ def _predict_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                            r <= WALL_FACTOR))
     else:
         out.append(_target("prediction wall vs forward + I/O floor", f"<= {WALL_FACTOR:.2f} x", "not measured", None))
+    return out
+
+
+ENSEMBLE_VARIANTS = (("mean", "mean map"), ("uncertainty", "mean + uncertainty maps"))
+
+
+def ensemble_cases(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One case per ensemble model and variant: its run, the n-member forward time, the I/O floor, the ratio.
+
+    Both variants run the same members over the same windows, so the n-member forward time
+    measured in the run without the uncertainty map is the reference for both. ``run`` is
+    None when the ensemble checkpoint could not be made (``made`` says why).
+    """
+    ens = results.get("ensemble") or {}
+    io = (results.get("io_floor") or {}).get("none")
+    cold = io["cold_s"] if _ok(io) else None
+    cases = []
+    for entry in ens.get("runs", []):
+        mean = entry.get("mean")
+        forward = mean.get("forward_s") if _ok(mean) else None
+        for variant, label in ENSEMBLE_VARIANTS:
+            run = entry.get(variant)
+            ratio = run["predict_s"] / (forward + cold) if _ok(run) and forward and cold is not None else None
+            cases.append({"model": entry.get("model"), "members": ens.get("members"), "label": label,
+                          "made": entry.get("checkpoint") or {}, "run": run, "forward_s": forward,
+                          "io_s": cold, "ratio": ratio})
+    return cases
+
+
+def _ensemble_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per ensemble model and variant: peak memory < 2 GB and wall <= 1.25 x (n x forward + I/O floor)."""
+    out = []
+    for c in ensemble_cases(results):
+        name = f"ensemble of {c['members']} {c['model']}, {c['label']}"
+        run, n = c["run"], c["members"]
+        if _ok(run):
+            peak = run["peak_rss_mb"]
+            out.append(_target(f"{name}: peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", f"{peak:.0f} MB",
+                               peak < PEAK_LIMIT_MB, size_note(results)))
+        else:
+            out.append(_target(f"{name}: peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", "not measured", None))
+        wall = f"{name}: wall vs {n} x forward + I/O floor"
+        if c["ratio"] is not None:
+            out.append(_target(wall, f"<= {WALL_FACTOR:.2f} x",
+                               f"{c['ratio']:.2f} x ({run['predict_s']:.1f} s / ({c['forward_s']:.1f} + "
+                               f"{c['io_s']:.1f}) s)", c["ratio"] <= WALL_FACTOR))
+        else:
+            out.append(_target(wall, f"<= {WALL_FACTOR:.2f} x", "not measured", None))
     return out
 
 
@@ -107,12 +161,10 @@ def _skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     default) within 15 minutes."""
     out = []
     mem = results.get("cv_memory")
-    stack = (results.get("meta") or {}).get("stack", {})
-    full = stack.get("bands", 0) >= 99 and stack.get("height", 0) * stack.get("width", 0) >= 2000 * 4000
     if _ok(mem):
         out.append(_target("baselines' cv peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", f"{mem['peak_rss_mb']:.0f} MB",
                            mem["peak_rss_mb"] < PEAK_LIMIT_MB,
-                           "" if full else "measured on a smaller stack than the full 99 x 2000 x 4000"))
+                           size_note(results)))
     else:
         out.append(_target("baselines' cv peak memory", f"< {PEAK_LIMIT_MB:.0f} MB", "not measured", None))
     demo = (((results.get("skill") or {}).get("datasets") or {}).get("demo") or {}).get("seeds") or {}
@@ -131,7 +183,7 @@ def _skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Every target with what was measured and whether it was met (None = not measured)."""
-    return _predict_targets(results) + _pipeline_targets(results) + _skill_targets(results)
+    return _predict_targets(results) + _ensemble_targets(results) + _pipeline_targets(results) + _skill_targets(results)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -196,6 +248,20 @@ def predict_table(results: Dict[str, Any]) -> str:
                          "status"], rows)
 
 
+def ensemble_table(results: Dict[str, Any]) -> str:
+    """Ensemble prediction per model: without and with the uncertainty map, against n x forward + I/O floor."""
+    rows = []
+    for c in ensemble_cases(results):
+        r = c["run"] or {}
+        made = c["made"]
+        status = r.get("status") if c["run"] else f"checkpoint: {made.get('status')} {made.get('error', '')}".strip()
+        rows.append([c["model"], r.get("members", c["members"]), c["label"], r.get("windows"),
+                     fmt(r.get("predict_s")), fmt(c["forward_s"]), fmt(c["io_s"]), fmt(c["ratio"]),
+                     fmt(r.get("peak_rss_mb"), 0), fmt(r.get("uncertainty_mb"), 1), status])
+    return format_table(["model", "members", "writes", "windows", "predict s", "n x forward s", "I/O floor s",
+                         "wall / (n x fwd + I/O)", "peak RSS MB", "uncertainty MB", "status"], rows)
+
+
 def targets_table(results: Dict[str, Any]) -> str:
     rows = [[t["name"], t["target"], t["measured"], _verdict(t), t.get("note", "")]
             for t in results.get("targets", [])]
@@ -219,6 +285,7 @@ def render_report(results: Dict[str, Any]) -> str:
     parts = [head]
     sections = [("1. I/O floor: window-by-window read (rasterio)", "io_floor", io_table),
                 ("2. Prediction (core predict())", "predict", predict_table),
+                ("2b. Ensemble prediction (core predict(), n members)", "ensemble", ensemble_table),
                 ("3/4. Training data pipeline vs the original whole-stack approach", None, memory_table),
                 ("5. Per-model training cost (forward + backward + step)", "model_cost", model_table)]
     for title, key, fn in sections:

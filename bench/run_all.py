@@ -2,7 +2,7 @@
 """Runs every benchmark, prints a table and writes JSON (``make bench``).
 
     .venv/bin/python bench/run_all.py [--quick] [--bands 99 --height 2000 --width 4000]
-                                      [--device cpu|cuda] [--out-dir DIR] [--keep]
+                                      [--device cpu|cuda] [--out-dir DIR] [--keep] [--only io ensemble]
 
 Each measurement runs in a fresh subprocess (``python -m bench.<module>``) so peak memory
 is whole-process and independent. Results go to bench/results/<timestamp>.json and
@@ -27,10 +27,18 @@ if __package__ in (None, ""):
 from bench.common import GIB, ChildLimits, check_disk_space, machine_info, run_child, write_results  # noqa: E402
 from bench.report import render_report, evaluate_targets  # noqa: E402
 
-BENCHMARKS = ("io", "baseline", "models", "pipeline", "predict", "skill", "cv_memory")
+BENCHMARKS = ("io", "baseline", "models", "pipeline", "predict", "ensemble", "skill", "cv_memory")
 FULL = {"bands": 99, "height": 2000, "width": 4000, "sizes": [128, 256], "steps": 4, "s2_steps": 3}
 QUICK = {"bands": 99, "height": 512, "width": 1024, "sizes": [128], "steps": 2, "s2_steps": 1}
 PREDICT_MODEL = "unet_sc2_layers4_e32"
+ENSEMBLE_MEMBERS = 5
+
+
+def default_ensemble_models() -> List[str]:
+    """Train's default model, then the U-Net (when the default is another model)."""
+    from core.models.catalog import DEFAULT_MODELS
+
+    return list(dict.fromkeys([DEFAULT_MODELS[0], PREDICT_MODEL]))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,6 +61,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="models for the per-model cost and consumption rates (default: the registry presets)")
     p.add_argument("--predict-model", default=PREDICT_MODEL,
                    help=f"model of the prediction benchmark ({PREDICT_MODEL})")
+    p.add_argument("--ensemble-models", nargs="+", default=None,
+                   help="models of the ensemble prediction benchmark (default: Train's default model, then "
+                        f"{PREDICT_MODEL})")
+    p.add_argument("--ensemble-members", type=int, default=ENSEMBLE_MEMBERS,
+                   help=f"members of each benchmark ensemble (default {ENSEMBLE_MEMBERS})")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="tile sizes of the model costs (128 256)")
     p.add_argument("--batch", type=int, default=4, help="batch size of training and prediction (default 4)")
     p.add_argument("--steps", type=int, default=None,
@@ -75,6 +88,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         from core.models.catalog import PRESET_MODELS
 
         args.models = list(PRESET_MODELS)
+    if args.ensemble_models is None:
+        args.ensemble_models = default_ensemble_models()
+    if args.ensemble_members < 2:
+        p.error("--ensemble-members must be >= 2 (one member is the single-model prediction benchmark)")
     for key in ("bands", "height", "width", "batch", "steps", "s2_steps"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
@@ -118,11 +135,12 @@ class Bench:
         return 4 * a.bands * a.height * a.width
 
     def needs_stack(self) -> bool:
-        return any(b in self.args.only for b in ("io", "baseline", "pipeline", "predict", "cv_memory"))
+        return any(b in self.args.only for b in ("io", "baseline", "pipeline", "predict", "ensemble", "cv_memory"))
 
     def check_disk(self) -> None:
-        """Uncompressed + deflate (<= raw) + the twice-as-large stack + maps and margin."""
-        need = int(self.raw_bytes * (1 + 1 + (2 if "predict" in self.args.only else 0)) * 1.1) + 256 * 1024 ** 2
+        """Uncompressed + deflate (<= raw) + the twice-as-large stack + maps (two per ensemble) and margin."""
+        maps = 2 * 4 * self.args.height * self.args.width * ("ensemble" in self.args.only)
+        need = int(self.raw_bytes * (1 + 1 + (2 if "predict" in self.args.only else 0)) * 1.1) + maps + 256 * 1024 ** 2
         check_disk_space(self.work, need, f"the benchmark stacks ({self.args.bands} x {self.args.height} x "
                                           f"{self.args.width} float32, {self.raw_bytes / GIB:.2f} GiB each)")
 
@@ -210,6 +228,31 @@ class Bench:
             out[key] = self.child("predict_memory", params, f"prediction over the {key} stack")
         self.results["predict"] = out
 
+    def ensemble(self, paths: Dict[str, Path]) -> None:
+        """Prediction with an ensemble of n random-weight members per model, without and with the uncertainty map.
+
+        The forward-only time of the n members is measured once per model, in the run without
+        the uncertainty map (the same windows and members serve both runs).
+        """
+        a = self.args
+        out: Dict[str, Any] = {"members": a.ensemble_members, "runs": []}
+        for model in a.ensemble_models:
+            ckpt = self.work / f"ensemble_{model}.pt"
+            made = self.child("predict_memory", {"mode": "ensemble", "path": str(paths["none"]), "model": model,
+                                                 "checkpoint": str(ckpt), "members": a.ensemble_members,
+                                                 "tile": self.pipeline_tile()},
+                              f"ensemble of {a.ensemble_members} {model} (random weights, fitted band statistics)")
+            run: Dict[str, Any] = {"model": model, "checkpoint": made}
+            if made.get("status") == "ok":
+                for variant, spread in (("mean", False), ("uncertainty", True)):
+                    params = {"path": str(paths["none"]), "checkpoint": str(ckpt), "batch": a.batch,
+                              "device": a.device, "work": str(self.work / f"ensemble_{model}_{variant}"),
+                              "uncertainty": spread, "forward": not spread}
+                    what = f"ensemble prediction, {model}" + (" + uncertainty map" if spread else "")
+                    run[variant] = self.child("predict_memory", params, what)
+            out["runs"].append(run)
+        self.results["ensemble"] = out
+
     def skill(self) -> None:
         """bench/skill.py: cross-validation of the deep default and the baselines on three datasets."""
         from bench.skill import parse_args as skill_args, run_skill
@@ -261,6 +304,8 @@ class Bench:
                 self.pipeline(paths)
             if "predict" in a.only:
                 self.predict(paths)
+            if "ensemble" in a.only:
+                self.ensemble(paths)
             if "cv_memory" in a.only:
                 self.cv_memory(paths)
             if "skill" in a.only:

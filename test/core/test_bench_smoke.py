@@ -8,6 +8,7 @@ Plus the runner's own guards: disk-space check, memory limit, timeout.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,11 @@ import numpy as np
 import pytest
 
 from bench.common import ChildLimits, check_disk_space, run_child
-from bench.report import evaluate_targets
+from bench.report import ensemble_table, evaluate_targets
 
 TINY_MODEL = "unet_sc2_layers2_e8"
 BANDS, HEIGHT, WIDTH, TILE = 4, 96, 160, 64
+MEMBERS = 3
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,9 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Dict
         sys.executable, str(repo_root / "bench" / "run_all.py"),
         "--bands", str(BANDS), "--height", str(HEIGHT), "--width", str(WIDTH), "--sizes", str(TILE),
         "--models", TINY_MODEL, "--predict-model", TINY_MODEL, "--steps", "1", "--pipeline-workers", "0",
+        "--ensemble-models", TINY_MODEL, "--ensemble-members", str(MEMBERS),
         "--out-dir", str(base / "work"), "--results-dir", str(base / "results"), "--timeout", "240",
-        "--only", "io", "baseline", "models", "pipeline", "predict", "cv_memory",  # skill: its own smoke test
+        "--only", "io", "baseline", "models", "pipeline", "predict", "ensemble", "cv_memory",  # skill: its own test
     ]
     proc = subprocess.run(cmd, cwd=str(base), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,7 +54,8 @@ def test_results_written_and_table_printed(bench_run: Dict[str, Any]) -> None:
     assert len(stamped) == 1
     assert json.loads(stamped[0].read_text()) == bench_run["results"]
     out = bench_run["stdout"]
-    for title in ("I/O floor", "Prediction", "Training data pipeline", "Per-model training cost", "Targets"):
+    for title in ("I/O floor", "Prediction", "Ensemble prediction", "Training data pipeline",
+                  "Per-model training cost", "Targets"):
         assert title in out
     assert "| unet_sc2_layers2_e8 | 64x64" in out
     # Generated stacks are removed without --keep.
@@ -131,6 +135,37 @@ def test_prediction(bench_run: Dict[str, Any]) -> None:
 
 
 @pytest.mark.slow  # one shared ~20 s end-to-end run
+def test_ensemble_prediction(bench_run: Dict[str, Any]) -> None:
+    """n members in one checkpoint, predicted with and without the uncertainty map, against n x forward."""
+    ens = bench_run["results"]["ensemble"]
+    assert ens["members"] == MEMBERS
+    (run,) = ens["runs"]
+    assert run["model"] == TINY_MODEL
+    assert run["checkpoint"]["status"] == "ok" and run["checkpoint"]["members"] == MEMBERS
+    single = bench_run["results"]["predict"]["none"]
+    mean, spread = run["mean"], run["uncertainty"]
+    for r in (mean, spread):
+        assert r["status"] == "ok", r
+        assert r["members"] == MEMBERS and r["windows"] == single["windows"]
+        for k in ("predict_s", "peak_rss_mb", "output_mb"):
+            assert _positive(r[k]), k
+    # The forward-only reference is all n members over predict's windows, measured once.
+    assert mean["forward_members"] == MEMBERS and mean["forward_windows"] == mean["windows"]
+    assert _positive(mean["forward_s"]) and "forward_s" not in spread
+    # The uncertainty map was written, full size, and random members disagree somewhere.
+    assert "uncertainty_mb" not in mean
+    assert spread["uncertainty_shape"] == [1, HEIGHT, WIDTH] and _positive(spread["uncertainty_mb"])
+    assert _positive(spread["uncertainty_max"])
+    targets = {t["name"]: t for t in bench_run["results"]["targets"]}
+    for label in ("mean map", "mean + uncertainty maps"):
+        name = f"ensemble of {MEMBERS} {TINY_MODEL}, {label}"
+        assert targets[f"{name}: peak memory"]["met"] in (True, False)
+        wall = targets[f"{name}: wall vs {MEMBERS} x forward + I/O floor"]
+        assert wall["met"] in (True, False) and wall["measured"].endswith(" s)")
+    assert re.search(rf"\| {TINY_MODEL} +\| {MEMBERS} +\| mean \+ uncertainty maps +\|", bench_run["stdout"])
+
+
+@pytest.mark.slow  # one shared ~20 s end-to-end run
 def test_targets_listed_with_verdicts(bench_run: Dict[str, Any]) -> None:
     targets = {t["name"]: t for t in bench_run["results"]["targets"]}
     for name in ("prediction peak memory", "prediction memory growth, 2x raster",
@@ -158,6 +193,29 @@ def test_targets_report_failures_honestly() -> None:
     assert t["pipeline vs fastest model (uncompressed)"]["met"] is False  # 20 / 10 = 2 < 3
     assert t["pipeline vs fastest model (deflate)"]["met"] is None
     assert t["pipeline never loads the stack"]["met"] is True
+
+
+def test_ensemble_targets_measure_against_n_forward_passes() -> None:
+    """Wall is judged against the n members' forward time + the I/O floor; a failed run is 'not measured'."""
+    results = {
+        "meta": {"stack": {"bands": 99, "height": 2000, "width": 4000, "raw_gib": 2.95}},
+        "io_floor": {"none": {"status": "ok", "cold_s": 10.0}},
+        "ensemble": {"members": 5, "runs": [
+            {"model": "m", "checkpoint": {"status": "ok"},
+             "mean": {"status": "ok", "peak_rss_mb": 1500.0, "predict_s": 60.0, "forward_s": 40.0},
+             "uncertainty": {"status": "ok", "peak_rss_mb": 2500.0, "predict_s": 70.0}},
+            {"model": "u", "checkpoint": {"status": "error", "error": "boom"}},
+        ]},
+    }
+    t = {x["name"]: x for x in evaluate_targets(results)}
+    assert t["ensemble of 5 m, mean map: peak memory"]["met"] is True
+    assert t["ensemble of 5 m, mean map: wall vs 5 x forward + I/O floor"]["met"] is True  # 60 / 50 = 1.2
+    assert t["ensemble of 5 m, mean + uncertainty maps: peak memory"]["met"] is False
+    wall = t["ensemble of 5 m, mean + uncertainty maps: wall vs 5 x forward + I/O floor"]
+    assert wall["met"] is False and wall["measured"].startswith("1.40 x")  # 70 / 50
+    assert t["ensemble of 5 u, mean map: peak memory"]["met"] is None
+    assert t["ensemble of 5 u, mean map: wall vs 5 x forward + I/O floor"]["measured"] == "not measured"
+    assert "checkpoint: error boom" in ensemble_table(results)
 
 
 def test_disk_check_stops_with_clear_message(tmp_path: Path) -> None:
