@@ -474,7 +474,11 @@ class TorchRunner:
         return self.encode_group(0, data, valid), raw
 
     def member_probability(self, member: Member, x: Any) -> Any:
-        """One member's class-1 probability (B, H, W) of an encoded tensor batch, on the device."""
+        """One member's class-1 probability (B, H, W) of an encoded tensor batch, on the device.
+
+        Callers move ``x`` to the device once for all members (``.to`` is then a no-op):
+        an ensemble of n must not copy each batch to a GPU n times.
+        """
         with torch_inference(), self.amp():
             return class1_probability(member.model(x.to(self.device)), member.offset)
 
@@ -496,6 +500,7 @@ class TorchRunner:
             t = torch.from_numpy(encoded[group])
             if ph or pw:
                 t = F.pad(t, (0, pw, 0, ph))
+            t = t.to(self.device)  # once for every member of the group
             for member in (m for m in self.members if m.group == group):
                 prob = self.member_probability(member, t)[:, :h, :w].float()
                 if self.per_member:
@@ -725,14 +730,16 @@ def predict_globe(runner: TorchRunner, data: np.ndarray, valid: np.ndarray, grid
     for group in sorted({m.group for m in runner.members}):
         x = torch.from_numpy(runner.encode_group(group, data[None], valid[None]))
         h, w = x.shape[-2:]
+        # The model's input is made (resampled or wrapped) and moved to the device once per group.
+        margin = min(w, max(runner.multiple, w // 8))
+        model_in = resample_periodic(x, grid) if grid is not None else F.pad(x, (margin, margin, 0, 0), mode="circular")
+        model_in = model_in.to(runner.device)
         for member in (m for m in runner.members if m.group == group):
+            prob = runner.member_probability(member, model_in)
             if grid is not None:
-                prob = runner.member_probability(member, resample_periodic(x, grid))
                 prob = resample_periodic(prob[:, None].float().cpu(), (h, w))[:, 0]
             else:
-                margin = min(w, max(runner.multiple, w // 8))
-                padded = F.pad(x, (margin, margin, 0, 0), mode="circular")
-                prob = runner.member_probability(member, padded)[:, :, margin:margin + w]
+                prob = prob[:, :, margin:margin + w]
             probs.append(prob[0].float().cpu().clamp(0, 1).numpy())
     stacked = np.stack(probs)
     return stacked if runner.per_member else stacked.mean(axis=0, keepdims=True)

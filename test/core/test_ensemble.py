@@ -20,7 +20,7 @@ from core.encoding import fit_encoder
 from core.errors import ConfigError, DataError
 from core.predict import NODATA, predict
 
-from test_predict import make_checkpoint, write_stack
+from test_predict import make_checkpoint, write_globe, write_stack
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,23 @@ def test_area_percentile_cutoffs_are_stored_in_the_map(models: Dict[str, Path], 
         assert k <= share < k + 1.0, (k, share)
     with rasterio.open(res["output_path"]) as src:
         assert float(src.tags()["top5_cutoff"]) == pytest.approx(cut["top5"])
+
+
+@pytest.mark.parametrize("model_name, img_size", [("s2unet_sc2_layers2_e8", (8, 16)), ("unet_sc2_layers2_e8", None)])
+def test_whole_globe_ensemble_is_the_mean_of_its_members(tmp_path: Path, model_name: str, img_size) -> None:
+    """The globe path makes each group's input (resampled to a spherical model's grid, or wrapped in
+    longitude for a planar one) once and runs every member on it: the same maps as one by one."""
+    globe = write_globe(tmp_path / "globe.tif")
+    paths = [make_checkpoint(globe, tmp_path / f"{s}.pt", model_name=model_name, img_size=img_size, seed=s)
+             for s in (1, 2)]
+
+    def on_globe(ckpt: Path, name: str, **kw) -> Dict:
+        return predict(PredictConfig(checkpoint=str(ckpt), raster_path=str(globe), output_path=str(tmp_path / name),
+                                     spherical=True, device="cpu", **kw))
+
+    a, b = (read(on_globe(p, f"{p.stem}.tif")["output_path"]) for p in paths)
+    res = on_globe(save_ensemble(tmp_path / "ens.pt", paths), "m.tif", uncertainty_path=str(tmp_path / "u.tif"))
+    m, u = read(res["output_path"]), read(res["uncertainty_path"])
+    assert res["members"] == 2 and np.abs(a - b).max() > 1e-3  # the members really differ
+    np.testing.assert_allclose(m, (a + b) / 2, atol=1e-6)
+    np.testing.assert_allclose(u, np.abs(a - b) / 2, atol=1e-6)
