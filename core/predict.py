@@ -372,9 +372,10 @@ def blend_windows(
         h, w = min(tile[0], height - strip.row0), min(tile[1], width - cols[0])
         # One read spans the batch (neighbouring windows overlap): each pixel is read once.
         span_data, span_valid = read(strip.row0, cols[0], h, cols[-1] - cols[0] + w)
-        data = np.stack([span_data[:, :, c - cols[0]:c - cols[0] + w] for c in cols])
+        windows = [span_data[:, :, c - cols[0]:c - cols[0] + w] for c in cols]
         valid = np.stack([span_valid[:, c - cols[0]:c - cols[0] + w] for c in cols])
-        return (prepare(data, valid) if prepare is not None else data), valid
+        # A runner that encodes reads the windows in place (views of the span): no stacked raw copy.
+        return (prepare(windows, valid) if prepare is not None else np.stack(windows)), valid
 
     n_windows = 0
     # One thread reads (GDAL releases the GIL) the next batch while the model runs this one;
@@ -458,17 +459,18 @@ class TorchRunner:
         """Layers ``infer`` returns per window: 1 (the mean) or one per member."""
         return len(self.members) if self.per_member else 1
 
-    def encode_group(self, group: int, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Encodes a batch of raw windows (B, C, h, w) -> (B, C_out, h, w) float32, in one array."""
+    def encode_group(self, group: int, data: np.ndarray | Sequence[np.ndarray], valid: np.ndarray) -> np.ndarray:
+        """Encodes a batch of raw windows (B, C, h, w), or B windows (C, h, w), -> (B, C_out, h, w) float32."""
         encoder = self.encoders[group]
         if encoder is None:
-            return np.where(valid[:, None], data, 0.0).astype(np.float32, copy=False)
-        out = np.empty((data.shape[0], encoder.out_channels) + data.shape[2:], dtype=np.float32)
+            return np.where(valid[:, None], np.asarray(data), 0.0).astype(np.float32, copy=False)
+        out = np.empty((len(data), encoder.out_channels) + data[0].shape[1:], dtype=np.float32)
         for i, (d, v) in enumerate(zip(data, valid)):
             encoder.encode(d, v, out=out[i])
         return out
 
-    def prepare(self, data: np.ndarray, valid: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    def prepare(self, data: np.ndarray | Sequence[np.ndarray], valid: np.ndarray
+                ) -> Tuple[np.ndarray, Optional[Tuple[Any, np.ndarray]]]:
         """(the first encoder's batch, the raw batch when other encoders still need it)."""
         raw = (data, valid) if len(self.encoders) > 1 else None
         return self.encode_group(0, data, valid), raw

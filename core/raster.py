@@ -207,11 +207,9 @@ def read_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: in
         valid: bool (height, width); True where every band read holds data.
     """
     indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
-    data = np.zeros((len(indexes), height, width), dtype=np.float32)
-    valid = np.zeros((height, width), dtype=bool)
     inner = _clip_window(src, row, col, height, width)
     if inner is None:
-        return data, valid
+        return np.zeros((len(indexes), height, width), dtype=np.float32), np.zeros((height, width), dtype=bool)
     r0, c0, r1, c1 = inner
     win = Window(c0, r0, c1 - c0, r1 - r0)
     try:
@@ -226,9 +224,16 @@ def read_window(src: "rasterio.io.DatasetReader", row: int, col: int, height: in
         ok &= _band_valid(raw[b], src.nodatavals[index - 1])
     if _has_internal_mask(src):
         ok &= src.dataset_mask(window=win) > 0
-    block = raw.astype(np.float32, copy=False)
-    block[:, ~ok] = 0.0
-    block[~np.isfinite(block)] = 0.0  # finite in the source dtype can overflow float32
+    with np.errstate(over="ignore"):  # finite in float64 can overflow float32: zeroed below
+        block = raw.astype(np.float32, copy=False)
+    if not ok.all():
+        block[:, ~ok] = 0.0  # every band of a pixel that lacks one (non-finite values included)
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
+        block[~np.isfinite(block)] = 0.0
+    if (r0, c0, r1, c1) == (row, col, row + height, col + width):
+        return block, ok  # the whole window lies inside the raster (the usual case): no padded copy
+    data = np.zeros((len(indexes), height, width), dtype=np.float32)
+    valid = np.zeros((height, width), dtype=bool)
     sl = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
     data[(slice(None),) + sl] = block
     valid[sl] = ok

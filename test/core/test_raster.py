@@ -89,6 +89,17 @@ def test_read_window_pads_outside_the_raster(tiny_stack):
     assert not outside_valid.any() and not outside.any()
 
 
+def test_float64_values_beyond_float32_read_as_zero(tmp_path):
+    """Finite in float64 but infinite in float32: no inf reaches the model, inside the raster or padded."""
+    arr = np.full((2, 4, 4), 2.5, dtype="float64")
+    arr[1, 2, 1] = 1e300
+    path = _write(tmp_path / "f64.tif", arr)
+    with open_raster(path) as src:
+        for data, valid in (read_window(src, 0, 0, 4, 4), read_window(src, -1, -1, 6, 6)):
+            assert data.dtype == np.float32 and np.isfinite(data).all()
+            assert data.max() == 2.5 and (data == 0).sum() == 1 + (data.size - 2 * 16)
+
+
 def test_uint16_nodata_zero_and_internal_mask(tmp_path):
     arr = np.arange(1, 17, dtype="uint16").reshape(1, 4, 4)
     arr[0, 0, 0] = 0
