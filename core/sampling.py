@@ -73,8 +73,10 @@ def _fits_split(height: int, width: int, tile: Pair) -> bool:
     return height >= 3 * tile[0] or width >= 3 * tile[1]
 
 
-def resolve_tile(tile_size: Optional[Sequence[int]], height: int, width: int, log: Optional[LogFn] = None) -> Pair:
-    """The tile (rows, cols): the one given, else DEFAULT_TILE or the raster size when smaller.
+def resolve_tile(tile_size: Optional[Sequence[int]], height: int, width: int, log: Optional[LogFn] = None,
+                 preferred: Optional[int] = None) -> Pair:
+    """The tile (rows, cols): the one given, else ``preferred`` (the model's automatic tile,
+    default DEFAULT_TILE) or the raster size when smaller.
 
     The automatic tile is halved (logged) while the raster has no room for a spatial
     validation split with it. A given tile larger than the raster is an error.
@@ -91,7 +93,8 @@ def resolve_tile(tile_size: Optional[Sequence[int]], height: int, width: int, lo
                 f"use --tile_size {min(th, height)} {min(tw, width)} or smaller"
             )
         return th, tw
-    tile = (min(DEFAULT_TILE, height), min(DEFAULT_TILE, width))
+    side = int(preferred or DEFAULT_TILE)
+    tile = (min(side, height), min(side, width))
     while not _fits_split(height, width, tile) and min(tile) // 2 >= MIN_TILE:
         tile = (max(MIN_TILE, tile[0] // 2), max(MIN_TILE, tile[1] // 2))
     log(f"automatic tile size {tile[0]} x {tile[1]} for a {height} x {width} raster (set --tile_size to change)")

@@ -213,7 +213,7 @@ def tile_for(config: TrainConfig, spec: ModelSpec, data: RasterData, log: LogFn)
         log(f"warning: {spec.name} is a spherical model but this raster is not a global EPSG:4326 grid; "
             "each tile is treated as a whole sphere, so the geometry is approximate (a planar model such as "
             "unet_sc2_layers4_e32 suits local rasters)")
-    tile = resolve_tile(config.tile_size, data.info.height, data.info.width, log)
+    tile = resolve_tile(config.tile_size, data.info.height, data.info.width, log, spec.auto_tile)
     least = spec.minimum_tile
     if config.tile_size is None and min(tile) < least:  # our automatic choice, never below the model's minimum
         h, w = data.info.shape

@@ -150,6 +150,20 @@ def test_resolve_tile_defaults_and_errors():
         resolve_tile((512, 512), 100, 300)
 
 
+def test_small_models_get_a_small_automatic_tile():
+    """Per-pixel and small CNN models split the raster in 64-px tiles (more deposits in training)."""
+    from core.models.catalog import parse_model_name
+
+    pixel, cnn, unet = (parse_model_name(n) for n in ("pixel_sc1_layers2_e32", "cnn_sc1_layers2_e16",
+                                                         "unet_sc2_layers4_e32"))
+    assert pixel.auto_tile == cnn.auto_tile == 64 and unet.auto_tile is None
+    logs = []
+    assert resolve_tile(None, 2000, 4000, logs.append, pixel.auto_tile) == (64, 64)
+    assert any("automatic tile size 64 x 64" in m for m in logs)
+    assert resolve_tile(None, 2000, 4000, None, unet.auto_tile) == (256, 256)
+    assert resolve_tile((32, 32), 2000, 4000, None, pixel.auto_tile) == (32, 32)  # a given tile wins
+
+
 def test_positive_aware_weights_draw_positives_often():
     h, w = 512, 512
     labels = _labels(h, w, [(40, 40), (300, 400)])  # 2 positives in 262k pixels
