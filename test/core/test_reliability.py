@@ -133,7 +133,7 @@ def model(tiny_stack: Any, tiny_points: Any, tmp_path_factory: pytest.TempPathFa
     torch.set_num_threads(1)
     cfg = TrainConfig(raster_path=str(tiny_stack.path), labels=LabelOptions(labels_path=str(tiny_points.path)),
                       models=[TINY], tile_size=(32, 32), num_epochs=1, batch_size=8, output_path=str(out),
-                      device="cpu", patience=0)
+                      device="cpu", patience=0, loss="weighted_ce", learning_rate=1e-4)
     return Path(train(cfg)["models"][TINY]["checkpoint"])
 
 
@@ -335,7 +335,7 @@ def test_resume_names_optimisation_changes_and_appends_to_the_log(tiny_stack: An
     result = train(cfg, log=logs.append)["models"][TINY]
     assert result["epoch"] == 2 and result["epochs_run"] == 1
     warning = next(line for line in logs if "settings that differ" in line)
-    assert "loss 'focal' (checkpoint 'weighted_ce_dice')" in warning and "learning_rate 0.001" in warning
+    assert "loss 'focal' (checkpoint 'weighted_ce')" in warning and "learning_rate 0.001" in warning
     text = log_file.read_text()
     assert text.startswith(first_log) and "--- resumed" in text  # the first run's log is kept
 
