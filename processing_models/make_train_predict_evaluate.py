@@ -37,7 +37,10 @@ from qgis.core import (  # noqa: E402 - after the path set-up
 from qgis.PyQt.QtCore import QPointF  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
+from core.config import TrainConfig  # noqa: E402 - torch-free
 from core.models.catalog import PRESET_MODELS as PRESETS  # noqa: E402 - torch-free
+
+DEFAULTS = TrainConfig.defaults()
 
 NAME = "Train, predict and evaluate"
 GROUP = "Workflows"
@@ -73,9 +76,11 @@ def _inputs() -> List[Tuple[QgsProcessingParameterDefinition, str]]:
         (QgsProcessingParameterString("CATEGORICAL_BANDS", "Categorical bands", optional=True),
          "Bands holding class codes (e.g. lithology): band names (a single-band layer's name) or 1-based numbers, "
          "separated by commas."),
-        (QgsProcessingParameterEnum("ARCHITECTURE", "Architecture", options=list(PRESETS), defaultValue=0),
-         "The network; unet_* suits projected rasters, s2* models whole-globe EPSG:4326 rasters."),
-        (QgsProcessingParameterNumber("EPOCHS", "Epochs", integer, 100, minValue=0),
+        (QgsProcessingParameterEnum("ARCHITECTURE", "Architecture", options=list(PRESETS),
+                                    defaultValue=PRESETS.index(DEFAULTS["models"][0])),
+         "The network; pixel_* (the default) and cnn_* suit tens of point labels, unet_* dense labels on "
+         "projected rasters, s2* models whole-globe EPSG:4326 rasters."),
+        (QgsProcessingParameterNumber("EPOCHS", "Epochs", integer, DEFAULTS["num_epochs"], minValue=0),
          "Passes over the training tiles; early stopping may end sooner."),
         (QgsProcessingParameterNumber("TILE_SIZE", "Tile size (pixels, 0 = automatic)", integer, 0, minValue=0),
          "Side of the square training tiles; 0 picks one that leaves room for spatial validation blocks."),

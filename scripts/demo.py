@@ -2,13 +2,17 @@
 """`make demo`: the main job on the built-in demo dataset, through qgis_process.
 
 1. generate the seeded synthetic demo dataset (``python -m core make-demo-data``);
-2. ``qgis_process.bin run stacksegmenter:trainsegmenter`` -> model;
-3. ``... predictprobabilitymap`` -> probability GeoTIFF;
+2. ``qgis_process.bin run stacksegmenter:trainsegmenter`` -> model, with Train's defaults
+   (what a user gets without touching Advanced) plus one option: an ensemble of
+   ``DEMO_ENSEMBLE`` members, so the uncertainty map has members to compare;
+3. ``... predictprobabilitymap`` -> ``probability.tif`` and ``uncertainty.tif`` (the spread
+   of the members) at the top of the output folder;
 4. ``... evaluateprobabilitymap`` -> scores, curves, HTML summary;
 5. render the styled probability layer to a PNG with QGIS's map renderer;
-then prints where everything is. Runs in a throwaway QGIS profile with the plugin enabled
-through QGIS_PLUGINPATH (a symlink named ``stack_segmenter`` to this folder).
-Environment overrides: DEMO_EPOCHS, DEMO_TILE, DEMO_OUT.
+then scores the map against the known truth (Spearman rank correlation over the valid
+area) and prints where everything is. Runs in a throwaway QGIS profile with the plugin
+enabled through QGIS_PLUGINPATH (a symlink named ``stack_segmenter`` to this folder).
+Environment overrides: DEMO_OUT, DEMO_ENSEMBLE.
 """
 from __future__ import annotations
 
@@ -23,8 +27,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo_output")).resolve()
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
-EPOCHS = os.environ.get("DEMO_EPOCHS", "40")
-TILE = os.environ.get("DEMO_TILE", "128")
+ENSEMBLE = os.environ.get("DEMO_ENSEMBLE", "5")
 
 
 def step(title: str) -> None:
@@ -70,6 +73,18 @@ def make_data(env: Dict[str, str]) -> Dict[str, str]:
     return next(e["value"] for e in events if e["event"] == "result")
 
 
+def truth_correlation(prob: Path, truth: Path) -> float:
+    """Spearman correlation of the map with the demo's known truth over the pixels both hold."""
+    import numpy as np
+    import rasterio
+    from scipy.stats import spearmanr
+
+    with rasterio.open(prob) as a, rasterio.open(truth) as b:
+        x, y = a.read(1, masked=True), b.read(1, masked=True)
+    ok = ~(np.ma.getmaskarray(x) | np.ma.getmaskarray(y))
+    return float(spearmanr(x.data[ok], y.data[ok]).correlation)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     env = qgis_env()
@@ -82,19 +97,18 @@ def main() -> None:
 
     model = OUT / "model.pt"
     train_dir = OUT / "training"
-    step(f"3/5 Train segmenter (unet_sc2_layers4_e32, {EPOCHS} epochs, tile {TILE})")
+    step(f"3/5 Train segmenter (Train's defaults, ensemble of {ENSEMBLE})")
     qgis_run("stacksegmenter:trainsegmenter", {
         "INPUT": data["raster"], "LABELS": data["deposits"], "LABEL_FIELD": "label",
-        "ARCHITECTURE": "0", "EPOCHS": EPOCHS, "TILE_SIZE": TILE, "STRIDE": str(int(TILE) // 2),
-        "AUGMENT": "true", "BATCH_SIZE": "8",
-        "LEARNING_RATE": "0.001", "POINT_BUFFER": "1.5", "CATEGORICAL_BANDS": str(data.get("categorical_band", "")),
-        "SEED": "0", "OUTPUT_MODEL": str(model), "OUTPUT_FOLDER": str(train_dir),
+        "CATEGORICAL_BANDS": str(data.get("categorical_band", "")), "ENSEMBLE": ENSEMBLE, "OVERWRITE": "true",
+        "OUTPUT_MODEL": str(model), "OUTPUT_FOLDER": str(train_dir),
     }, env)
 
     prob = OUT / "probability.tif"
-    step("4/5 Predict probability map")
-    qgis_run("stacksegmenter:predictprobabilitymap",
-             {"INPUT": data["raster"], "MODEL": str(model), "OUTPUT": str(prob)}, env)
+    spread = OUT / "uncertainty.tif"
+    step("4/5 Predict probability map and uncertainty")
+    qgis_run("stacksegmenter:predictprobabilitymap", {
+        "INPUT": data["raster"], "MODEL": str(model), "OUTPUT": str(prob), "UNCERTAINTY": str(spread)}, env)
 
     scores = OUT / "evaluation"
     step("5/5 Evaluate probability map")
@@ -108,6 +122,7 @@ def main() -> None:
 
     metrics_file = scores / "metrics.json"
     print("\n=== done ===")
+    print(f"  Spearman rank correlation with the known truth: {truth_correlation(prob, Path(data['truth'])):.3f}")
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         flat = metrics.get("metrics", metrics)
@@ -115,6 +130,7 @@ def main() -> None:
             if key in flat:
                 print(f"  {key}: {flat[key]}")
     print(f"model:            {model}\ntraining outputs: {train_dir}\nprobability map:  {prob}\n"
+          f"uncertainty map:  {spread}\n"
           f"map rendering:    {png}\nscores and plots: {scores}\nknown truth:      {data['truth']}")
 
 
