@@ -186,6 +186,26 @@ def test_every_baseline_beats_random_on_a_planted_signal(all_baselines) -> None:
     assert aucs == sorted(aucs, reverse=True) and result["best"] == summary["ranking"][0]["candidate"]
 
 
+def test_default_model_has_skill_near_the_logistic_baseline(cv_stack, tmp_path, one_torch_thread) -> None:
+    """Train's default model with Train's defaults (epochs included), 3 folds, on a planted signal.
+
+    A wide margin, not a skill target (those are measured by bench/skill.py): held-out AUC
+    well above chance and not far below the logistic regression's on the same folds.
+    """
+    from core.models.catalog import DEFAULT_MODELS
+
+    stack, points = cv_stack
+    train = TrainConfig(raster_path=str(stack.path), labels=LabelOptions(labels_path=str(points.path)),
+                        categorical_bands=[5])
+    result = cv(CVConfig(train=train, models=[DEFAULT_MODELS[0]], baselines=["logistic"], folds=3,
+                         background=1000, bootstrap=100, output_path=str(tmp_path)))
+    summary = json.loads(Path(result["summary_json"]).read_text())
+    deep = summary["candidates"][DEFAULT_MODELS[0]]["pooled"]["prediction_rate_auc"]
+    logistic = summary["candidates"]["logistic"]["pooled"]["prediction_rate_auc"]
+    assert summary["candidates"][DEFAULT_MODELS[0]]["folds_done"] == 3
+    assert deep > 0.7 and deep > logistic - 0.1, (deep, logistic)
+
+
 def test_results_csv_and_oof_maps(all_baselines, cv_stack) -> None:
     result, out = all_baselines
     stack, _ = cv_stack
