@@ -23,6 +23,13 @@ TILE = 32
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
 
 
+def default_model() -> str:
+    """Train's default model (the catalog is torch-free; the repository root is on sys.path)."""
+    from core.models.catalog import DEFAULT_MODELS
+
+    return DEFAULT_MODELS[0]
+
+
 @dataclass
 class TinyData:
     """The generated files and what tests need to know about them."""
@@ -134,7 +141,7 @@ def make_evidence_layers(data: TinyData, folder: Path) -> EvidenceLayers:
 
 
 def train_params(data: TinyData, out: Path, **extra: Any) -> Dict[str, Any]:
-    """Train parameters for the tiny dataset: 1 epoch, 32-pixel tiles, the default U-Net."""
+    """Train parameters for the tiny dataset: 1 epoch, 32-pixel tiles, Train's default model."""
     params: Dict[str, Any] = {
         "INPUT": str(data.raster), "LABELS": str(data.labels_shp), "LABEL_FIELD": "label",
         "EPOCHS": 1, "TILE_SIZE": TILE, "BATCH_SIZE": 8, "SEED": 0, "DEVICE": "cpu",

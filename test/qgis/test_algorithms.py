@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from qgis_helpers import SIZE, TinyData, pixel_xy, train_params
+from qgis_helpers import SIZE, TinyData, default_model, pixel_xy, train_params
 
 GRID = ["TARGET_CRS", "TARGET_RESOLUTION", "TARGET_EXTENT"]
 EXPECTED_PARAMETERS = {
@@ -310,7 +310,7 @@ def test_train_writes_model_and_scores(trained: Dict[str, Any]) -> None:
     model = Path(trained["OUTPUT_MODEL"])
     assert model.is_file() and model.suffix == ".pt" and model.stat().st_size > 10_000
     folder = Path(trained["OUTPUT_FOLDER"])
-    assert (folder / "unet_sc2_layers4_e32" / "metrics.json").is_file()
+    assert (folder / default_model() / "metrics.json").is_file()
     assert trained["EPOCHS_RUN"] == 1
     for key in ("VAL_LOSS", "VAL_IOU", "VAL_ACCURACY"):
         assert isinstance(trained[key], float) and trained[key] == trained[key], key  # finite, not None/NaN
@@ -539,7 +539,7 @@ def test_cancel_stops_training_keeps_the_checkpoint_and_resume_continues(plugin:
     stopped = time.monotonic()
     assert feedback.cancelled_at > 0, "no epoch finished before the run ended"
     epoch_1 = [line for line in feedback.infos if re.search(r"\bepoch 1\b", line)]
-    assert len(epoch_1) == 1 and epoch_1[0].startswith("unet_sc2_layers4_e32 epoch 1: train_loss"), epoch_1
+    assert len(epoch_1) == 1 and epoch_1[0].startswith(f"{default_model()} epoch 1: train_loss"), epoch_1
     assert 0 < max(feedback.progress_values) < 100  # the bar moved, the run did not finish
     assert stopped - feedback.cancelled_at < 12.0, "the worker did not stop within a few seconds"
     message = str(info.value)

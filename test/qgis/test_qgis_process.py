@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from qgis_helpers import QGIS_PROCESS, SIZE, TILE, TinyData, make_evidence_layers, qgis_process_env
+from qgis_helpers import QGIS_PROCESS, SIZE, TILE, TinyData, default_model, make_evidence_layers, qgis_process_env
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,9 @@ def test_cross_validate_under_qgis_process(env: Dict[str, str], tiny_data: TinyD
     results = out["results"]
     with open(tmp_path / "cv" / "cv_results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["candidate"] for r in rows} == {"logistic", "best_band", "unet_sc2_layers4_e32"} and len(rows) == 9
+    assert {r["candidate"] for r in rows} == {"logistic", "best_band", default_model()} and len(rows) == 9
     assert Path(results["OUTPUT_HTML"]).is_file() and Path(results["BEST_MAP"]).is_file()
-    for name in ("logistic", "best_band", "unet_sc2_layers4_e32"):
+    for name in ("logistic", "best_band", default_model()):
         assert (tmp_path / "cv" / f"oof_{name}.tif").is_file()
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from qgis_helpers import PIXEL, SIZE, EvidenceLayers, TinyData, make_evidence_layers, train_params
+from qgis_helpers import PIXEL, SIZE, EvidenceLayers, TinyData, default_model, make_evidence_layers, train_params
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,8 @@ def test_without_a_path_the_model_is_kept_in_a_new_lasting_folder(plugin: Any, q
     for result in (first, second):
         model, folder = Path(result["OUTPUT_MODEL"]), Path(result["OUTPUT_FOLDER"])
         assert model.is_file() and model.parent == folder and folder.parent == runs
-        assert model.name == f"{folder.name}.pt" and re.fullmatch(r"unet_\d{4}-\d\d-\d\d_\d{6}(_\d+)?", folder.name)
+        arch = default_model().split("_")[0]
+        assert model.name == f"{folder.name}.pt" and re.fullmatch(arch + r"_\d{4}-\d\d-\d\d_\d{6}(_\d+)?", folder.name)
     assert first["OUTPUT_FOLDER"] != second["OUTPUT_FOLDER"]
 
     project_dir = tmp_path / "project"
