@@ -305,14 +305,28 @@ def rng_state() -> Dict[str, Any]:
     }
 
 
-def epoch_indices(weights: List[float], seed: int, epoch: int, dist: Dist) -> List[int]:
+MIN_EPOCH_STEPS = 16
+"""Optimisation steps an epoch has at least. A small raster in 64-px tiles has a few dozen
+training windows: two batches an epoch, 60 steps in 30 epochs, left the per-pixel model
+nearly flat on the Ecuador landslides (5-fold cv: success rate 0.77, pooled held-out AUC
+0.66, fold maps of different scales); larger rasters have more windows than this and are
+unchanged."""
+
+
+def epoch_draws(n_windows: int, batch_size: int, whole_globe: bool = False) -> int:
+    """Windows drawn per epoch: as many as there are, and at least MIN_EPOCH_STEPS batches' worth."""
+    return n_windows if whole_globe else max(n_windows, MIN_EPOCH_STEPS * batch_size)
+
+
+def epoch_indices(weights: List[float], seed: int, epoch: int, dist: Dist, draws: Optional[int] = None) -> List[int]:
     """This rank's training windows for an epoch: positive-aware draws, split over the ranks.
 
-    As many draws as there are windows (with replacement, by ``weights``); every rank
-    gets the same number of windows, so DDP ranks run the same number of steps.
+    ``draws`` draws (default: as many as there are windows), with replacement, by
+    ``weights``; every rank gets the same number of windows, so DDP ranks run the same
+    number of steps.
     """
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    n = len(weights)
+    n = int(draws) if draws else len(weights)
     drawn = torch.multinomial(torch.tensor(weights, dtype=torch.double), n, replacement=True, generator=g).tolist()
     per_rank = math.ceil(n / dist.world)
     drawn = (drawn * dist.world)[: per_rank * dist.world]
@@ -759,7 +773,8 @@ def member_step(config: TrainConfig, td: TileData, kwargs: Dict[str, Any], seed:
     wrapped = model
     if dist.enabled:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    steps = math.ceil(math.ceil(len(td.train_set) / dist.world) / config.batch_size)
+    draws = epoch_draws(len(td.train_set), config.batch_size, td.whole_globe)
+    steps = math.ceil(math.ceil(draws / dist.world) / config.batch_size)
     opt, sched = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
     loss_fn = make_loss(config.loss, pos_weight=positive_weight(td.pos_fraction),
@@ -823,7 +838,8 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     for epoch in range(start + 1, last_epoch + 1):
         epoch_started = time.time()
         seed_everything(epoch_seed(seed, epoch, dist.rank))
-        indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist)
+        indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist,
+                                epoch_draws(len(td.train_set), config.batch_size, td.whole_globe))
         loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
         where = f"{label} epoch {epoch}/{config.num_epochs}"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.checkpoint import build_model_from_checkpoint, load_checkpoint
-from core.training import Dist, epoch_indices
+from core.training import MIN_EPOCH_STEPS, Dist, epoch_draws, epoch_indices
 
 TINY = "unet_sc2_layers2_e8"
 
@@ -22,6 +22,17 @@ def test_epoch_indices_give_every_rank_an_equal_share_of_the_same_draw() -> None
     assert len(one) == 8 and len(r0) == len(r1) == 4
     assert sorted(r0 + r1) == sorted(one)
     assert epoch_indices(weights, seed=0, epoch=2, dist=Dist()) != one
+
+
+def test_a_small_raster_still_gets_enough_steps_an_epoch() -> None:
+    """Few windows: at least MIN_EPOCH_STEPS batches an epoch, drawn by weight; many windows: each once on average."""
+    assert epoch_draws(12, batch_size=8) == MIN_EPOCH_STEPS * 8
+    assert epoch_draws(5000, batch_size=8) == 5000
+    assert epoch_draws(1, batch_size=8, whole_globe=True) == 1  # the globe is one sample
+    weights = [0.05] * 10 + [0.5]
+    drawn = epoch_indices(weights, seed=0, epoch=1, dist=Dist(), draws=epoch_draws(11, 8))
+    assert len(drawn) == MIN_EPOCH_STEPS * 8 and set(drawn) <= set(range(11))
+    assert drawn.count(10) > 0.3 * len(drawn)  # the positive window keeps its share
 
 
 def test_two_process_cpu_ddp_run_writes_one_loadable_checkpoint(tiny_stack, tiny_points, tmp_path: Path,
