@@ -12,31 +12,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
-
-import numpy as np
+from typing import Any, Dict
 
 from bench.common import child_main
-
-
-def spearman_with_truth(oof_path: str, truth_path: str) -> Optional[float]:
-    """Rank correlation of an out-of-fold map with the truth over the pixels both hold."""
-    import rasterio
-    from scipy.stats import spearmanr
-
-    with rasterio.open(oof_path) as a, rasterio.open(truth_path) as b:
-        x, y = a.read(1, masked=True), b.read(1, masked=True)
-    ok = ~(np.ma.getmaskarray(x) | np.ma.getmaskarray(y))
-    ok &= np.isfinite(x.data) & np.isfinite(y.data)
-    if ok.sum() < 10:
-        return None
-    rho = spearmanr(x.data[ok], y.data[ok]).correlation
-    return None if not np.isfinite(rho) else float(rho)
 
 
 def run(params: Dict[str, Any]) -> Dict[str, Any]:
     from core.config import CVConfig, LabelOptions, TrainConfig
     from core.cv import cv
+    from core.demo_data import truth_correlation
 
     train_kw: Dict[str, Any] = {"categorical_bands": params.get("categorical_bands") or [],
                                 "seed": int(params.get("seed", 0))}
@@ -60,7 +44,7 @@ def run(params: Dict[str, Any]) -> Dict[str, Any]:
                  "fold_mean": c["fold_mean"], "fold_std": c["fold_std"], "seconds": c["seconds"],
                  "notes": c["notes"]}
         if params.get("truth"):
-            entry["spearman_truth"] = spearman_with_truth(result["oof_maps"][name], params["truth"])
+            entry["spearman_truth"] = truth_correlation(result["oof_maps"][name], params["truth"])
         candidates[name] = entry
     return {"ranking": [r["candidate"] for r in summary["ranking"]], "candidates": candidates,
             "folds": summary["folds"], "cv_wall_s": round(wall, 1), "raster": summary["raster"],

@@ -552,3 +552,21 @@ def make_demo_data(output_dir: PathLike, *, seed: int = 42, width: int = 1024, h
         "truth_mean": stats["map_mean"],
         "truth_mean_at_deposits": stats["deposit_mean"],
     }
+
+
+def truth_correlation(map_path: Union[str, Path], truth_path: Union[str, Path]) -> Optional[float]:
+    """Spearman rank correlation of a map with the demo's known truth over the pixels both hold.
+
+    The honest yardstick of a demo map (no deposit sample can fool it); None when fewer than
+    10 pixels overlap or the correlation is undefined (a constant map).
+    """
+    import rasterio
+    from scipy.stats import spearmanr
+
+    with rasterio.open(map_path) as a, rasterio.open(truth_path) as b:
+        x, y = a.read(1, masked=True), b.read(1, masked=True)
+    ok = ~(np.ma.getmaskarray(x) | np.ma.getmaskarray(y)) & np.isfinite(x.data) & np.isfinite(y.data)
+    if ok.sum() < 10:
+        return None
+    rho = spearmanr(x.data[ok], y.data[ok]).correlation
+    return float(rho) if np.isfinite(rho) else None
