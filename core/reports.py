@@ -180,29 +180,29 @@ TOP_KS = (1, 5, 10, 20)
 class BlockMap:
     """What the validation-block map draws: the usable area and the training area (decimated to at
     most ``MAX_SIDE`` pixels on the long side), the validation blocks, the positive features (pixel
-    (row, col)) and the training windows (pixel boxes) that tell which deposits trained the model."""
+    (row, col)) and which of them lie in the training area (trained the model)."""
 
     usable: np.ndarray
     training: np.ndarray
     step: int
     shape: Tuple[int, int]
     blocks: List[PixelBox]
-    windows: List[PixelBox]
+    trained: np.ndarray
     points: np.ndarray
 
     MAX_SIDE = 800
 
     @classmethod
-    def of(cls, usable: np.ndarray, blocks: Sequence[PixelBox], windows: Sequence[PixelBox],
+    def of(cls, usable: np.ndarray, blocks: Sequence[PixelBox], training: np.ndarray,
            points: Optional[np.ndarray]) -> "BlockMap":
+        """``training``: bool (H, W) of the pixels that trained the model (TileData.train_area)."""
         step = max(1, math.ceil(max(usable.shape) / cls.MAX_SIDE))
-        training = np.zeros(usable.shape, dtype=bool)
-        for r0, c0, r1, c1 in windows:
-            training[max(r0, 0):r1, max(c0, 0):c1] = True
         pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
+        rows = np.clip(pts[:, 0].astype(int), 0, usable.shape[0] - 1)
+        cols = np.clip(pts[:, 1].astype(int), 0, usable.shape[1] - 1)
+        trained = training[rows, cols] if len(pts) else np.zeros(0, dtype=bool)
         return cls(usable[::step, ::step].copy(), (training & usable)[::step, ::step].copy(), step,
-                   tuple(usable.shape), [tuple(map(int, b)) for b in blocks], [tuple(map(int, b)) for b in windows],
-                   pts)
+                   tuple(usable.shape), [tuple(map(int, b)) for b in blocks], trained, pts)
 
     def _inside(self, boxes: Sequence[PixelBox]) -> np.ndarray:
         inside = np.zeros(len(self.points), dtype=bool)
@@ -212,10 +212,10 @@ class BlockMap:
         return inside
 
     def kinds(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(held out: in a validation block, trained on: in a training window); a deposit that is
+        """(held out: in a validation block, trained on: in the training area); a deposit that is
         neither lies in the buffer between them and was not used."""
         held = self._inside(self.blocks)
-        return held, self._inside(self.windows) & ~held
+        return held, self.trained & ~held
 
 
 def write_block_map(bm: BlockMap, path: Path, title: str) -> Path:

@@ -9,6 +9,10 @@ leak either. Validation windows tile each validation block from the inside.
 Several seeded block layouts are tried; the one that puts positives on both sides (and
 comes closest to ``val_fraction``) wins, so tiny label sets still get a usable split.
 When the buffer leaves no training window, it is reduced (logged) before giving up.
+
+Local models (``masked``: a per-pixel network sees no neighbour) need no tile-wide buffer:
+their buffer is their context plus a margin, and training windows may reach into it and
+into the blocks, whose pixels are masked out of training (``Split.train_mask``).
 """
 from __future__ import annotations
 
@@ -52,6 +56,9 @@ class Split:
         train_weights: one sampling weight per training window (WeightedRandomSampler):
             windows holding positives are drawn about POSITIVE_SHARE of the time.
         summary: counts (positives on each side, windows, fractions), JSON-able.
+        train_mask: bool (H, W) of the pixels that train when the training windows may reach
+            into the buffer and the blocks (``make_split(masked=True)``); None: every usable
+            pixel of a training window trains.
     """
 
     tile: Pair
@@ -62,6 +69,7 @@ class Split:
     val_windows: List[PixelBox]
     train_weights: List[float]
     summary: Dict[str, Any] = field(default_factory=dict)
+    train_mask: Optional[np.ndarray] = None
 
     def val_blocks_map(self, info: RasterInfo) -> List[Tuple[float, float, float, float]]:
         """Validation blocks as map boxes (left, bottom, right, top) in the raster's CRS."""
@@ -322,6 +330,7 @@ class _Layout:
     train: List[PixelBox]
     val: List[PixelBox]
     stats: Dict[str, Any]
+    train_mask: Optional[np.ndarray] = None
 
     def key(self, target_fraction: float, n_features: int, by_points: bool) -> Tuple[Any, ...]:
         """Ranks layouts: feasible; positives on both sides (else at least in training); features
@@ -353,14 +362,25 @@ def feature_balance_ok(in_val: int, n_features: int, fraction: float) -> bool:
 
 
 def _layout(blocks: List[PixelBox], windows: List[PixelBox], tile: Pair, buffer: Pair, usable: np.ndarray,
-            usable_s: np.ndarray, pos: np.ndarray, points: np.ndarray) -> _Layout:
-    """Training/validation windows and their positive counts for one choice of blocks."""
-    grown = [_grow(b, buffer) for b in blocks]
-    train = [w for w in windows if not any(_overlaps(w, g) for g in grown)]
+            usable_s: np.ndarray, pos: np.ndarray, points: np.ndarray, masked: bool = False) -> _Layout:
+    """Training/validation windows and their positive counts for one choice of blocks.
+
+    ``masked``: training windows are those holding a usable pixel outside the grown blocks, and
+    only those pixels train (``_Layout.train_mask``); else windows stay out of the grown blocks.
+    """
+    train_mask: Optional[np.ndarray] = None
+    if masked:
+        train_mask = usable & ~buffer_mask(usable.shape, blocks, buffer)
+        train_s = _integral(train_mask)
+        train = [w for w in windows if _box_sum(train_s, w) > 0]
+        in_train = train_mask
+    else:
+        grown = [_grow(b, buffer) for b in blocks]
+        train = [w for w in windows if not any(_overlaps(w, g) for g in grown)]
+        in_train = coverage_mask(usable.shape, train, usable)
     val = _val_windows(blocks, tile, usable_s)
     total = max(int(usable.sum()), 1)
     in_val = coverage_mask(usable.shape, blocks, usable)
-    in_train = coverage_mask(usable.shape, train, usable)
     rows, cols = points[:, 0].astype(int), points[:, 1].astype(int)
     stats = {
         "val_positive_pixels": int((pos & in_val).sum()),
@@ -370,7 +390,7 @@ def _layout(blocks: List[PixelBox], windows: List[PixelBox], tile: Pair, buffer:
         "val_area_fraction": float(in_val.sum() / total),
         "train_area_fraction": float(in_train.sum() / total),
     }
-    return _Layout(blocks, train, val, stats)
+    return _Layout(blocks, train, val, stats, train_mask)
 
 
 def positive_weights(windows: Sequence[PixelBox], pos_s: np.ndarray, share: float = POSITIVE_SHARE) -> List[float]:
@@ -420,6 +440,7 @@ def make_split(
     block_size: Optional[int] = None,
     positive_points: Optional[np.ndarray] = None,
     attempts: int = ATTEMPTS,
+    masked: bool = False,
     log: Optional[LogFn] = None,
 ) -> Split:
     """Splits the raster into training windows and validation blocks, spatially separated.
@@ -434,6 +455,8 @@ def make_split(
             default one tile; reduced (logged) when it leaves no training window.
         block_size: side of the candidate blocks (default: automatic, >= 2 tiles).
         positive_points: (N, 2) (row, col) of positive features, to count them per side.
+        masked: training windows may reach into the buffer and the blocks, whose pixels are
+            masked out (``Split.train_mask``): for local models, with a buffer of their context.
 
     Raises:
         DataError: tile larger than the raster, no valid pixel, or no split possible.
@@ -464,7 +487,7 @@ def make_split(
             n_pos, n_area = block_counts(blocks, usable_s, features)
             for choice in _split_choices(n_pos, n_area, shares, n_groups, seed, attempts):
                 chosen = sorted(b for b, a, c in zip(blocks, n_area, choice) if c and a > 0)
-                lay = _layout(chosen, windows, tile, buf, usable, usable_s, pos, points)
+                lay = _layout(chosen, windows, tile, buf, usable, usable_s, pos, points, masked)
                 if best is None or rank(lay) > rank(best):
                     best, best_buf = lay, buf
             if all(rank(best)[:5]):  # feasible, positives on both sides, features and area balanced
@@ -479,7 +502,8 @@ def make_split(
             f"the raster ({h} x {w} pixels) has no room for spatially separate training and validation "
             f"tiles of {tile[0]} x {tile[1]}; use a smaller tile, e.g. --tile_size {side} {side}"
         )
-    split = _finish(best, best_buf, tile, stride, pos_s, val_fraction, log)
+    train_pos_s = pos_s if best.train_mask is None else _integral(pos & best.train_mask)
+    split = _finish(best, best_buf, tile, stride, train_pos_s, val_fraction, log)
     _report_feature_balance(split.summary, len(features), val_fraction, by_points, log)
     return split
 
@@ -540,7 +564,7 @@ def _report_feature_balance(summary: Dict[str, Any], n_features: int, val_fracti
 
 def _finish(lay: _Layout, buffer: Pair, tile: Pair, stride: Pair, pos_s: np.ndarray, val_fraction: float,
             log: LogFn) -> Split:
-    """Weights, summary and the plain-words report of the chosen layout."""
+    """Weights, summary and the plain-words report of the chosen layout (``pos_s``: the training positives)."""
     weights = positive_weights(lay.train, pos_s)
     n_pos_windows = sum(1 for b in lay.train if _box_sum(pos_s, b) > 0)
     summary = dict(lay.stats)
@@ -548,11 +572,12 @@ def _finish(lay: _Layout, buffer: Pair, tile: Pair, stride: Pair, pos_s: np.ndar
         "tile": list(tile), "stride": list(stride), "buffer": list(buffer),
         "val_fraction_target": float(val_fraction), "val_blocks": len(lay.blocks),
         "train_windows": len(lay.train), "val_windows": len(lay.val),
-        "train_windows_with_positives": int(n_pos_windows),
+        "train_windows_with_positives": int(n_pos_windows), "masked": lay.train_mask is not None,
     })
     log(
         f"validation split: {len(lay.blocks)} block(s) = {100 * summary['val_area_fraction']:.1f}% of the usable "
-        f"area (target {100 * val_fraction:.0f}%), buffer {buffer[0]} x {buffer[1]} px; "
+        f"area (target {100 * val_fraction:.0f}%), buffer {buffer[0]} x {buffer[1]} px"
+        f"{' (training windows reach into it, its pixels and the blocks masked out)' if lay.train_mask is not None else ''}; "
         f"{len(lay.train)} training window(s) ({n_pos_windows} with positives), {len(lay.val)} validation window(s); "
         f"positive pixels: {summary['train_positive_pixels']} training / {summary['val_positive_pixels']} validation; "
         f"positive features: {summary['train_positive_points']} training / {summary['val_positive_points']} validation"
@@ -564,7 +589,7 @@ def _finish(lay: _Layout, buffer: Pair, tile: Pair, stride: Pair, pos_s: np.ndar
         )
     if summary["train_positive_pixels"] == 0:
         log("warning: NO positive label falls in the training windows; the model cannot learn positives")
-    return Split(tile, stride, buffer, lay.blocks, lay.train, lay.val, weights, summary)
+    return Split(tile, stride, buffer, lay.blocks, lay.train, lay.val, weights, summary, lay.train_mask)
 
 
 # ----------------------------------------------------------------------------- cross-validation folds

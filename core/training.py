@@ -163,7 +163,7 @@ class RasterData:
 
 @dataclass
 class TileData:
-    """Split, encoder and datasets for one tile size (shared by models with that tile)."""
+    """Split, encoder and datasets for one tile size and split buffer (shared by models with both)."""
 
     tile: Tuple[int, int]
     split: Split
@@ -173,6 +173,11 @@ class TileData:
     pos_fraction: float
     whole_globe: bool
     area: Optional[torch.Tensor] = None
+
+    def train_area(self, usable: np.ndarray) -> np.ndarray:
+        """bool (H, W): the pixels that train (in a training window, usable, not masked out of training)."""
+        mask = self.train_set.study_mask
+        return coverage_mask(usable.shape, self.train_set.windows, usable if mask is None else usable & mask)
 
 
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
@@ -235,24 +240,32 @@ def globe_masks(usable: np.ndarray, split: Split) -> Tuple[np.ndarray, np.ndarra
 
 def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], whole_globe: bool,
                   encoder: Optional[BandEncoder], log: LogFn,
-                  progress: Optional[Callable[[float], None]] = None) -> TileData:
+                  progress: Optional[Callable[[float], None]] = None, split_buffer: Optional[int] = None) -> TileData:
     """Spatial split, band encoder (training area only) and the two datasets for a tile size.
 
     For the whole globe, the split uses the automatic planar tile to place validation
     blocks; the single globe sample then counts only training pixels (validation blocks
     and their buffer masked out) in training, and only validation pixels in validation.
+    ``split_buffer`` (a local model's, ``ModelSpec.split_buffer``): the split keeps only that
+    buffer, and training windows reach into it with its and the blocks' pixels masked out.
     """
     lab = data.labels
     split_tile = resolve_tile(config.tile_size, *data.info.shape, log) if whole_globe else tile
+    masked = split_buffer is not None and not whole_globe
     split = make_split(lab.labels, data.usable, split_tile, config.stride, val_fraction=config.val_fraction,
-                       seed=config.seed, positive_points=lab.positive_points, log=log)
+                       seed=config.seed, positive_points=lab.positive_points, log=log,
+                       buffer=(split_buffer, split_buffer) if masked else None, masked=masked)
     train_mask = data.usable.copy()
+    train_study = lab.study_mask
     if whole_globe:
         train_mask, val_mask = globe_masks(data.usable, split)
+        train_study = train_mask
         train_windows: List[PixelBox] = [(0, 0, tile[0], tile[1])]
         val_windows: List[PixelBox] = [(0, 0, tile[0], tile[1])]
     else:
         train_windows, val_windows, val_mask = split.train_windows, split.val_windows, lab.study_mask
+        if split.train_mask is not None:
+            train_mask = train_study = split.train_mask
     if encoder is None:
         encoder = fit_encoder(config.raster_path, train_windows, config.categorical_bands,
                               mask=train_mask, seed=config.seed, log=log, progress=progress)
@@ -262,9 +275,8 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
         memory = EncodedRaster(config.raster_path, encoder)
         log(f"the encoded raster ({EncodedRaster.nbytes(data.info.height, data.info.width, encoder) / 1024**2:.0f} "
             "MB) is kept in memory: each window is read once")
-    train_set = TileDataset(config.raster_path, train_windows, lab.labels, encoder,
-                            train_mask if whole_globe else lab.study_mask, augment=config.augment,
-                            spherical=whole_globe, memory=memory)
+    train_set = TileDataset(config.raster_path, train_windows, lab.labels, encoder, train_study,
+                            augment=config.augment, spherical=whole_globe, memory=memory)
     val_set = TileDataset(config.raster_path, val_windows, lab.labels, encoder, val_mask, memory=memory)
     area = None
     if whole_globe:
@@ -698,13 +710,18 @@ def tiles_for_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tile
                     progress: Optional[Callable[[float], None]] = None) -> TileData:
     """Split, encoder and datasets of one model; a resumed model keeps its statistics and its split."""
     tile, whole_globe = tile_for(config, spec, data, log)
+    buffer = spec.split_buffer
+    if resumed is not None and not (resumed.get("split_summary") or {}).get("masked"):
+        buffer = None  # trained before local models had a narrow buffer: resume on the split it had
     if resumed is not None:  # the statistics the weights were trained with
-        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log)
+        td = prepare_tiles(config, data, tile, whole_globe, BandEncoder.from_dict(resumed["encoder"]), log,
+                           split_buffer=buffer)
         check_same_split(td.split.val_blocks, resumed, config.checkpoint_file(spec.name))
         return td
-    if (tile, whole_globe) not in tiles:
-        tiles[(tile, whole_globe)] = prepare_tiles(config, data, tile, whole_globe, None, log, progress)
-    return tiles[(tile, whole_globe)]
+    if (tile, whole_globe, buffer) not in tiles:
+        tiles[(tile, whole_globe, buffer)] = prepare_tiles(config, data, tile, whole_globe, None, log, progress,
+                                                           split_buffer=buffer)
+    return tiles[(tile, whole_globe, buffer)]
 
 
 def start_model_files(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData, runlog: RunLog,
@@ -879,8 +896,7 @@ def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model:
     from .evaluate import only_points
 
     lab = data.labels
-    train_mask = td.train_set.study_mask if td.whole_globe else data.usable
-    area = coverage_mask(data.info.shape, td.train_set.windows, train_mask)
+    area = td.train_area(data.usable)
     positives = int((lab.labels.astype(bool) & area).sum())
     points: Optional[int] = None
     if only_points(lab.summary) and len(lab.positive_points):
@@ -1076,7 +1092,7 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         history = outcomes[-1].history if outcomes else list((resumed or {}).get("history") or [])
     epoch = outcomes[-1].epoch if outcomes else int((resumed or {}).get("epoch", 0))
     progress(1.0)
-    block_map = BlockMap.of(data.usable, setup.td.split.val_blocks, setup.td.train_set.windows,
+    block_map = BlockMap.of(data.usable, setup.td.split.val_blocks, setup.td.train_area(data.usable),
                             data.labels.positive_points)
     return ModelRun(spec.name, setup.checkpoint, setup.output_dir, sum(o.epochs_run for o in outcomes), epoch, final,
                     history, num_params, training_time, max(1, members), block_map)

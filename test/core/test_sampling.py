@@ -164,6 +164,48 @@ def test_small_models_get_a_small_automatic_tile():
     assert resolve_tile((32, 32), 2000, 4000, None, pixel.auto_tile) == (32, 32)  # a given tile wins
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_masked_split_keeps_validation_pixels_out_of_training_and_more_deposits_in(seed):
+    """Local models: training windows reach into the blocks, but no block or buffer pixel trains."""
+    from core.sampling import buffer_mask
+
+    h, w = 300, 400
+    sites = _random_sites(60, h, w, seed)
+    labels, usable = _labels(h, w, sites), np.ones((h, w), dtype=bool)
+    points = np.array(sites, dtype=float)
+    plain = make_split(labels, usable, (64, 64), seed=seed, positive_points=points)
+    masked = make_split(labels, usable, (64, 64), seed=seed, positive_points=points, buffer=(4, 4), masked=True)
+    assert plain.train_mask is None and masked.train_mask is not None
+    assert tuple(masked.buffer) == (4, 4) and masked.summary["masked"] is True
+    assert not (masked.train_mask & buffer_mask((h, w), masked.val_blocks, (4, 4))).any()
+    assert masked.train_mask[~buffer_mask((h, w), masked.val_blocks, (4, 4))].all()  # everything else trains
+    cover = np.zeros((h, w), dtype=bool)
+    for r0, c0, r1, c1 in masked.train_windows:
+        cover[r0:r1, c0:c1] = True
+    assert (cover & buffer_mask((h, w), masked.val_blocks, (0, 0))).any()  # windows do reach into blocks
+    assert not (masked.train_mask & ~cover).any()  # every training pixel lies in a training window
+    assert masked.summary["train_positive_points"] > plain.summary["train_positive_points"]
+    in_val = masked.summary["val_positive_points"]
+    assert masked.summary["train_positive_points"] == len(sites) - in_val - int(
+        sum(buffer_mask((h, w), masked.val_blocks, (4, 4))[r, c] and not buffer_mask(
+            (h, w), masked.val_blocks, (0, 0))[r, c] for r, c in sites))
+    # a window whose only positives are masked out is not counted (nor drawn) as a positive window
+    holds = [bool((labels[r0:r1, c0:c1] & masked.train_mask[r0:r1, c0:c1]).any())
+             for r0, c0, r1, c1 in masked.train_windows]
+    anywhere = [bool(labels[r0:r1, c0:c1].any()) for r0, c0, r1, c1 in masked.train_windows]
+    assert masked.summary["train_windows_with_positives"] == sum(holds) < sum(anywhere)
+
+
+def test_local_models_get_a_narrow_split_buffer():
+    """The per-pixel and small CNN models split with their context plus a margin; the others a tile."""
+    from core.models.catalog import SPLIT_MARGIN, parse_model_name
+
+    assert parse_model_name("pixel_sc1_layers2_e32").split_buffer == SPLIT_MARGIN
+    assert parse_model_name("cnn_sc2_layers2_e16").split_buffer == 4 + SPLIT_MARGIN  # dilation 2 x 2 layers
+    for name in ("unet_sc2_layers4_e32", "transformer_sc2_layers4_e128", "s2unet_sc2_layers4_e32"):
+        assert parse_model_name(name).split_buffer is None
+
+
 def test_positive_aware_weights_draw_positives_often():
     h, w = 512, 512
     labels = _labels(h, w, [(40, 40), (300, 400)])  # 2 positives in 262k pixels

@@ -147,9 +147,10 @@ def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Pat
     assert c != a
 
 
-def test_interrupted_run_resumes_to_the_same_result(tiny_stack, tiny_points, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", [TINY, "pixel_sc1_layers2_e8"])  # a tile-wide buffer; a local model's masked split
+def test_interrupted_run_resumes_to_the_same_result(model: str, tiny_stack, tiny_points, tmp_path: Path) -> None:
     """Stop in epoch 3 of 4, resume: the result equals an uninterrupted 4-epoch run."""
-    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4))["models"][TINY]
+    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4, models=[model]))["models"][model]
 
     out = tmp_path / "cut"
     epochs_done: List[int] = []
@@ -158,15 +159,17 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_stack, tiny_points, tmp
         return len(epochs_done) >= 2
 
     with pytest.raises(Cancelled):
-        train(_config(tiny_stack, tiny_points, out, num_epochs=4), should_stop=stop_in_epoch_3,
+        train(_config(tiny_stack, tiny_points, out, num_epochs=4, models=[model]), should_stop=stop_in_epoch_3,
               metric=lambda m: epochs_done.append(m["epoch"]))
-    assert load_checkpoint(out / TINY / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(out / model / "checkpoint.pt")["epoch"] == 2
 
     rec = Recorder()
-    resumed = train(_config(tiny_stack, tiny_points, out, num_epochs=4, resume=True), **rec.kwargs())["models"][TINY]
+    resumed = train(_config(tiny_stack, tiny_points, out, num_epochs=4, resume=True, models=[model]),
+                    **rec.kwargs())["models"][model]
     assert [m["epoch"] for m in rec.metrics] == [3, 4]
     assert resumed["epochs_run"] == 2 and resumed["epoch"] == 4
-    ckpt = load_checkpoint(out / TINY / "checkpoint.pt")
+    ckpt = load_checkpoint(out / model / "checkpoint.pt")
+    assert ckpt["split_summary"]["masked"] is (model != TINY)
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2, 3, 4]
     assert ckpt["optimizer"]["state"], "optimiser moments must be carried over"
     for key in full["metrics"]:
@@ -410,6 +413,39 @@ def test_real_ecuador_landslides_with_study_mask(shared_data: Path, tmp_path: Pa
                  LabelOptions(labels_path=str(folder / "landslide_points.shp"), label_column="label",
                               mask_path=f"{folder / 'ecuador_landslides.gpkg'}|layername=study_mask"))
     assert ckpt["band_count"] == 5 and ckpt["split_summary"]["train_positive_pixels"] > 0
+
+
+def test_a_local_model_trains_on_more_deposits_and_never_on_a_validation_pixel(shared_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """The per-pixel model's windows reach into the narrow buffer; block and buffer pixels never train."""
+    from core.models.catalog import parse_model_name
+    from core.sampling import buffer_mask
+    from core.training import prepare_raster, tiles_for_model
+
+    folder = shared_data / "ecuador_landslides"
+    pixel = "pixel_sc1_layers2_e8"
+    labels = LabelOptions(labels_path=str(folder / "landslide_points.shp"), label_column="label",
+                          mask_path=f"{folder / 'ecuador_landslides.gpkg'}|layername=study_mask")
+    cfg = TrainConfig(raster_path=str(folder / "ecuador_ta_stack.tif"), labels=labels, models=[pixel, TINY],
+                      tile_size=(64, 64), num_epochs=1, batch_size=4, output_path=str(tmp_path), device="cpu",
+                      patience=0)
+    data = prepare_raster(cfg, lambda _m: None)
+    td = tiles_for_model(cfg, parse_model_name(pixel), data, {}, None, lambda _m: None)
+    blocks = buffer_mask(data.info.shape, td.split.val_blocks, (0, 0))
+    kept_out = buffer_mask(data.info.shape, td.split.val_blocks, td.split.buffer)
+    reaches_in = False
+    for i, (r0, c0, r1, c1) in enumerate(td.train_set.windows):
+        valid = td.train_set[i]["valid"].numpy()
+        assert not (valid & kept_out[r0:r1, c0:c1]).any(), "a validation or buffer pixel would train"
+        reaches_in |= bool(blocks[r0:r1, c0:c1].any())
+    assert reaches_in and td.split.buffer == (4, 4)
+
+    train(cfg)
+    local, wide = (load_checkpoint(tmp_path / m / "checkpoint.pt")["split_summary"] for m in (pixel, TINY))
+    assert local["masked"] and not wide["masked"] and tuple(wide["buffer"]) == (64, 64)
+    assert local["train_positive_points"] > wide["train_positive_points"]
+    log = (tmp_path / pixel / "train.log").read_text()
+    assert "training windows reach into it, its pixels and the blocks masked out" in log
 
 
 def test_real_cloncurry_without_label_column_and_reprojected(shared_data: Path, tmp_path: Path) -> None:
