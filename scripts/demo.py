@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,8 +42,12 @@ def qgis_env() -> Dict[str, str]:
     link = plugins / "stack_segmenter"
     if not link.is_symlink():
         link.symlink_to(ROOT, target_is_directory=True)
+    profile = OUT / "qgis_profile"
+    # Throwaway: a profile left by an earlier run has the plugin enabled already, and
+    # `qgis_process plugins enable` then exits 1, which made a second `make demo` fail.
+    shutil.rmtree(profile, ignore_errors=True)
     env = dict(os.environ)
-    env.update(QGIS_PLUGINPATH=str(plugins), QGIS_CUSTOM_CONFIG_PATH=str(OUT / "qgis_profile"),
+    env.update(QGIS_PLUGINPATH=str(plugins), QGIS_CUSTOM_CONFIG_PATH=str(profile),
                QT_QPA_PLATFORM="offscreen")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

@@ -136,3 +136,19 @@ def test_shipped_model_runs_under_qgis_process(env: Dict[str, str], repo_root: P
     assert (folder / "summary.html").is_file() and (folder / "success_rate.png").is_file()
     # The model's checkpoint reached the evaluation: the held-out split was scored.
     assert "prediction_rate_auc" in metrics
+
+
+def test_the_demo_enables_the_plugin_again_in_a_second_run(repo_root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` twice in one checkout: the second run's profile is fresh, so enabling the plugin succeeds."""
+    import importlib.util
+
+    monkeypatch.setenv("DEMO_OUT", str(tmp_path / "demo_output"))
+    spec = importlib.util.spec_from_file_location("demo_script", repo_root / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    for attempt in (1, 2):
+        proc = subprocess.run([QGIS_PROCESS, "plugins", "enable", "stack_segmenter"], env=demo.qgis_env(),
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"run {attempt}: {proc.stdout}{proc.stderr}"
+    assert (tmp_path / "demo_output" / "qgis_profile").is_dir()
