@@ -643,8 +643,7 @@ class LoopState:
             whose score came within the validation's standard error of the highest so far
             (``top``). Why the latest: with tens of validation deposits, smaller differences
             are noise, and a strict maximum then keeps an early, barely trained epoch.
-        stale: epochs since the highest score last rose (early stopping stops when it reaches
-            --patience; a plateau within the noise still stops).
+        stale: epochs since the kept one (early stopping stops when it reaches --patience).
     """
 
     epoch: int = 0
@@ -673,19 +672,20 @@ class LoopState:
         name, score = monitor_score(row)
         best = self.best
         if best is None or best.get("metric") != name:
-            rises, kept, top = True, True, score
+            improved, top = True, score
         else:
-            previous = float(best.get("top", best["score"]))
-            rises, top = score > previous, max(score, previous)
+            top = max(score, float(best.get("top", best["score"])))
             tol = tolerance if name == "val_roc_auc" and math.isfinite(tolerance) else 0.0
-            kept = rises or (tol > 0 and score >= top - tol)
-        if kept:
+            improved = score >= top - tol if tol > 0 else score > float(best["score"])
+        if improved:
             self.best = {"epoch": int(row["epoch"]), "score": score, "metric": name, "top": top,
                          "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        self.stale = 0 if rises else self.stale + 1
+            self.stale = 0
+        else:
+            self.stale += 1
         self.history.append(_json_safe(row))
         self.epoch = int(row["epoch"])
-        return kept
+        return improved
 
     def should_stop(self, patience: int) -> bool:
         """Early stopping: ``patience`` epochs in a row without improvement (0 = never)."""
@@ -891,7 +891,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         progress((epoch - start) / max(1, config.num_epochs - start))
         if state.should_stop(config.patience):
             assert state.best is not None
-            log(f"early stopping: {state.best['metric']} has not improved for {state.stale} epoch(s) "
+            log(f"early stopping: {state.stale} epoch(s) without an epoch to keep by {state.best['metric']} "
                 f"(kept epoch {state.best['epoch']})")
             break
     outcome_payload = payload()  # the last epoch's weights, before the best ones are loaded
