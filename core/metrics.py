@@ -50,20 +50,6 @@ def pixel_aucs(
     return out
 
 
-def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
-    """Standard error of a ROC AUC from ``n_pos`` positives and ``n_neg`` negatives (Hanley and McNeil, 1982).
-
-    Why: with tens of positive pixels in the validation blocks, epoch-to-epoch differences in
-    the validation AUC are mostly noise; training compares epochs only beyond this error.
-    NaN when the AUC or a class is missing.
-    """
-    if not (math.isfinite(auc) and n_pos > 0 and n_neg > 0):
-        return float("nan")
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
-    var = (auc * (1.0 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
-
-
 @dataclass
 class RateCurve:
     """A success-rate (or prediction-rate) curve: deposits captured vs. area ranked by score.

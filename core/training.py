@@ -43,7 +43,6 @@ from .errors import ConfigError, DataError, ResourceError, TrainingError
 from .events import Callbacks, LogFn, MetricFn, ProgressFn, StopFn
 from .files import append_text, prepare_folder, write_text_atomic
 from .heldout import deposit_figures, skill_lines
-from .metrics import auc_standard_error
 from .labels import LabelRaster, rasterize_labels
 from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
@@ -482,7 +481,6 @@ class Evaluation:
     metrics: Dict[str, float]
     tile_stats: Dict[str, List[float]] = field(default_factory=dict)
     examples: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    auc_error: float = 0.0  # standard error of val_roc_auc (metrics.auc_standard_error); 0 when undefined
 
 
 def _iou_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int = 2) -> Tuple[float, float]:
@@ -557,9 +555,7 @@ def validate(step: Step, loader: DataLoader, cb: Callbacks, seed: int, keep_exam
     roc, pr = _aucs(p, t, w)
     metrics = {"val_loss": losses / max(weights_sum, 1e-12), "val_iou": iou, "val_accuracy": acc,
                "val_roc_auc": roc, "val_pr_auc": pr}
-    n_pos = int((t > 0).sum())
-    error = auc_standard_error(roc, n_pos, int(t.size) - n_pos)
-    return Evaluation(metrics, stats, examples, error if math.isfinite(error) else 0.0)
+    return Evaluation(metrics, stats, examples)
 
 
 # ----------------------------------------------------------------------------- checkpoint content
@@ -639,11 +635,8 @@ class LoopState:
     Attributes:
         epoch: epochs finished.
         history: one metric dict per finished epoch (NaN as None).
-        best: ``{"epoch", "score", "metric", "state_dict", "top"}`` of the kept epoch: the latest
-            whose score came within the validation's standard error of the highest so far
-            (``top``). Why the latest: with tens of validation deposits, smaller differences
-            are noise, and a strict maximum then keeps an early, barely trained epoch.
-        stale: epochs since the kept one (early stopping stops when it reaches --patience).
+        best: ``{"epoch", "score", "metric", "state_dict"}`` of the best validation epoch.
+        stale: epochs since the best one (early stopping stops when it reaches --patience).
     """
 
     epoch: int = 0
@@ -666,19 +659,12 @@ class LoopState:
             stale = epoch - int(best["epoch"]) if best and best.get("epoch") else 0
         return cls(epoch=epoch, history=list(ckpt.get("history") or []), best=best, stale=int(stale))
 
-    def record(self, row: Dict[str, Any], model: nn.Module, tolerance: float = 0.0) -> bool:
-        """Adds a finished epoch's metrics; keeps its weights when its score is within ``tolerance``
-        (the validation AUC's standard error; 0: a strict maximum) of the highest so far. Returns kept."""
+    def record(self, row: Dict[str, Any], model: nn.Module) -> bool:
+        """Adds a finished epoch's metrics; keeps its weights when it is the best so far. Returns improved."""
         name, score = monitor_score(row)
-        best = self.best
-        if best is None or best.get("metric") != name:
-            improved, top = True, score
-        else:
-            top = max(score, float(best.get("top", best["score"])))
-            tol = tolerance if name == "val_roc_auc" and math.isfinite(tolerance) else 0.0
-            improved = score >= top - tol if tol > 0 else score > float(best["score"])
+        improved = self.best is None or self.best.get("metric") != name or score > float(self.best["score"])
         if improved:
-            self.best = {"epoch": int(row["epoch"]), "score": score, "metric": name, "top": top,
+            self.best = {"epoch": int(row["epoch"]), "score": score, "metric": name,
                          "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             self.stale = 0
         else:
@@ -881,18 +867,18 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         ev = validate(eval_step, val_loader, cb, config.seed)
         row = {"model": spec.name, **({"member": index + 1} if n > 1 else {}), "epoch": epoch,
                "train_loss": train_loss, **ev.metrics, "lr": float(sched.get_last_lr()[0])}
-        improved = state.record(row, model, ev.auc_error)
+        improved = state.record(row, model)
         epochs_run += 1
         if dist.main:
             save_checkpoint(ckpt_path, payload(), log=log)
         cb.metric(_json_safe(row))
         durations.append(time.time() - epoch_started)
-        log(_epoch_line(row, improved, state.best) + _pace(durations, config.num_epochs - epoch))
+        log(_epoch_line(row, improved) + _pace(durations, config.num_epochs - epoch))
         progress((epoch - start) / max(1, config.num_epochs - start))
         if state.should_stop(config.patience):
             assert state.best is not None
-            log(f"early stopping: {state.stale} epoch(s) without an epoch to keep by {state.best['metric']} "
-                f"(kept epoch {state.best['epoch']})")
+            log(f"early stopping: {state.best['metric']} has not improved for {state.stale} epoch(s) "
+                f"(best epoch {state.best['epoch']})")
             break
     outcome_payload = payload()  # the last epoch's weights, before the best ones are loaded
     if state.best is not None and state.best.get("state_dict"):
@@ -1139,17 +1125,11 @@ def _fmt(v: Any) -> str:
     return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
 
 
-def _epoch_line(row: Dict[str, Any], improved: bool, best: Optional[Dict[str, Any]] = None) -> str:
-    kept = ""
-    if improved:
-        top = (best or {}).get("top")
-        score = (best or {}).get("score")
-        kept = (" (best so far)" if top is None or score is None or score >= top
-                else f" (kept: within the validation AUC's standard error of the best, {_fmt(top)})")
+def _epoch_line(row: Dict[str, Any], improved: bool) -> str:
     return (f"{row['model']} epoch {row['epoch']}: train_loss {_fmt(row['train_loss'])}, val_loss "
             f"{_fmt(row['val_loss'])}, val_iou {_fmt(row['val_iou'])}, val_accuracy {_fmt(row['val_accuracy'])}, "
             f"val_roc_auc {_fmt(row['val_roc_auc'])}, val_pr_auc {_fmt(row['val_pr_auc'])}, lr {row['lr']:.2e}"
-            + kept)
+            + (" (best so far)" if improved else ""))
 
 
 def _duration(seconds: float) -> str:
