@@ -176,6 +176,24 @@ def test_interrupted_run_resumes_to_the_same_result(model: str, tiny_stack, tiny
         assert resumed["metrics"][key] == pytest.approx(full["metrics"][key], rel=1e-5, abs=1e-6)
 
 
+def test_a_local_model_trained_with_the_tile_wide_buffer_resumes_on_that_split(
+        tiny_stack, tiny_points, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints from before the masked split (no ``masked`` in the summary) keep their split on resume."""
+    from core.models.catalog import ModelSpec
+
+    model = "pixel_sc1_layers2_e8"
+    with monkeypatch.context() as m:
+        m.setattr(ModelSpec, "split_buffer", property(lambda self: None))  # what earlier versions did
+        train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=1, models=[model]))
+    ckpt = load_checkpoint(tmp_path / model / "checkpoint.pt")
+    del ckpt["split_summary"]["masked"]  # earlier versions did not write it
+    torch.save(ckpt, tmp_path / model / "checkpoint.pt")
+    rec = Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=2, models=[model], resume=True), **rec.kwargs())
+    assert [m["epoch"] for m in rec.metrics] == [2]
+    assert not load_checkpoint(tmp_path / model / "checkpoint.pt")["split_summary"]["masked"]
+
+
 def test_zero_epochs_with_resume_only_validates_the_checkpoint(tiny_stack, tiny_points, tmp_path: Path) -> None:
     first = train(_config(tiny_stack, tiny_points, tmp_path, num_epochs=1))["models"][TINY]
     path = tmp_path / TINY / "checkpoint.pt"
