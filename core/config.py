@@ -350,7 +350,9 @@ class TrainConfig(_JsonConfig):
     band_penalty: float = option(3e-2, minimum=0.0, note="0 = off",
                                  help="group-lasso penalty on the weights that read each band (pixel_* and cnn_* "
                                       "models), so the model leans on few bands as a sparse logistic regression does; "
-                                      "the log lists the band weights (0 = off)")
+                                      "a band whose classes already separate the training deposits from the training "
+                                      "area bears less of it (band screening, in the log); the log lists the band "
+                                      "weights (0 = off)")
     pu_prior: float = option(0.0, minimum=0.0, maximum=0.5, max_exclusive=True, note="0 = the labelled share",
                              help="pu loss: the share of the unlabelled area assumed to hold positives; 0 weighs "
                                   "presences against the background as MaxEnt does")

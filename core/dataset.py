@@ -92,6 +92,32 @@ def augment_bands(x: torch.Tensor, valid: torch.Tensor, groups: Sequence[Sequenc
     return noisy * keep[:, :, None, None] * valid[:, None].to(x.dtype)
 
 
+def encoded_pixels(raster_path: str, encoder: BandEncoder, flat: np.ndarray,
+                   memory: Optional["EncodedRaster"] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Encoded (C, n) values and validity (n,) of pixels at flat (row-major) indices.
+
+    From ``memory`` when the raster is kept there, else in one chunked pass over the chunks
+    that hold any of the pixels (bounded memory, any raster size).
+    """
+    if memory is not None:
+        return memory.pixels(flat)
+    from .raster import chunks, open_raster
+
+    out = np.zeros((encoder.out_channels, flat.size), dtype=np.float32)
+    ok = np.zeros(flat.size, dtype=bool)
+    with open_raster(raster_path) as src:
+        rows, cols = np.divmod(flat, src.width)
+        for r0, c0, r1, c1 in chunks(src.height, src.width):
+            hit = np.flatnonzero((rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1))
+            if not hit.size:
+                continue
+            data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
+            x = encoder.encode(data, valid)
+            out[:, hit] = x[:, rows[hit] - r0, cols[hit] - c0]
+            ok[hit] = valid[rows[hit] - r0, cols[hit] - c0]
+    return out, ok
+
+
 class EncodedRaster:
     """A small raster read once, chunk by chunk, and kept encoded in memory.
 
@@ -113,6 +139,10 @@ class EncodedRaster:
                 data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
                 encoder.encode(data, valid, out=self.x[:, r0:r1, c0:c1])
                 self.valid[r0:r1, c0:c1] = valid
+
+    def pixels(self, flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Encoded (C, n) values and validity (n,) of pixels given as flat (row-major) indices."""
+        return self.x.reshape(self.x.shape[0], -1)[:, flat], self.valid.reshape(-1)[flat]
 
     @staticmethod
     def nbytes(height: int, width: int, encoder: BandEncoder) -> int:

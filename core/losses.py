@@ -139,7 +139,8 @@ def pu_risk(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, area: Op
     return 0.5 * risk_pos + 0.5 * negative / (1.0 - pi)
 
 
-def band_group_penalty(weight: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+def band_group_penalty(weight: torch.Tensor, groups: Sequence[Sequence[int]],
+                       group_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
     """Group lasso over the input channels of a first layer: sum_g sqrt(|g|) * ||W[:, g]||.
 
     ``weight`` is the (out, in, ...) weight of the layer that reads the encoded bands;
@@ -153,7 +154,10 @@ def band_group_penalty(weight: torch.Tensor, groups: Sequence[Sequence[int]]) ->
     channels = torch.tensor([c for chans in groups for c in chans], device=weight.device)
     sizes = torch.tensor([float(len(chans)) for chans in groups], device=weight.device)
     per_group = torch.zeros(len(groups), device=weight.device).index_add(0, index, per_channel[channels])
-    return (sizes.sqrt() * per_group.clamp_min(1e-12).sqrt() * (sizes > 0)).sum()
+    scale = sizes.sqrt() * (sizes > 0)
+    if group_weights is not None:
+        scale = scale * torch.tensor([float(v) for v in group_weights], device=weight.device)
+    return (scale * per_group.clamp_min(1e-12).sqrt()).sum()
 
 
 def make_loss(name: str, *, pos_weight: float = 1.0, label_smoothing: float = 0.0,

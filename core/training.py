@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import finished_member, model_weights, save_checkpoint
 from .config import TrainConfig
-from .dataset import EncodedRaster, TileDataset, augment_bands
+from .dataset import EncodedRaster, TileDataset, augment_bands, encoded_pixels
 from .device import autocast_for, resolve_device
 from .encoding import BandEncoder, fit_encoder
 from .errors import ConfigError, DataError, ResourceError, TrainingError
@@ -173,6 +173,8 @@ class TileData:
     pos_fraction: float
     whole_globe: bool
     area: Optional[torch.Tensor] = None
+    band_weights: Optional[List[float]] = None
+    """Per band group, the share of the band penalty it bears (``screening.penalty_weights``)."""
 
     def train_area(self, usable: np.ndarray) -> np.ndarray:
         """bool (H, W): the pixels that train (in a training window, usable, not masked out of training)."""
@@ -283,7 +285,37 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
         from .metrics import latitude_weights
 
         area = torch.from_numpy(latitude_weights(data.info.transform, *data.info.shape).astype(np.float32))
-    return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area)
+    weights = None if whole_globe or config.band_penalty <= 0 else screened_weights(
+        config.raster_path, memory, lab.labels, coverage_mask(data.info.shape, train_windows, train_mask), encoder,
+        config.seed, log)
+    return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area, weights)
+
+
+SCREEN_SAMPLE = 200_000
+"""Background pixels drawn from the training area to screen the bands (``screening``)."""
+
+
+def screened_weights(raster_path: str, memory: Optional[EncodedRaster], labels: np.ndarray, area: np.ndarray,
+                     encoder: BandEncoder, seed: int, log: LogFn) -> Optional[List[float]]:
+    """The band penalty's per-band weights: deposits of the training area against a background sample."""
+    from .screening import penalty_weights
+
+    pos = np.flatnonzero((labels > 0) & area)
+    bg = np.flatnonzero(area)
+    if not pos.size or not bg.size:
+        return None
+    if bg.size > SCREEN_SAMPLE:
+        bg = np.sort(np.random.default_rng(seed).choice(bg, SCREEN_SAMPLE, replace=False))
+    x, ok = encoded_pixels(raster_path, encoder, np.concatenate([pos, bg]), memory)
+    weights = penalty_weights(x[:, : pos.size][:, ok[: pos.size]], x[:, pos.size:][:, ok[pos.size:]],
+                              encoder.channel_groups())
+    names = encoder.band_names
+    shown = sorted(range(len(weights)), key=lambda i: weights[i])[:8]
+    log("band screening (each band's share of --band_penalty; below 1: the band shows evidence on its own): "
+        + ", ".join(f"{names[i]} {weights[i]:.2f}" for i in shown)
+        + f"{' ...' if len(weights) > len(shown) else ''}; {sum(w < 1 for w in weights)} of {len(weights)} "
+          "band(s) below 1")
+    return weights
 
 
 def _positive_fraction(labels: np.ndarray, area: np.ndarray) -> float:
@@ -391,8 +423,8 @@ class Step:
     augment: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
 
-def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log: LogFn
-                    ) -> Optional[Callable[[], torch.Tensor]]:
+def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log: LogFn,
+                    weights: Optional[Sequence[float]] = None) -> Optional[Callable[[], torch.Tensor]]:
     """The group-lasso term on the layer that reads the bands (None when off or not possible)."""
     if strength <= 0:
         return None
@@ -402,7 +434,7 @@ def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log
         log(f"note: --band_penalty is ignored: {type(model).__name__} has no band layer to penalise")
         return None
     groups = encoder.channel_groups()
-    return lambda: strength * band_group_penalty(weight, groups)
+    return lambda: strength * band_group_penalty(weight, groups, weights)
 
 
 def band_augmentation(encoder: BandEncoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -797,7 +829,7 @@ def member_step(config: TrainConfig, td: TileData, kwargs: Dict[str, Any], seed:
     loss_fn = make_loss(config.loss, pos_weight=positive_weight(td.pos_fraction),
                         label_smoothing=config.label_smoothing, pu_prior=config.pu_prior)
     return model, Step(wrapped, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area,
-                       penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log),
+                       penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log, td.band_weights),
                        augment=band_augmentation(td.encoder) if config.augment else None)
 
 

@@ -181,3 +181,13 @@ def test_band_group_penalty_is_the_sum_of_band_norms_with_one_hot_bands_as_one_g
     w.requires_grad_(True)
     band_group_penalty(w, groups).backward()
     assert torch.count_nonzero(w.grad[:, 1:3]) == 0  # a band already at zero is left there
+
+
+def test_band_group_penalty_weights_scale_each_band() -> None:
+    """Per-band weights (band screening) multiply each band's term; 0 frees a band entirely."""
+    w = torch.zeros(4, 5, 1, 1)
+    w[:, 0] = 1.0
+    w[0, 3], w[1, 4] = 3.0, 4.0
+    groups = [[0], [1, 2], [3, 4]]
+    assert band_group_penalty(w, groups, [0.5, 1.0, 0.0]).item() == pytest.approx(1.0, rel=1e-5)
+    assert band_group_penalty(w, groups, [1.0, 1.0, 1.0]).item() == pytest.approx(band_group_penalty(w, groups).item())

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -137,6 +137,9 @@ def test_pixel_model_with_pu_loss_band_penalty_and_band_augmentation_finds_the_s
     assert metrics["val_roc_auc"] > 0.85
     bands = [line for line in rec.logs if "band weights" in line]
     assert len(bands) == 1 and all(name in bands[0] for name in stack.band_names)
+    screened = [line for line in rec.logs if line.startswith("band screening")]
+    signal = re.search(r"signal (\d\.\d\d)", screened[0]) if len(screened) == 1 else None
+    assert signal is not None and float(signal.group(1)) < 0.5  # the planted band bears less of the penalty
 
 
 def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Path) -> None:
