@@ -146,7 +146,8 @@ def band_group_penalty(weight: torch.Tensor, groups: Sequence[Sequence[int]],
     ``weight`` is the (out, in, ...) weight of the layer that reads the encoded bands;
     ``groups`` lists the input channels of each raw band (a categorical band's one-hot
     channels form one group). The penalty drives whole bands towards zero, as an L1
-    penalty selects bands in a sparse logistic regression.
+    penalty selects bands in a sparse logistic regression. ``group_weights`` (band
+    screening, ``core/screening.py``) scales each band's term: an adaptive group lasso.
     """
     w = weight.float().transpose(0, 1).reshape(weight.shape[1], -1)
     per_channel = w.pow(2).sum(dim=1)
