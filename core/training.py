@@ -173,13 +173,25 @@ class TileData:
     pos_fraction: float
     whole_globe: bool
     area: Optional[torch.Tensor] = None
-    band_weights: Optional[List[float]] = None
-    """Per band group, the share of the band penalty it bears (``screening.penalty_weights``)."""
+    _band_weights: Optional[List[float]] = field(default=None, repr=False)
+    _screened: bool = field(default=False, repr=False)
 
     def train_area(self, usable: np.ndarray) -> np.ndarray:
         """bool (H, W): the pixels that train (in a training window, usable, not masked out of training)."""
         mask = self.train_set.study_mask
         return coverage_mask(usable.shape, self.train_set.windows, usable if mask is None else usable & mask)
+
+    def band_weights(self, usable: np.ndarray, seed: int, log: LogFn) -> Optional[List[float]]:
+        """Per band group, the share of the band penalty it bears (``screened_weights``; None on the
+        whole globe). Screened on first use only, so models without a band layer never pay for it,
+        and once for all the members and models that share these tiles."""
+        if not self._screened:
+            self._screened = True
+            if not self.whole_globe:
+                ts = self.train_set
+                self._band_weights = screened_weights(ts.raster_path, ts.memory, ts.labels, self.train_area(usable),
+                                                      self.encoder, seed, log)
+        return self._band_weights
 
 
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
@@ -285,10 +297,7 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
         from .metrics import latitude_weights
 
         area = torch.from_numpy(latitude_weights(data.info.transform, *data.info.shape).astype(np.float32))
-    weights = None if whole_globe or config.band_penalty <= 0 else screened_weights(
-        config.raster_path, memory, lab.labels, coverage_mask(data.info.shape, train_windows, train_mask), encoder,
-        config.seed, log)
-    return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area, weights)
+    return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area)
 
 
 SCREEN_SAMPLE = 200_000
@@ -424,8 +433,12 @@ class Step:
 
 
 def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log: LogFn,
-                    weights: Optional[Sequence[float]] = None) -> Optional[Callable[[], torch.Tensor]]:
-    """The group-lasso term on the layer that reads the bands (None when off or not possible)."""
+                    screen: Callable[[], Optional[Sequence[float]]] = lambda: None
+                    ) -> Optional[Callable[[], torch.Tensor]]:
+    """The group-lasso term on the layer that reads the bands (None when off or not possible).
+
+    ``screen`` gives each band's share of it (band screening); called only when the term applies.
+    """
     if strength <= 0:
         return None
     layer = getattr(model, "band_layer", None)
@@ -434,6 +447,7 @@ def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log
         log(f"note: --band_penalty is ignored: {type(model).__name__} has no band layer to penalise")
         return None
     groups = encoder.channel_groups()
+    weights = screen()
     return lambda: strength * band_group_penalty(weight, groups, weights)
 
 
@@ -814,7 +828,7 @@ class MemberMean(nn.Module):
         return torch.log(probs.clamp_min(1e-12))
 
 
-def member_step(config: TrainConfig, td: TileData, kwargs: Dict[str, Any], seed: int, dist: Dist,
+def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dict[str, Any], seed: int, dist: Dist,
                 device: torch.device, autocast: Callable[[], Any], log: LogFn) -> Tuple[nn.Module, Step]:
     """A fresh member (weights drawn from ``seed``) and what one optimisation step needs: optimiser, loss, ..."""
     seed_everything(epoch_seed(seed, 0))
@@ -829,7 +843,8 @@ def member_step(config: TrainConfig, td: TileData, kwargs: Dict[str, Any], seed:
     loss_fn = make_loss(config.loss, pos_weight=positive_weight(td.pos_fraction),
                         label_smoothing=config.label_smoothing, pu_prior=config.pu_prior)
     return model, Step(wrapped, loss_fn, opt, sched, scaler, autocast, device, config.max_grad_norm, td.area,
-                       penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log, td.band_weights),
+                       penalty=band_penalty_fn(model, td.encoder, config.band_penalty, log,
+                                               lambda: td.band_weights(data.usable, config.seed, log)),
                        augment=band_augmentation(td.encoder) if config.augment else None)
 
 
@@ -845,7 +860,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     seed = member_seed(config.seed, index)
     n = ensemble.size
     label = f"{spec.name} member {index + 1}/{n}" if n > 1 else spec.name
-    model, step = member_step(config, td, kwargs, seed, dist, device, autocast, log)
+    model, step = member_step(config, data, td, kwargs, seed, dist, device, autocast, log)
     opt, sched = step.opt, step.sched
     if index == 0 or resumed is not None:
         log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "

@@ -142,6 +142,17 @@ def test_pixel_model_with_pu_loss_band_penalty_and_band_augmentation_finds_the_s
     assert signal is not None and float(signal.group(1)) < 0.5  # the planted band bears less of the penalty
 
 
+def test_bands_are_screened_once_and_only_for_a_model_with_a_band_layer(tiny_stack, tiny_points,
+                                                                          tmp_path: Path) -> None:
+    """Screening is work at start-up: the two members of an ensemble share it; a U-Net never asks for it."""
+    pixel, logs = "pixel_sc1_layers1_e8", Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path / "p", models=[pixel], num_epochs=1, ensemble=2), **logs.kwargs())
+    assert sum(line.startswith("band screening") for line in logs.logs) == 1
+    logs = Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path / "u", num_epochs=1), **logs.kwargs())
+    assert not any(line.startswith("band screening") for line in logs.logs)
+
+
 def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Path) -> None:
     a = train(_config(tiny_stack, tiny_points, tmp_path / "a", augment=True))["models"][TINY]["metrics"]
     b = train(_config(tiny_stack, tiny_points, tmp_path / "b", augment=True))["models"][TINY]["metrics"]
