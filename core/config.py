@@ -300,9 +300,11 @@ class TrainConfig(_JsonConfig):
         None, metavar="N", minimum=1, unset=0,
         help="step between training tiles (height width); automatic: the tile size; smaller gives overlapping tiles")
     num_epochs: int = option(30, minimum=0, note="0 trains nothing, only validates",
-                             help="passes over the training tiles (0: train nothing, only validate); early "
+                             help="passes over the training tiles (a per-pixel model with the pu loss: over its "
+                                  "sample of 200 000 background pixels) (0: train nothing, only validate); early "
                                   "stopping may end sooner (see patience)")
-    batch_size: int = option(8, minimum=1, help="tiles per optimisation step; lower it when memory runs out")
+    batch_size: int = option(8, minimum=1, help="tiles per optimisation step (a per-pixel model with the pu loss "
+                                                "takes 4096 background pixels a step); lower it when memory runs out")
     learning_rate: float = option(1e-3, minimum=0.0, min_exclusive=True, help="AdamW learning rate")
     max_grad_norm: float = option(1.0, minimum=0.0, min_exclusive=True, help="clips the gradient norm each step")
     label_smoothing: float = option(0.0, flags=("--label_smoothing_factor",), minimum=0.0, maximum=0.5,

@@ -175,6 +175,7 @@ class TileData:
     area: Optional[torch.Tensor] = None
     _band_weights: Optional[List[float]] = field(default=None, repr=False)
     _screened: bool = field(default=False, repr=False)
+    _sample: Optional[PixelSample] = field(default=None, repr=False)
 
     def train_area(self, usable: np.ndarray) -> np.ndarray:
         """bool (H, W): the pixels that train (in a training window, usable, not masked out of training)."""
@@ -187,11 +188,22 @@ class TileData:
         and once for all the members and models that share these tiles."""
         if not self._screened:
             self._screened = True
-            if not self.whole_globe:
-                ts = self.train_set
-                self._band_weights = screened_weights(ts.raster_path, ts.memory, ts.labels, self.train_area(usable),
-                                                      self.encoder, seed, log)
+            sample = None if self.whole_globe else self.pixel_sample(usable, seed)
+            if sample is not None:
+                self._band_weights = screened_weights(sample, self.encoder, log)
         return self._band_weights
+
+    def pixel_sample(self, usable: np.ndarray, seed: int) -> Optional[PixelSample]:
+        """The training area's positive pixels and a seeded background sample, encoded (read once, then kept).
+
+        Band screening compares the two; a per-pixel model trains on them (``pixel_batches``).
+        None when the training area holds no positive or no pixel.
+        """
+        if self._sample is None:
+            ts = self.train_set
+            self._sample = draw_pixel_sample(ts.raster_path, ts.memory, ts.labels, self.train_area(usable),
+                                             self.encoder, seed)
+        return self._sample
 
 
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
@@ -300,24 +312,57 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
     return TileData(tile, split, encoder, train_set, val_set, pos_fraction, whole_globe, area)
 
 
-SCREEN_SAMPLE = 200_000
-"""Background pixels drawn from the training area to screen the bands (``screening``)."""
+SAMPLE_BACKGROUND = 200_000
+"""Background pixels drawn from the training area (``draw_pixel_sample``): what band screening
+compares the deposits with, and what a per-pixel model learns the background from."""
+SAMPLE_POSITIVES = 200_000
+"""At most this many positive pixels are kept in the sample (polygon labels can hold millions)."""
 
 
-def screened_weights(raster_path: str, memory: Optional[EncodedRaster], labels: np.ndarray, area: np.ndarray,
-                     encoder: BandEncoder, seed: int, log: LogFn) -> Optional[List[float]]:
-    """The band penalty's per-band weights: deposits of the training area against a background sample."""
-    from .screening import penalty_weights
+@dataclass
+class PixelSample:
+    """Encoded pixels of the training area: ``x`` (n, C), ``y`` (n,) class labels; positives first.
 
+    ``n_pos`` positives (labelled pixels) then a uniform background sample of the training
+    area (which may hold a positive too, as the unlabelled side of presence-background
+    learning does). Invalid pixels are dropped.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    n_pos: int
+
+    @property
+    def background(self) -> np.ndarray:
+        """Indices (into x's columns) of the background sample."""
+        return np.arange(self.n_pos, self.y.size)
+
+
+def draw_pixel_sample(raster_path: str, memory: Optional[EncodedRaster], labels: np.ndarray, area: np.ndarray,
+                      encoder: BandEncoder, seed: int) -> Optional[PixelSample]:
+    """All positive pixels of ``area`` (a seeded subsample beyond SAMPLE_POSITIVES) and SAMPLE_BACKGROUND of its pixels."""
+    rng = np.random.default_rng(seed)
     pos = np.flatnonzero((labels > 0) & area)
     bg = np.flatnonzero(area)
     if not pos.size or not bg.size:
         return None
-    if bg.size > SCREEN_SAMPLE:
-        bg = np.sort(np.random.default_rng(seed).choice(bg, SCREEN_SAMPLE, replace=False))
-    x, ok = encoded_pixels(raster_path, encoder, np.concatenate([pos, bg]), memory)
-    weights = penalty_weights(x[:, : pos.size][:, ok[: pos.size]], x[:, pos.size:][:, ok[pos.size:]],
-                              encoder.channel_groups())
+    if pos.size > SAMPLE_POSITIVES:
+        pos = np.sort(rng.choice(pos, SAMPLE_POSITIVES, replace=False))
+    if bg.size > SAMPLE_BACKGROUND:
+        bg = np.sort(rng.choice(bg, SAMPLE_BACKGROUND, replace=False))
+    flat = np.concatenate([pos, bg])
+    x, ok = encoded_pixels(raster_path, encoder, flat, memory)
+    n_pos = int(ok[: pos.size].sum())
+    if not n_pos or not ok[pos.size:].any():
+        return None
+    return PixelSample(np.ascontiguousarray(x[:, ok].T), labels.reshape(-1)[flat[ok]].astype(np.int64), n_pos)
+
+
+def screened_weights(sample: PixelSample, encoder: BandEncoder, log: LogFn) -> List[float]:
+    """The band penalty's per-band weights: the sample's deposits against its background."""
+    from .screening import penalty_weights
+
+    weights = penalty_weights(sample.x[: sample.n_pos].T, sample.x[sample.n_pos:].T, encoder.channel_groups())
     names = encoder.band_names
     shown = sorted(range(len(weights)), key=lambda i: weights[i])[:8]
     log("band screening (each band's share of --band_penalty; below 1: the band shows evidence on its own): "
@@ -325,6 +370,54 @@ def screened_weights(raster_path: str, memory: Optional[EncodedRaster], labels: 
         + f"{' ...' if len(weights) > len(shown) else ''}; {sum(w < 1 for w in weights)} of {len(weights)} "
           "band(s) below 1")
     return weights
+
+
+PIXEL_BATCH = 4096
+"""Background pixels per optimisation step of a per-pixel model (``pixel_batches``)."""
+PIXEL_POSITIVES = 512
+"""Positive pixels per step of a per-pixel model (all of them when fewer)."""
+
+
+def pixel_steps(sample: PixelSample, dist: Dist) -> int:
+    """Optimisation steps of a per-pixel epoch on each rank (``pixel_batches``)."""
+    return math.ceil(max(1, math.ceil((sample.y.size - sample.n_pos) / PIXEL_BATCH)) / dist.world)
+
+
+def pixel_batches(sample: PixelSample, seed: int, epoch: int, dist: Dist) -> List[Dict[str, torch.Tensor]]:
+    """One epoch of presence-background batches for a per-pixel model: a pass over the background sample.
+
+    Each step holds PIXEL_BATCH background pixels and PIXEL_POSITIVES positives drawn with
+    replacement (all positives when fewer; the pu loss balances the two sides), shaped
+    (n, C, 1, 1) so each pixel is a sample (band dropout per pixel). Seeded by (seed, epoch):
+    a resumed run repeats it. DDP ranks share the steps.
+    """
+    g = np.random.default_rng(epoch_seed(seed, epoch))
+    bg = g.permutation(sample.background)
+    steps = max(1, math.ceil(bg.size / PIXEL_BATCH))
+    x = torch.from_numpy(sample.x)
+    y = torch.from_numpy(sample.y)
+    batches = []
+    for k in range(pixel_steps(sample, dist)):
+        i = (k * dist.world + dist.rank) % steps  # every rank takes the same number of steps
+        part = bg[i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
+        pos = (np.arange(sample.n_pos) if sample.n_pos <= PIXEL_POSITIVES
+               else g.choice(sample.n_pos, PIXEL_POSITIVES, replace=True))
+        idx = torch.from_numpy(np.concatenate([pos, part]))
+        xb = x[idx][:, :, None, None]
+        batches.append({"x": xb, "y": y[idx][:, None, None], "valid": torch.ones(idx.numel(), 1, 1, dtype=torch.bool)})
+    return batches
+
+
+def training_pixels(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData) -> Optional[PixelSample]:
+    """The pixel sample a per-pixel model trains on with the pu loss; None: it trains on windows.
+
+    A per-pixel network (``ModelSpec.per_pixel``) is a presence-background model; fed 64-px
+    windows it saw a handful of deposits per step and only a few hundred steps in all.
+    The other losses weigh classes by the area's share, which a sample does not keep.
+    """
+    if not spec.per_pixel or config.loss != "pu" or td.whole_globe:
+        return None
+    return td.pixel_sample(data.usable, config.seed)
 
 
 def _positive_fraction(labels: np.ndarray, area: np.ndarray) -> float:
@@ -829,15 +922,22 @@ class MemberMean(nn.Module):
 
 
 def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dict[str, Any], seed: int, dist: Dist,
-                device: torch.device, autocast: Callable[[], Any], log: LogFn) -> Tuple[nn.Module, Step]:
-    """A fresh member (weights drawn from ``seed``) and what one optimisation step needs: optimiser, loss, ..."""
+                device: torch.device, autocast: Callable[[], Any], log: LogFn,
+                sample: Optional[PixelSample] = None) -> Tuple[nn.Module, Step]:
+    """A fresh member (weights drawn from ``seed``) and what one optimisation step needs: optimiser, loss, ...
+
+    ``sample``: the member trains on pixels (``pixel_batches``), which sets the steps per epoch.
+    """
     seed_everything(epoch_seed(seed, 0))
     model = build_model(**kwargs).to(device)
     wrapped = model
     if dist.enabled:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    draws = epoch_draws(len(td.train_set), config.batch_size, td.whole_globe)
-    steps = math.ceil(math.ceil(draws / dist.world) / config.batch_size)
+    if sample is not None:
+        steps = pixel_steps(sample, dist)
+    else:
+        draws = epoch_draws(len(td.train_set), config.batch_size, td.whole_globe)
+        steps = math.ceil(math.ceil(draws / dist.world) / config.batch_size)
     opt, sched = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp_mode == "fp16")
     loss_fn = make_loss(config.loss, pos_weight=positive_weight(td.pos_fraction),
@@ -860,7 +960,8 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     seed = member_seed(config.seed, index)
     n = ensemble.size
     label = f"{spec.name} member {index + 1}/{n}" if n > 1 else spec.name
-    model, step = member_step(config, data, td, kwargs, seed, dist, device, autocast, log)
+    sample = training_pixels(config, spec, data, td)
+    model, step = member_step(config, data, td, kwargs, seed, dist, device, autocast, log, sample)
     opt, sched = step.opt, step.sched
     if index == 0 or resumed is not None:
         log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
@@ -868,6 +969,10 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
             f"{positive_weight(td.pos_fraction):.1f}, {100 * td.pos_fraction:.3f}% positive pixels in the training "
             f"area), device {device}, AMP {config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
             + (f", ensemble of {n} (seeds {seed - index}..{seed - index + n - 1})" if n > 1 else ""))
+    if sample is not None and (index == 0 or resumed is not None):
+        log(f"{spec.name} trains on pixels, not windows: {sample.n_pos} positive and {sample.y.size - sample.n_pos} "
+            f"background pixel(s) of the training area, {pixel_steps(sample, dist)} step(s) of {PIXEL_BATCH} "
+            "background pixels an epoch")
     if n > 1:
         log(f"{label}: seed {seed}")
 
@@ -902,9 +1007,13 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     for epoch in range(start + 1, last_epoch + 1):
         epoch_started = time.time()
         seed_everything(epoch_seed(seed, epoch, dist.rank))
-        indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist,
-                                epoch_draws(len(td.train_set), config.batch_size, td.whole_globe))
-        loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
+        loader: Any
+        if sample is not None:
+            loader = pixel_batches(sample, seed, epoch, dist)
+        else:
+            indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist,
+                                    epoch_draws(len(td.train_set), config.batch_size, td.whole_globe))
+            loader = _loader(td.train_set, config.batch_size, config, indices, epoch_seed(seed, epoch, dist.rank))
         where = f"{label} epoch {epoch}/{config.num_epochs}"
 
         def on_batch(frac: float, epoch: int = epoch) -> None:

@@ -194,6 +194,12 @@ class ModelSpec:
         return None if self.spherical else ARCHITECTURES[self.arch].auto_tile
 
     @property
+    def per_pixel(self) -> bool:
+        """Each output pixel depends on that pixel's bands alone (a local model without context), so
+        training may feed it a sample of pixels instead of windows (``training.pixel_batches``)."""
+        return ARCHITECTURES[self.arch].local and not self.spherical and self.context == 0
+
+    @property
     def split_buffer(self) -> Optional[int]:
         """Buffer (px) of the spatial split for a local model, whose training windows may then reach into
         it (masked); None: a one-tile buffer that no training window enters (every other model)."""

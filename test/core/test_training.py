@@ -153,6 +153,75 @@ def test_bands_are_screened_once_and_only_for_a_model_with_a_band_layer(tiny_sta
     assert not any(line.startswith("band screening") for line in logs.logs)
 
 
+def _numbered_sample(n_pos: int, n_bg: int, channels: int = 3) -> Any:
+    """A PixelSample whose channel 0 holds each pixel's own index (to find it in the batches)."""
+    from core.training import PixelSample
+
+    n = n_pos + n_bg
+    x = np.zeros((n, channels), np.float32)
+    x[:, 0] = np.arange(n)
+    y = np.zeros(n, np.int64)
+    y[:n_pos] = 1
+    return PixelSample(x, y, n_pos)
+
+
+def _batch_ids(batch: Dict[str, torch.Tensor]) -> np.ndarray:
+    return batch["x"][:, 0, 0, 0].numpy().astype(int)
+
+
+def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives_in_every_step() -> None:
+    from core.training import PIXEL_BATCH, Dist, pixel_batches, pixel_steps
+
+    sample = _numbered_sample(n_pos=7, n_bg=2 * PIXEL_BATCH + 100)
+    batches = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
+    assert len(batches) == pixel_steps(sample, Dist()) == 3
+    seen: List[int] = []
+    for b in batches:
+        ids = _batch_ids(b)
+        assert b["x"].shape == (ids.size, 3, 1, 1) and b["y"].shape == b["valid"].shape == (ids.size, 1, 1)
+        assert bool(b["valid"].all())
+        assert list(ids[:7]) == list(range(7))  # every positive in every step (fewer than PIXEL_POSITIVES)
+        assert (b["y"][:7] == 1).all() and (b["y"][7:] == 0).all()
+        seen += list(ids[7:])
+    assert sorted(seen) == list(range(7, sample.y.size))  # each background pixel exactly once
+    again = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
+    assert all(np.array_equal(_batch_ids(a), _batch_ids(b)) for a, b in zip(batches, again))  # resume repeats it
+    other = pixel_batches(sample, seed=0, epoch=2, dist=Dist())
+    assert not np.array_equal(_batch_ids(batches[0]), _batch_ids(other[0]))  # a new order every epoch
+
+
+def test_pixel_batches_draw_the_positives_when_many_and_share_the_steps_over_ranks() -> None:
+    from core.training import PIXEL_BATCH, PIXEL_POSITIVES, Dist, pixel_batches
+
+    sample = _numbered_sample(n_pos=3 * PIXEL_POSITIVES, n_bg=3 * PIXEL_BATCH)
+    batch = pixel_batches(sample, seed=1, epoch=1, dist=Dist())[0]
+    ids = _batch_ids(batch)
+    assert ids.size == PIXEL_POSITIVES + PIXEL_BATCH
+    assert (ids[:PIXEL_POSITIVES] < 3 * PIXEL_POSITIVES).all() and int(batch["y"].sum()) == PIXEL_POSITIVES
+    ranks = [pixel_batches(sample, seed=1, epoch=1, dist=Dist(enabled=True, rank=r, world=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # DDP ranks run the same number of steps
+    background = [set(_batch_ids(b)[PIXEL_POSITIVES:]) for r in ranks for b in r]
+    assert set().union(*background) == set(range(3 * PIXEL_POSITIVES, sample.y.size))
+
+
+def test_a_per_pixel_model_with_the_pu_loss_trains_on_pixels_and_other_models_on_windows(
+        tiny_stack, tiny_points, tmp_path: Path) -> None:
+    """The pixel sample is drawn once (screening and training share it); a U-Net, or another loss, keeps windows."""
+    pixel = "pixel_sc1_layers1_e8"
+    rec = Recorder()
+    result = train(_config(tiny_stack, tiny_points, tmp_path / "p", models=[pixel], num_epochs=2), **rec.kwargs())
+    lines = [line for line in rec.logs if " trains on pixels, not windows: " in line]
+    assert len(lines) == 1 and re.search(r"(\d+) positive and (\d+) background pixel", lines[0])
+    n_pos = int(re.search(r"(\d+) positive and", lines[0]).group(1))
+    summary = load_checkpoint(tmp_path / "p" / pixel / "checkpoint.pt")["split_summary"]
+    assert n_pos == summary["train_positive_pixels"] > 0
+    assert math.isfinite(result["models"][pixel]["metrics"]["val_loss"])
+    for kw in ({"models": [TINY]}, {"models": [pixel], "loss": "weighted_ce"}):
+        rec = Recorder()
+        train(_config(tiny_stack, tiny_points, tmp_path / str(len(kw)), num_epochs=1, **kw), **rec.kwargs())
+        assert not any(" trains on pixels" in line for line in rec.logs), kw
+
+
 def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Path) -> None:
     a = train(_config(tiny_stack, tiny_points, tmp_path / "a", augment=True))["models"][TINY]["metrics"]
     b = train(_config(tiny_stack, tiny_points, tmp_path / "b", augment=True))["models"][TINY]["metrics"]
