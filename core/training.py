@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ class TileData:
     def pixel_sample(self, usable: np.ndarray, seed: int) -> Optional[PixelSample]:
         """The training area's positive pixels and a seeded background sample, encoded (read once, then kept).
 
-        Band screening compares the two; a per-pixel model trains on them (``pixel_batches``).
+        Band screening compares the two; a per-pixel model trains on them (``PixelBatches``).
         None when the training area holds no positive or no pixel.
         """
         if self._sample is None:
@@ -334,7 +334,7 @@ class PixelSample:
 
     @property
     def background(self) -> np.ndarray:
-        """Indices (into x's columns) of the background sample."""
+        """Indices (rows of ``x``) of the background sample."""
         return np.arange(self.n_pos, self.y.size)
 
 
@@ -373,39 +373,46 @@ def screened_weights(sample: PixelSample, encoder: BandEncoder, log: LogFn) -> L
 
 
 PIXEL_BATCH = 4096
-"""Background pixels per optimisation step of a per-pixel model (``pixel_batches``)."""
+"""Background pixels per optimisation step of a per-pixel model (``PixelBatches``)."""
 PIXEL_POSITIVES = 512
 """Positive pixels per step of a per-pixel model (all of them when fewer)."""
 
 
 def pixel_steps(sample: PixelSample, dist: Dist) -> int:
-    """Optimisation steps of a per-pixel epoch on each rank (``pixel_batches``)."""
+    """Optimisation steps of a per-pixel epoch on each rank (``PixelBatches``)."""
     return math.ceil(max(1, math.ceil((sample.y.size - sample.n_pos) / PIXEL_BATCH)) / dist.world)
 
 
-def pixel_batches(sample: PixelSample, seed: int, epoch: int, dist: Dist) -> List[Dict[str, torch.Tensor]]:
+class PixelBatches:
     """One epoch of presence-background batches for a per-pixel model: a pass over the background sample.
 
     Each step holds PIXEL_BATCH background pixels and PIXEL_POSITIVES positives drawn with
     replacement (all positives when fewer; the pu loss balances the two sides), shaped
     (n, C, 1, 1) so each pixel is a sample (band dropout per pixel). Seeded by (seed, epoch):
-    a resumed run repeats it. DDP ranks share the steps.
+    a resumed run repeats it. DDP ranks take equal shares of the steps. Batches are cut as
+    they are used, so an epoch holds no second copy of the sample.
     """
-    g = np.random.default_rng(epoch_seed(seed, epoch))
-    bg = g.permutation(sample.background)
-    steps = max(1, math.ceil(bg.size / PIXEL_BATCH))
-    x = torch.from_numpy(sample.x)
-    y = torch.from_numpy(sample.y)
-    batches = []
-    for k in range(pixel_steps(sample, dist)):
-        i = (k * dist.world + dist.rank) % steps  # every rank takes the same number of steps
-        part = bg[i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
-        pos = (np.arange(sample.n_pos) if sample.n_pos <= PIXEL_POSITIVES
-               else g.choice(sample.n_pos, PIXEL_POSITIVES, replace=True))
-        idx = torch.from_numpy(np.concatenate([pos, part]))
-        xb = x[idx][:, :, None, None]
-        batches.append({"x": xb, "y": y[idx][:, None, None], "valid": torch.ones(idx.numel(), 1, 1, dtype=torch.bool)})
-    return batches
+
+    def __init__(self, sample: PixelSample, seed: int, epoch: int, dist: Dist) -> None:
+        self.sample, self.dist = sample, dist
+        self.rng = np.random.default_rng(epoch_seed(seed, epoch))
+        self.order = self.rng.permutation(sample.background)
+
+    def __len__(self) -> int:
+        return pixel_steps(self.sample, self.dist)
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        sample, dist = self.sample, self.dist
+        steps = max(1, math.ceil(self.order.size / PIXEL_BATCH))
+        x, y = torch.from_numpy(sample.x), torch.from_numpy(sample.y)
+        for k in range(len(self)):
+            i = (k * dist.world + dist.rank) % steps  # every rank takes the same number of steps
+            part = self.order[i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
+            pos = (np.arange(sample.n_pos) if sample.n_pos <= PIXEL_POSITIVES
+                   else self.rng.choice(sample.n_pos, PIXEL_POSITIVES, replace=True))
+            idx = torch.from_numpy(np.concatenate([pos, part]))
+            yield {"x": x[idx][:, :, None, None], "y": y[idx][:, None, None],
+                   "valid": torch.ones(idx.numel(), 1, 1, dtype=torch.bool)}
 
 
 def training_pixels(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData) -> Optional[PixelSample]:
@@ -926,7 +933,7 @@ def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dic
                 sample: Optional[PixelSample] = None) -> Tuple[nn.Module, Step]:
     """A fresh member (weights drawn from ``seed``) and what one optimisation step needs: optimiser, loss, ...
 
-    ``sample``: the member trains on pixels (``pixel_batches``), which sets the steps per epoch.
+    ``sample``: the member trains on pixels (``PixelBatches``), which sets the steps per epoch.
     """
     seed_everything(epoch_seed(seed, 0))
     model = build_model(**kwargs).to(device)
@@ -1009,7 +1016,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
         seed_everything(epoch_seed(seed, epoch, dist.rank))
         loader: Any
         if sample is not None:
-            loader = pixel_batches(sample, seed, epoch, dist)
+            loader = PixelBatches(sample, seed, epoch, dist)
         else:
             indices = epoch_indices(td.split.train_weights if not td.whole_globe else [1.0], seed, epoch, dist,
                                     epoch_draws(len(td.train_set), config.batch_size, td.whole_globe))

@@ -196,7 +196,7 @@ class ModelSpec:
     @property
     def per_pixel(self) -> bool:
         """Each output pixel depends on that pixel's bands alone (a local model without context), so
-        training may feed it a sample of pixels instead of windows (``training.pixel_batches``)."""
+        training may feed it a sample of pixels instead of windows (``training.PixelBatches``)."""
         return ARCHITECTURES[self.arch].local and not self.spherical and self.context == 0
 
     @property

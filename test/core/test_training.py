@@ -169,12 +169,18 @@ def _batch_ids(batch: Dict[str, torch.Tensor]) -> np.ndarray:
     return batch["x"][:, 0, 0, 0].numpy().astype(int)
 
 
+def pixel_batches(sample: Any, seed: int, epoch: int, dist: Any) -> List[Dict[str, torch.Tensor]]:
+    from core.training import PixelBatches
+
+    return list(PixelBatches(sample, seed, epoch, dist))
+
+
 def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives_in_every_step() -> None:
-    from core.training import PIXEL_BATCH, Dist, pixel_batches, pixel_steps
+    from core.training import PIXEL_BATCH, Dist, PixelBatches, pixel_steps
 
     sample = _numbered_sample(n_pos=7, n_bg=2 * PIXEL_BATCH + 100)
     batches = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
-    assert len(batches) == pixel_steps(sample, Dist()) == 3
+    assert len(batches) == len(PixelBatches(sample, 0, 1, Dist())) == pixel_steps(sample, Dist()) == 3
     seen: List[int] = []
     for b in batches:
         ids = _batch_ids(b)
@@ -191,7 +197,7 @@ def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives
 
 
 def test_pixel_batches_draw_the_positives_when_many_and_share_the_steps_over_ranks() -> None:
-    from core.training import PIXEL_BATCH, PIXEL_POSITIVES, Dist, pixel_batches
+    from core.training import PIXEL_BATCH, PIXEL_POSITIVES, Dist
 
     sample = _numbered_sample(n_pos=3 * PIXEL_POSITIVES, n_bg=3 * PIXEL_BATCH)
     batch = pixel_batches(sample, seed=1, epoch=1, dist=Dist())[0]
