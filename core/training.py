@@ -333,9 +333,9 @@ class PixelSample:
     n_pos: int
 
     @property
-    def background(self) -> np.ndarray:
-        """Indices (rows of ``x``) of the background sample."""
-        return np.arange(self.n_pos, self.y.size)
+    def n_background(self) -> int:
+        """Background pixels: the rows of ``x`` after the positives."""
+        return self.y.size - self.n_pos
 
 
 def draw_pixel_sample(raster_path: str, memory: Optional[EncodedRaster], labels: np.ndarray, area: np.ndarray,
@@ -380,7 +380,7 @@ PIXEL_POSITIVES = 512
 
 def pixel_steps(sample: PixelSample, dist: Dist) -> int:
     """Optimisation steps of a per-pixel epoch on each rank (``PixelBatches``)."""
-    return math.ceil(max(1, math.ceil((sample.y.size - sample.n_pos) / PIXEL_BATCH)) / dist.world)
+    return math.ceil(max(1, math.ceil(sample.n_background / PIXEL_BATCH)) / dist.world)
 
 
 class PixelBatches:
@@ -396,7 +396,7 @@ class PixelBatches:
     def __init__(self, sample: PixelSample, seed: int, epoch: int, dist: Dist) -> None:
         self.sample, self.dist = sample, dist
         self.rng = np.random.default_rng(epoch_seed(seed, epoch))
-        self.order = self.rng.permutation(sample.background)
+        self.order = sample.n_pos + self.rng.permutation(sample.n_background)
 
     def __len__(self) -> int:
         return pixel_steps(self.sample, self.dist)
@@ -977,7 +977,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
             f"area), device {device}, AMP {config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
             + (f", ensemble of {n} (seeds {seed - index}..{seed - index + n - 1})" if n > 1 else ""))
     if sample is not None and (index == 0 or resumed is not None):
-        log(f"{spec.name} trains on pixels, not windows: {sample.n_pos} positive and {sample.y.size - sample.n_pos} "
+        log(f"{spec.name} trains on pixels, not windows: {sample.n_pos} positive and {sample.n_background} "
             f"background pixel(s) of the training area, {pixel_steps(sample, dist)} step(s) of {PIXEL_BATCH} "
             "background pixels an epoch")
     if n > 1:
