@@ -26,6 +26,10 @@ import numpy as np
 MAX_LOGITS = 2_000_000
 #: The offset is searched in [-OFFSET_RANGE, OFFSET_RANGE] (e^30: any weighting we apply).
 OFFSET_RANGE = 30.0
+#: The logit scale is kept in [SCALE_RANGE[0], SCALE_RANGE[1]]: never inverted, never blown up.
+SCALE_RANGE = (0.05, 20.0)
+#: Background pixels kept (a seeded subsample beyond that) to fit the scale; every positive is kept.
+MAX_SCALE_BACKGROUND = 200_000
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -57,6 +61,33 @@ def fit_logit_offset(logits: np.ndarray, base_rate: float, iterations: int = 100
     return 0.5 * (lo + hi)
 
 
+def fit_logit_scale(logits: np.ndarray, labels: np.ndarray, seed: int = 0) -> Optional[float]:
+    """The slope ``a`` of a logistic regression of held-out labels on the logits (Platt's scaling).
+
+    Why: the offset alone matches the mean, not the spread. A member stopped early is
+    flat (its logits span little), one trained longer is sharp; with the offset only,
+    their probabilities are not on one scale, so an ensemble's mean is led by its sharpest
+    member and maps of two models do not compare. ``a`` stretches or shrinks the logits to
+    what the held-out pixels support. Subsampling the background shifts only the
+    intercept (case-control sampling), so the slope is kept and the intercept dropped;
+    the offset is then fitted to the base rate. None when the pixels hold one class only.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    ok = np.isfinite(z)
+    z, y = z[ok], y[ok]
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    if neg.size > MAX_SCALE_BACKGROUND:
+        neg = np.random.default_rng(seed).choice(neg, MAX_SCALE_BACKGROUND, replace=False)
+    keep = np.concatenate([pos, neg])
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[keep, None], y[keep])
+    return float(np.clip(fit.coef_[0, 0], *SCALE_RANGE))
+
+
 def base_rate(positive_pixels: int, usable_pixels: int, positive_points: Optional[int] = None) -> float:
     """Positives per usable training pixel: deposits (point labels) or positive pixels.
 
@@ -69,13 +100,15 @@ def base_rate(positive_pixels: int, usable_pixels: int, positive_points: Optiona
     return float(count) / float(usable_pixels)
 
 
-def calibration_record(logits: np.ndarray, rate: float, what: str) -> Dict[str, Any]:
-    """The checkpoint's ``calibration`` entry (JSON-able): offset, base rate, means before/after."""
-    offset = fit_logit_offset(logits, rate)
+def calibration_record(logits: np.ndarray, rate: float, what: str, scale: float = 1.0) -> Dict[str, Any]:
+    """The checkpoint's ``calibration`` entry (JSON-able): scale, offset, base rate, means before/after."""
     z = np.asarray(logits, dtype=np.float64).ravel()
-    z = z[np.isfinite(z)]
+    z = scale * z[np.isfinite(z)]
+    offset = fit_logit_offset(z, rate)
     return {
-        "method": "logit offset to the training base rate",
+        "method": "logit offset to the training base rate" if scale == 1.0 else
+                  "logit scale from the validation pixels, offset to the training base rate",
+        "logit_scale": float(scale),
         "logit_offset": float(offset),
         "base_rate": float(rate),
         "base_rate_of": what,
@@ -86,18 +119,26 @@ def calibration_record(logits: np.ndarray, rate: float, what: str) -> Dict[str, 
 
 
 def logit_offset(calibration: Optional[Dict[str, Any]]) -> float:
-    """The offset to add to a member's logits (0 when it was not calibrated)."""
+    """The offset to add to a member's scaled logits (0 when it was not calibrated)."""
     if not calibration:
         return 0.0
     value = float(calibration.get("logit_offset", 0.0))
     return value if math.isfinite(value) else 0.0
 
 
-def class1_probability(logits: Any, offset: float = 0.0) -> Any:
-    """Positive-class probability from logits (B, K, H, W), with ``offset`` added to its logit.
+def logit_scale(calibration: Optional[Dict[str, Any]]) -> float:
+    """The factor on a member's logits (1 when it was not calibrated, or only offset)."""
+    if not calibration:
+        return 1.0
+    value = float(calibration.get("logit_scale", 1.0))
+    return value if math.isfinite(value) and value > 0 else 1.0
 
-    K >= 2: the class-1 logit against the others (softmax's class 1 when the offset is 0);
-    K == 1: a sigmoid. The offset is the member's calibration (core/calibration.py).
+
+def class1_probability(logits: Any, offset: float = 0.0, scale: float = 1.0) -> Any:
+    """Positive-class probability from logits (B, K, H, W): sigmoid(``scale`` * logit + ``offset``).
+
+    K >= 2: the class-1 logit against the others (softmax's class 1 when uncalibrated);
+    K == 1: a sigmoid. Scale and offset are the member's calibration (core/calibration.py).
     """
     import torch
 
@@ -109,4 +150,6 @@ def class1_probability(logits: Any, offset: float = 0.0) -> Any:
     else:
         others = torch.cat([logits[:, :1], logits[:, 2:]], dim=1)
         z = logits[:, 1] - torch.logsumexp(others, dim=1)
+    if scale != 1.0:
+        z = z * scale
     return torch.sigmoid(z + offset) if offset else torch.sigmoid(z)

@@ -19,6 +19,8 @@ from .models.catalog import DEFAULT_MODELS, check_tile, parse_model_name
 AMP_MODES = ("none", "fp16", "bf16")
 LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice", "pu")
 DEFAULT_LOSS = "pu"
+BAND_SCALINGS = ("rank", "zscore")
+"""How numeric bands are encoded (core/encoding.py): by rank in the training area, or by z-score."""
 DEFAULT_TILE = 256
 MAX_OVERLAP = 0.5
 """Neighbouring prediction windows share at most half a window (more would only cost time)."""
@@ -342,6 +344,11 @@ class TrainConfig(_JsonConfig):
         help="bands holding class codes (e.g. lithology), by name (a band description, a single-band layer's name) "
              "or 1-based number: one-hot encoded, not normalised; the 64 most frequent codes get a channel each, "
              "rarer and unseen ones share 'other'")
+    band_scaling: str = option(BAND_SCALINGS[0], choices=BAND_SCALINGS,
+                               help="how numeric bands enter the model: rank (each value's rank among the training "
+                                    "area's pixels, as a normal score: skewed bands such as grades or distances "
+                                    "spread evenly and outliers stay bounded) or zscore (value minus mean over "
+                                    "standard deviation); class bands are one-hot either way")
     ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
                            note="the number of members to train",
                            help="members trained with different seeds (seed..seed+N-1) into the one model file; "

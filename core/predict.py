@@ -426,7 +426,9 @@ class Member:
     group: int
     """Index of its band encoder in ``TorchRunner.encoders`` (members may share one)."""
     offset: float = 0.0
-    """Calibration: added to the class-1 logit (0 = the model's own output)."""
+    """Calibration: added to the scaled class-1 logit (0 = the model's own output)."""
+    scale: float = 1.0
+    """Calibration: the factor on the class-1 logit (1 = the model's own output)."""
 
 
 class TorchRunner:
@@ -482,7 +484,7 @@ class TorchRunner:
         an ensemble of n must not copy each batch to a GPU n times.
         """
         with torch_inference(), self.amp():
-            return class1_probability(member.model(x.to(self.device)), member.offset)
+            return class1_probability(member.model(x.to(self.device)), member.offset, member.scale)
 
     def infer(self, batch: Any) -> np.ndarray:
         """Probabilities (B, layers, h, w) of a prepared batch (or of an encoded array)."""
@@ -537,7 +539,7 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
     """
     import json
 
-    from .calibration import logit_offset
+    from .calibration import logit_offset, logit_scale
     from .checkpoint import build_member_model, ensemble_members
     from .encoding import BandEncoder
 
@@ -551,7 +553,8 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
             keys[key] = len(encoders)
             encoders.append(None if enc is None else BandEncoder.from_dict(enc))
         model = build_member_model(view).to(device).eval()
-        members.append(Member(model, keys[key], logit_offset(view.get("calibration"))))
+        cal = view.get("calibration")
+        members.append(Member(model, keys[key], logit_offset(cal), logit_scale(cal)))
     return members, encoders
 
 

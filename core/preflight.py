@@ -29,7 +29,7 @@ OVERWRITE_HINT = ("to continue training it add --resume, to replace it add --ove
                   "output model' / 'Overwrite existing model'), or choose another --checkpoint_path / --output_path")
 
 #: TrainConfig fields whose change on --resume would change the spatial split or the model's input.
-SPLIT_SETTINGS = ("seed", "val_fraction", "stride", "categorical_bands")
+SPLIT_SETTINGS = ("seed", "val_fraction", "stride", "categorical_bands", "band_scaling")
 #: TrainConfig fields a resumed run may change (named in a warning).
 OPTIMISATION_SETTINGS = ("loss", "learning_rate", "batch_size", "label_smoothing", "augment", "max_grad_norm",
                          "patience", "weight_decay", "band_penalty", "pu_prior")

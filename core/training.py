@@ -294,7 +294,8 @@ def prepare_tiles(config: TrainConfig, data: RasterData, tile: Tuple[int, int], 
             train_mask = train_study = split.train_mask
     if encoder is None:
         encoder = fit_encoder(config.raster_path, train_windows, config.categorical_bands,
-                              mask=train_mask, seed=config.seed, log=log, progress=progress)
+                              mask=train_mask, scaling=config.band_scaling, seed=config.seed, log=log,
+                              progress=progress)
     pos_fraction = _positive_fraction(lab.labels, coverage_mask(data.info.shape, train_windows, train_mask))
     memory = None
     if EncodedRaster.fits(data.info.height, data.info.width, encoder):
@@ -1051,11 +1052,14 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
 
 def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model: nn.Module, step: Step,
                      cb: Callbacks, log: LogFn, label: str) -> Optional[Dict[str, Any]]:
-    """The member's calibration (core/calibration.py): a logit offset fitted on the training windows.
+    """The member's calibration (core/calibration.py): a logit scale and offset.
 
-    None (logged) when the training area holds no positive: there is no base rate to meet.
+    The scale comes from the validation pixels (held out from the member's optimisation;
+    1 when they hold one class only), the offset from the training windows (their mean
+    meets the training base rate). None (logged) when the training area holds no positive:
+    there is no base rate to meet.
     """
-    from .calibration import MAX_LOGITS, base_rate, calibration_record
+    from .calibration import MAX_LOGITS, base_rate, calibration_record, fit_logit_scale
     from .evaluate import only_points
 
     lab = data.labels
@@ -1070,21 +1074,30 @@ def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model:
     if not 0.0 < rate < 1.0:
         log(f"{label}: not calibrated (the training area holds no positive); the map will be a score")
         return None
+    z_val, y_val = collect_logits(model, _loader(td.val_set, config.batch_size, config), step, cb, None,
+                                  config.seed, with_labels=True)
+    fitted = fit_logit_scale(z_val, y_val, config.seed)
+    scale = 1.0 if fitted is None else fitted
+    source = "from the validation pixels" if fitted is not None else "(the validation pixels hold one class only)"
     plain = TileDataset(config.raster_path, td.train_set.windows, lab.labels, td.encoder, td.train_set.study_mask,
                         augment=False, spherical=td.whole_globe)
-    logits = collect_logits(model, _loader(plain, config.batch_size, config), step, cb, MAX_LOGITS, config.seed)
-    record = calibration_record(logits, rate, "deposits per pixel" if points is not None else "positive pixels")
+    logits, _ = collect_logits(model, _loader(plain, config.batch_size, config), step, cb, MAX_LOGITS, config.seed)
+    record = calibration_record(logits, rate, "deposits per pixel" if points is not None else "positive pixels",
+                                scale)
     log(f"{label}: calibrated to the training base rate {rate:.3g} ({record['base_rate_of']}): mean output "
-        f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (logit offset {record['logit_offset']:+.2f})")
+        f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (logit scale {scale:.3g} {source}, offset "
+        f"{record['logit_offset']:+.2f})")
     return record
 
 
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbacks, most: int,
-                   seed: int) -> np.ndarray:
-    """Class-1 logits (against class 0) of every valid pixel of the loader's windows; a seeded subsample beyond ``most``."""
+def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbacks, most: Optional[int],
+                   seed: int, with_labels: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Class-1 logits (against class 0) of every valid pixel of the loader's windows, and their labels
+    when ``with_labels``; a seeded subsample beyond ``most`` (None: all)."""
     model.eval()
     out: List[np.ndarray] = []
+    ys: List[np.ndarray] = []
     for batch in loader:
         cb.check_stop("calibration")
         x, valid = batch["x"].to(step.device), batch["valid"].to(step.device)
@@ -1092,10 +1105,14 @@ def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbac
             logits = model(x).float()
         z = logits[:, 1] - logits[:, 0]
         out.append(z[valid].cpu().numpy())
+        if with_labels:
+            ys.append(batch["y"].to(step.device)[valid].cpu().numpy())
     z = np.concatenate(out) if out else np.zeros(0, np.float32)
-    if z.size > most:
-        z = z[np.random.default_rng(seed).choice(z.size, most, replace=False)]
-    return z
+    y = (np.concatenate(ys) if ys else np.zeros(0, np.int64)) if with_labels else None
+    if most is not None and z.size > most:
+        keep = np.random.default_rng(seed).choice(z.size, most, replace=False)
+        z, y = z[keep], (None if y is None else y[keep])
+    return z, y
 
 
 def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], log: LogFn

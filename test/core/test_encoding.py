@@ -98,13 +98,69 @@ def test_categorical_bands_by_name(tiny_stack):
 
 
 def test_numeric_encoding_is_standardised_and_clipped(tiny_stack):
-    enc = fit_encoder(tiny_stack.path, WHOLE)
+    enc = fit_encoder(tiny_stack.path, WHOLE, scaling="zscore")
+    assert not enc.ranks
     with open_raster(tiny_stack.path) as src:
         data, valid = read_window(src, 0, 0, 96, 128)
     x = enc.encode(data, valid)
     assert abs(x[1][valid].mean()) < 0.05 and 0.9 < x[1][valid].std() < 1.1
     data[1, 5, 5] = 1e12
     assert enc.encode(data, valid)[1, 5, 5] == enc.z_clip
+
+
+def test_rank_encoding_is_the_normal_score_of_the_training_rank(tiny_stack):
+    """Default: each numeric band's value becomes the normal score of its rank in the training area."""
+    from scipy.stats import spearmanr
+
+    enc = fit_encoder(tiny_stack.path, WHOLE)
+    assert set(enc.ranks) == {"1", "2", "3", "4", "5"}  # no categorical band given: all numeric
+    with open_raster(tiny_stack.path) as src:
+        data, valid = read_window(src, 0, 0, 96, 128)
+    x = enc.encode(data, valid)
+    for band in (1, 2):  # normal(100, 20) and a second continuous band: ~N(0, 1) scores
+        assert abs(x[band - 1][valid].mean()) < 0.05 and 0.9 < x[band - 1][valid].std() < 1.1
+        # the table lookup agrees with interpolating between the training quantiles
+        values, scores = enc.ranks[str(band)]
+        exact = np.interp(data[band - 1][valid], values, scores)
+        assert np.abs(x[band - 1][valid] - exact).max() < 0.03
+        # monotone: the order of the pixels is kept (up to ties in the table cells)
+        assert spearmanr(x[band - 1][valid], data[band - 1][valid])[0] > 0.999
+    top = max(enc.ranks["2"][1])
+    data[1, 5, 5] = 1e12  # an outlier gets the highest training score, not a huge input
+    assert enc.encode(data, valid)[1, 5, 5] == pytest.approx(top, abs=1e-6) and top < 3.0
+
+
+def test_rank_encoding_of_a_skewed_band_with_ties():
+    """A band with a mass of zeros and a long tail: the zeros share the middle of their ranks."""
+    from core.encoding import rank_table
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.zeros(6000), rng.lognormal(0.0, 2.0, 4000)])
+    knots, scores = rank_table(values)
+    enc = BandEncoder(band_names=["grade"], mean=[0.0], std=[1.0], ranks={"1": [knots, scores]})
+    x = enc.encode(values.astype(np.float32)[None, :, None], np.ones((values.size, 1), dtype=bool))[0, :, 0]
+    zeros = x[:6000]
+    # the 60 % of pixels at 0 share the mean normal score of the lowest 60 % of levels:
+    # -pdf(ppf(0.6)) / 0.6 = -0.644 for a continuum, not the lowest score (-2.9)
+    assert np.ptp(zeros) == 0.0 and zeros[0] == pytest.approx(-0.644, abs=0.05)
+    tail = values[6000:]
+    order = np.argsort(tail)
+    assert (np.diff(x[6000:][order]) >= 0).all() and x[6000:].min() >= zeros[0]  # the tail keeps its order
+    assert x[6000:].max() == pytest.approx(max(scores), abs=0.02)  # and spreads up to the top rank
+
+
+def test_old_encoders_without_ranks_still_encode_by_z_score(tiny_stack):
+    enc = fit_encoder(tiny_stack.path, WHOLE, scaling="zscore")
+    old = {**enc.to_dict(), "format": "stack_segmenter.encoder/2"}
+    del old["ranks"]
+    back = BandEncoder.from_dict(old)
+    with open_raster(tiny_stack.path) as src:
+        data, valid = read_window(src, 0, 0, 96, 128)
+    np.testing.assert_array_equal(back.encode(data, valid), enc.encode(data, valid))
+    damaged = fit_encoder(tiny_stack.path, WHOLE).to_dict()
+    damaged["ranks"]["1"][0] = damaged["ranks"]["1"][0][::-1]
+    with pytest.raises(DataError, match="rank table of band 1.*damaged"):
+        BandEncoder.from_dict(damaged)
 
 
 def test_to_dict_is_plain_json_and_round_trips(tiny_stack):

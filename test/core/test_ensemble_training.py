@@ -157,3 +157,28 @@ def test_calibrated_map_mean_is_near_the_base_rate(full_run: Dict[str, Any], tin
     members = load_checkpoint(full_run["ckpt"])["members"]
     assert all(mb["calibration"]["mean_before"] > 4 * rate for mb in members)  # the raw scores were not
     assert tags["calibrated"] == "yes" and "calibrated" in tags["value"]
+
+
+def test_members_carry_a_logit_scale_and_prediction_applies_it(full_run: Dict[str, Any], tiny_stack,
+                                                              tmp_path: Path) -> None:
+    """Each member's scale comes from its validation pixels; a scale near 0 flattens the map to the offset."""
+    from core.calibration import SCALE_RANGE
+    from core.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(full_run["ckpt"])
+    scales = [m["calibration"]["logit_scale"] for m in ckpt["members"]]
+    assert all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in scales) and len(set(scales)) == 2
+    for m in ckpt["members"]:
+        m["calibration"]["logit_scale"] = 1e-6
+    save_checkpoint(tmp_path / "flat.pt", ckpt)
+    maps = {}
+    for name, path in (("trained", full_run["ckpt"]), ("flat", tmp_path / "flat.pt")):
+        res = predict(PredictConfig(checkpoint=str(path), raster_path=str(tiny_stack.path),
+                                    output_path=str(tmp_path / f"{name}.tif"), device="cpu"))
+        with rasterio.open(res["output_path"]) as src:
+            maps[name] = src.read(1)
+    valid = maps["trained"] != NODATA
+    offsets = [m["calibration"]["logit_offset"] for m in ckpt["members"]]
+    flat = np.mean([1.0 / (1.0 + np.exp(-o)) for o in offsets])
+    assert np.ptp(maps["trained"][valid]) > 10 * np.ptp(maps["flat"][valid])
+    assert np.allclose(maps["flat"][valid], flat, rtol=1e-3)
