@@ -591,3 +591,26 @@ def test_checkpoint_path_overrides_the_default_location(tiny_stack, tiny_points,
     assert load_checkpoint(target)["epoch"] == 1
     assert not (tmp_path / "out" / TINY / "checkpoint.pt").exists()
     assert (tmp_path / "out" / TINY / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("bands", [1, 5, 99])
+def test_band_penalty_grows_with_the_log_of_the_band_count(bands: int) -> None:
+    """--band_penalty x sqrt(ln bands): 99 bands get 0.014 -> 0.030, 5 bands 0.018, a single band none."""
+    from core.encoding import BandEncoder
+    from core.losses import band_group_penalty
+    from core.models.registry import build_model
+    from core.training import band_penalty_fn
+
+    torch.manual_seed(0)
+    enc = BandEncoder(band_names=[f"b{i}" for i in range(bands)], mean=[0.0] * bands, std=[1.0] * bands)
+    model = build_model("pixel_sc1_layers1_e8", in_channels=bands)
+    logs: List[str] = []
+    fn = band_penalty_fn(model, enc, 0.014, logs.append)
+    if bands == 1:
+        assert fn is None and "single band" in logs[0]
+        return
+    assert fn is not None
+    expected = 0.014 * math.sqrt(math.log(bands)) * float(band_group_penalty(model.band_layer.weight,
+                                                                             enc.channel_groups()))
+    assert float(fn()) == pytest.approx(expected, rel=1e-6)
+    assert f"= {0.014 * math.sqrt(math.log(bands)):.3g}" in logs[0]
