@@ -318,9 +318,10 @@ def test_a_refused_resume_writes_nothing(repo_root: Path, tiny_stack: Any, tiny_
     assert hashes(trained_folder) == before
 
     run = main(*train_args(tiny_stack, tiny_points, trained_folder, "--resume", "--tile_size", "16",
-                                     "--seed", "3"))
+                                     "--seed", "3", "--band_scaling", "zscore"))
     run.assert_clean_failure()
     assert "tile size 16 x 16 (checkpoint 32 x 32)" in run.error and "seed 3 (checkpoint 0)" in run.error
+    assert "band_scaling 'zscore' (checkpoint 'rank')" in run.error, run.error
     assert hashes(trained_folder) == before
 
 
