@@ -363,6 +363,8 @@ def fit_encoder(
             class codes (fractional values, or more than ``max_distinct`` distinct ones).
     """
     log = log or _noop
+    if scaling not in BAND_SCALINGS:
+        raise ConfigError(f"unknown band scaling {scaling!r}; choose one of {', '.join(BAND_SCALINGS)}")
     rng = np.random.default_rng(seed)
     with open_raster(raster_path) as src:
         names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]

@@ -149,6 +149,15 @@ def test_rank_encoding_of_a_skewed_band_with_ties():
     assert x[6000:].max() == pytest.approx(max(scores), abs=0.02)  # and spreads up to the top rank
 
 
+def test_rank_encoding_of_a_constant_band_is_zero_and_outliers_are_bounded():
+    from core.encoding import rank_table
+
+    enc = BandEncoder(band_names=["flat"], mean=[7.0], std=[1.0], ranks={"1": rank_table(np.full(500, 7.0))})
+    data = np.array([[[7.0, 7.0, -1e30, 1e30, np.inf]]], dtype=np.float32)
+    x = enc.encode(data, np.ones((1, 5), dtype=bool))
+    assert np.isfinite(x).all() and np.abs(x).max() < 1e-6  # one value: the middle rank, whatever comes
+
+
 def test_old_encoders_without_ranks_still_encode_by_z_score(tiny_stack):
     enc = fit_encoder(tiny_stack.path, WHOLE, scaling="zscore")
     old = {**enc.to_dict(), "format": "stack_segmenter.encoder/2"}
@@ -192,6 +201,8 @@ def test_errors(tiny_stack):
         enc.encode(np.zeros((3, 4, 4), dtype=np.float32), np.ones((4, 4), dtype=bool))
     with pytest.raises(DataError, match="format"):
         BandEncoder.from_dict({"mean": []})
+    with pytest.raises(ConfigError, match="unknown band scaling 'ranks'.*rank, zscore"):
+        fit_encoder(tiny_stack.path, WHOLE, scaling="ranks")
 
 
 def test_real_cloncurry_class_bands(shared_data):
