@@ -1124,9 +1124,9 @@ def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbac
         z = logits[:, 1] - logits[:, 0]
         out.append(z[valid].cpu().numpy())
         if with_labels:
-            ys.append(batch["y"].to(step.device)[valid].cpu().numpy())
+            ys.append((batch["y"].to(step.device)[valid] == 1).cpu().numpy())  # bool: 1 byte a pixel
     z = np.concatenate(out) if out else np.zeros(0, np.float32)
-    y = (np.concatenate(ys) if ys else np.zeros(0, np.int64)) if with_labels else None
+    y = (np.concatenate(ys) if ys else np.zeros(0, bool)) if with_labels else None
     if most is not None and z.size > most:
         keep = np.random.default_rng(seed).choice(z.size, most, replace=False)
         z, y = z[keep], (None if y is None else y[keep])
