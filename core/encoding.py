@@ -95,8 +95,9 @@ class BandEncoder:
         Why a table: interpolating between 256 quantiles costs a binary search per pixel
         (~55 ns a pixel and band, more than reading the stack); the top 16 bits of
         ``x - centre`` index 65 536 cells, fine near the centre and coarse (log-spaced) in
-        the tails as ranks are, for what a z-score costs (2.6 against 2.4 ns, demo stack). Within a cell the score is that of its middle: at most 2^-8 of
-        ``|x - centre|`` away, far below a band's noise.
+        the tails as ranks are, for what a z-score costs (2.6 against 2.4 ns, demo stack).
+        Within a cell the score is that of its middle: at most 2^-8 of ``|x - centre|``
+        away, far below a band's noise.
         """
         key = str(band)
         if key not in self._tables:
