@@ -104,8 +104,10 @@ def demo_params(work: Path, quick: bool, log: Callable[[str], None]) -> Dict[str
 
 def run_skill(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Runs every dataset x seed; returns the results dict (also what run_all stores under "skill")."""
-    work = Path(args.out_dir) / f"stack_segmenter_skill_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    work.mkdir(parents=True, exist_ok=True)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    # a folder of its own (mkdtemp): two runs started in the same second must not share, and delete, one
+    work = Path(tempfile.mkdtemp(prefix=f"stack_segmenter_skill_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}_",
+                                 dir=args.out_dir))
     limits = ChildLimits(timeout_s=args.timeout, mem_limit_mb=args.mem_limit_gb * 1024)
     results: Dict[str, Any] = {
         "meta": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
