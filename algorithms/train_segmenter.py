@@ -69,6 +69,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     BAND_PENALTY = "BAND_PENALTY"
     PU_PRIOR = "PU_PRIOR"
     BAND_SCALING = "BAND_SCALING"
+    FINAL_FIT = "FINAL_FIT"
     CATEGORICAL_BANDS = "CATEGORICAL_BANDS"
     RESUME = "RESUME"
     ENSEMBLE = "ENSEMBLE"
@@ -89,7 +90,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
         "--weight_decay": WEIGHT_DECAY, "--band_penalty": BAND_PENALTY, "--pu_prior": PU_PRIOR,
         "--overwrite": OVERWRITE, "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
-        "--ensemble": ENSEMBLE, "--band_scaling": BAND_SCALING,
+        "--ensemble": ENSEMBLE, "--band_scaling": BAND_SCALING, "--final_fit": FINAL_FIT,
     }
     #: Parameters declared by TrainConfig's fields (add_option): id -> field.
     OPTIONS = (
@@ -98,7 +99,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         (AMP_MODE, "amp_mode"), (MAX_GRAD_NORM, "max_grad_norm"), (LABEL_SMOOTHING, "label_smoothing"),
         (AUGMENT, "augment"), (LOSS, "loss"), (PU_PRIOR, "pu_prior"), (WEIGHT_DECAY, "weight_decay"),
         (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (BAND_SCALING, "band_scaling"),
-        (ENSEMBLE, "ensemble"), (RESUME, "resume"),
+        (FINAL_FIT, "final_fit"), (ENSEMBLE, "ensemble"), (RESUME, "resume"),
         (OVERWRITE, "overwrite"),
     )
 
@@ -177,6 +178,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
                  self.help_of(TrainConfig, "categorical_bands", "Separated by commas; resampled by nearest neighbour "
                               "when layers are aligned."), advanced=True)
         self.add_option(self.BAND_SCALING, "Numeric band scaling", TrainConfig, "band_scaling", advanced=True)
+        self.add_option(self.FINAL_FIT, "Final fit of the saved model", TrainConfig, "final_fit", advanced=True)
         self.add_option(self.ENSEMBLE, "Ensemble members", TrainConfig, "ensemble", advanced=True)
         self.add_option(self.RESUME, "Resume from the output model", TrainConfig, "resume", advanced=True,
                         extra_help="Give that model's path as 'Trained model'.")

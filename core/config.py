@@ -21,6 +21,8 @@ LOSSES = ("weighted_ce", "focal", "dice", "weighted_ce_dice", "pu")
 DEFAULT_LOSS = "pu"
 BAND_SCALINGS = ("rank", "zscore")
 """How numeric bands are encoded (core/encoding.py): by rank in the training area, or by z-score."""
+FINAL_FITS = ("whole_area", "training_blocks")
+"""What the saved model of a per-pixel network is trained on (core/training.py ``refit_member``)."""
 DEFAULT_TILE = 256
 MAX_OVERLAP = 0.5
 """Neighbouring prediction windows share at most half a window (more would only cost time)."""
@@ -351,6 +353,12 @@ class TrainConfig(_JsonConfig):
                                     "area's pixels, as a normal score: skewed bands such as grades or distances "
                                     "spread evenly and outliers stay bounded) or zscore (value minus mean over "
                                     "standard deviation); class bands are one-hot either way")
+    final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
+                            help="what the saved model learns from (pixel_* models): whole_area = once the "
+                                 "validation blocks have chosen the number of epochs, the model is trained again "
+                                 "from the same start on the whole training area, validation blocks included, "
+                                 "for that many epochs (a fifth more deposits; the validation figures are those "
+                                 "of the model before); training_blocks = the validated model as it is")
     ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
                            note="the number of members to train",
                            help="members trained with different seeds (seed..seed+N-1) into the one model file; "

@@ -26,6 +26,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -176,6 +177,7 @@ class TileData:
     _band_weights: Optional[List[float]] = field(default=None, repr=False)
     _screened: bool = field(default=False, repr=False)
     _sample: Optional[PixelSample] = field(default=None, repr=False)
+    _whole_sample: Optional[PixelSample] = field(default=None, repr=False)
 
     def train_area(self, usable: np.ndarray) -> np.ndarray:
         """bool (H, W): the pixels that train (in a training window, usable, not masked out of training)."""
@@ -204,6 +206,14 @@ class TileData:
             self._sample = draw_pixel_sample(ts.raster_path, ts.memory, ts.labels, self.train_area(usable),
                                              self.encoder, seed)
         return self._sample
+
+    def whole_area_sample(self, usable: np.ndarray, seed: int) -> Optional[PixelSample]:
+        """As ``pixel_sample``, drawn from every usable pixel (validation blocks and buffers included):
+        what ``refit_member`` trains the saved model on."""
+        if self._whole_sample is None:
+            ts = self.train_set
+            self._whole_sample = draw_pixel_sample(ts.raster_path, ts.memory, ts.labels, usable, self.encoder, seed)
+        return self._whole_sample
 
 
 def prepare_raster(config: TrainConfig, log: LogFn, progress: Callable[[float], None] = lambda _f: None,
@@ -1077,18 +1087,10 @@ def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model:
     meets the training base rate). None (logged) when the training area holds no positive:
     there is no base rate to meet.
     """
-    from .calibration import MAX_LOGITS, base_rate, calibration_record, fit_logit_scale
-    from .evaluate import only_points
+    from .calibration import MAX_LOGITS, calibration_record, fit_logit_scale
 
     lab = data.labels
-    area = td.train_area(data.usable)
-    positives = int((lab.labels.astype(bool) & area).sum())
-    points: Optional[int] = None
-    if only_points(lab.summary) and len(lab.positive_points):
-        rows = np.clip(lab.positive_points[:, 0].astype(int), 0, data.info.height - 1)
-        cols = np.clip(lab.positive_points[:, 1].astype(int), 0, data.info.width - 1)
-        points = int(area[rows, cols].sum())
-    rate = base_rate(positives, int(area.sum()), points)
+    rate, points = area_base_rate(data, td.train_area(data.usable))
     if not 0.0 < rate < 1.0:
         log(f"{label}: not calibrated (the training area holds no positive); the map will be a score")
         return None
@@ -1106,6 +1108,94 @@ def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model:
         f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (logit scale {scale:.3g} {source}, offset "
         f"{record['logit_offset']:+.2f})")
     return record
+
+
+def area_base_rate(data: RasterData, area: np.ndarray) -> Tuple[float, Optional[int]]:
+    """(base rate, deposits) of ``area`` (bool (H, W)): deposits per pixel for point labels, else the
+    share of positive pixels (deposits None)."""
+    from .calibration import base_rate
+    from .evaluate import only_points
+
+    lab = data.labels
+    positives = int((lab.labels.astype(bool) & area).sum())
+    points: Optional[int] = None
+    if only_points(lab.summary) and len(lab.positive_points):
+        rows = np.clip(lab.positive_points[:, 0].astype(int), 0, data.info.height - 1)
+        cols = np.clip(lab.positive_points[:, 1].astype(int), 0, data.info.width - 1)
+        points = int(area[rows, cols].sum())
+    return base_rate(positives, int(area.sum()), points), points
+
+
+def refit_epochs(outcome: MemberOutcome) -> int:
+    """The epochs the validation blocks chose for a member: its best epoch (else all it trained)."""
+    best = outcome.best or {}
+    return max(1, int(best.get("epoch") or outcome.epoch))
+
+
+def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outcome: MemberOutcome,
+                 member: Dict[str, Any], index: int, dist: Dist, device: torch.device, autocast: Callable[[], Any],
+                 cb: Callbacks, log: LogFn, progress: Callable[[float], None]) -> Dict[str, Any]:
+    """``--final_fit whole_area``: the member trained again on the whole training area (a per-pixel model).
+
+    The validation blocks are there to choose when to stop; once they have, holding out their
+    deposits (a fifth of a few dozen) only costs the map. The member is retrained from the
+    same seed (same initial weights and learning-rate schedule) on a pixel sample of every
+    usable pixel for the epochs its validation chose, then calibrated: the logit scale found
+    on the validation pixels (a refit cannot be scored on them), the offset to the whole
+    area's base rate. The validated weights stay in the member as ``held_out_state_dict``:
+    the final validation scores those, so its figures stay held-out figures.
+    Returns the member entry to save; a cancel before it returns leaves the checkpoint as it
+    was (the member is then calibrated and refit again on ``--resume``).
+    """
+    from .calibration import calibration_record
+
+    td = setup.td
+    sample = td.whole_area_sample(data.usable, config.seed)
+    if sample is None:
+        return member
+    seed = member_seed(config.seed, index)
+    epochs = refit_epochs(outcome)
+    n = setup.ensemble.size
+    label = f"{setup.spec.name} member {index + 1}/{n}" if n > 1 else setup.spec.name
+    log(f"{label}: final fit on the whole training area (validation blocks included): {sample.n_pos} positive "
+        f"pixel(s) (the validated model had {td.pixel_sample(data.usable, config.seed).n_pos}), "  # type: ignore[union-attr]
+        f"{epochs} epoch(s) as validation chose")
+    model, step = member_step(config, data, td, setup.kwargs, seed, dist, device, autocast, _quiet, sample)
+    for epoch in range(1, epochs + 1):
+        seed_everything(epoch_seed(seed, epoch, dist.rank))
+        where = f"{label} final fit epoch {epoch}/{epochs}"
+
+        def on_batch(frac: float, epoch: int = epoch) -> None:
+            progress((epoch - 1 + frac) / epochs)
+
+        loss = run_epoch(step, PixelBatches(sample, seed, epoch, dist), cb, where, on_batch)
+        log(f"{where}: train_loss {_fmt(loss)}")
+    entry = dict(member, held_out_state_dict=member["state_dict"],
+                 state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                 final_fit={"area": "whole", "epochs": epochs, "positive_pixels": int(sample.n_pos),
+                            "background_pixels": int(sample.n_background)})
+    held_out = member.get("calibration")
+    if held_out is not None:
+        rate, points = area_base_rate(data, data.usable)
+        logits = sample_logits(model, sample.x[sample.n_pos:], step)
+        entry["calibration"] = calibration_record(logits, rate, held_out["base_rate_of"], held_out["logit_scale"])
+        log(f"{label}: final fit calibrated to the whole area's base rate {rate:.3g}: logit scale "
+            f"{held_out['logit_scale']:.3g} (the validated model's), offset {entry['calibration']['logit_offset']:+.2f}")
+    progress(1.0)
+    return entry
+
+
+@torch.no_grad()
+def sample_logits(model: nn.Module, x: np.ndarray, step: Step, chunk: int = 65536) -> np.ndarray:
+    """Class-1 logits (against class 0) of a per-pixel model for encoded pixels ``x`` (n, C)."""
+    model.eval()
+    out: List[np.ndarray] = []
+    for i in range(0, x.shape[0], chunk):
+        part = torch.from_numpy(x[i:i + chunk])[:, :, None, None].to(step.device)
+        with step.autocast():
+            logits = model(part).float()[:, :, 0, 0]
+        out.append((logits[:, 1] - logits[:, 0]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @torch.no_grad()
@@ -1185,6 +1275,10 @@ def setup_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
     return ModelSetup(spec, td, kwargs, ensemble, resumed_index, ckpt_path, config.model_dir(spec.name))
 
 
+REFIT_SHARE = 0.25
+"""The share of a member's progress bar given to its final fit (``refit_member``)."""
+
+
 def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resumed: Optional[Dict[str, Any]],
                   dist: Dist, device: torch.device, autocast: Callable[[], Any], cb: Callbacks, log: LogFn,
                   progress: Callable[[float], None]) -> List[MemberOutcome]:
@@ -1193,9 +1287,14 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
     only_validate = config.num_epochs == 0 and resumed is not None
     n = ensemble.size if config.num_epochs > 0 else 1
     outcomes: List[MemberOutcome] = []
+    refit = config.final_fit == "whole_area" and training_pixels(config, spec, data, setup.td) is not None
+    share = REFIT_SHARE if refit else 0.0  # of each member's progress
+    if config.final_fit == "whole_area" and not refit and config.num_epochs > 0:
+        log(f"{spec.name} keeps its validated weights: the final fit on the whole area (--final_fit whole_area) "
+            "is for per-pixel models (pixel_*) trained on pixels with the pu loss")
     for k in range(0 if only_validate else n):
-        def member_progress(frac: float, k: int = k) -> None:
-            progress((k + max(0.0, min(1.0, frac))) / n)
+        def member_progress(frac: float, k: int = k, start: float = 0.0, width: float = 1.0 - share) -> None:
+            progress((k + start + width * max(0.0, min(1.0, frac))) / n)
 
         if k < len(ensemble.finished) and k != setup.resumed_index:
             log(f"{spec.name} member {k + 1}/{n} is already trained; kept")
@@ -1212,6 +1311,9 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
             label = f"{spec.name} member {k + 1}/{n}" if n > 1 else spec.name
             calibration = calibrate_member(config, data, setup.td, outcome.model, outcome.step, cb, log, label)
             member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k))
+            if refit:
+                member = refit_member(config, setup, data, outcome, member, k, dist, device, autocast, cb, log,
+                                      partial(member_progress, start=1.0 - share, width=share))
             if k < len(ensemble.finished):
                 ensemble.finished[k] = member
             else:
@@ -1251,6 +1353,11 @@ def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, o
     final.metrics.update(figures)  # held-out skill first, fit second (issue 9); pixel figures after
     for line in skill_lines(label, figures):
         log(line)
+    refits = [m["final_fit"]["epochs"] for m in ensemble.finished if m.get("final_fit")]
+    if refits:
+        log(f"note: these held-out figures are the validated model's; the saved model was then trained again on "
+            f"the whole training area for {', '.join(str(e) for e in refits)} epoch(s) (--final_fit whole_area), so "
+            "the validation blocks are no longer held out from it (Cross-validate measures the whole procedure)")
     log(_final_line(label, final.metrics, points=only_points(data.labels.summary)))
     ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
     if ranking is not None:
@@ -1300,12 +1407,15 @@ def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Opt
                  template: nn.Module) -> nn.Module:
     """The model the final validation scores: the mean of the finished members, else the one trained.
 
+    A member refit on the whole area (``refit_member``) is scored by its validated weights:
+    the refit learnt from the validation blocks too.
+
     ``template`` is a model of the right architecture on the right device; weights are loaded
     into it (one member) or into copies of it (several).
     """
     import copy
 
-    states = [m["state_dict"] for m in ensemble.finished]
+    states = [m.get("held_out_state_dict") or m["state_dict"] for m in ensemble.finished]
     if not states:
         if outcomes:
             return outcomes[-1].model

@@ -19,7 +19,8 @@ ORIGINAL_TRAIN_FLAGS = (
 )
 NEW_TRAIN_FLAGS = ("--seed", "--device", "--val_fraction", "--point_buffer", "--mask_path", "--loss", "--patience",
                    "--num_workers", "--categorical_bands", "--positive_values", "--layer", "--events",
-                   "--ensemble", "--overwrite", "--weight_decay", "--band_penalty", "--pu_prior", "--band_scaling")
+                   "--ensemble", "--overwrite", "--weight_decay", "--band_penalty", "--pu_prior", "--band_scaling",
+                   "--final_fit")
 PREDICT_FLAGS = ("--checkpoint", "--model_name", "--raster_path", "--output_path", "--in_channels",
                  "--num_classes", "--spherical", "--tile_size", "--overlap", "--batch_size", "--device",
                  "--amp_mode", "--mask_path", "--events", "--uncertainty_path")

@@ -59,7 +59,7 @@ TRAIN_OPTIONS = {
     "STRIDE": "stride", "VAL_FRACTION": "val_fraction", "SEED": "seed", "DEVICE": "device", "AMP_MODE": "amp_mode",
     "MAX_GRAD_NORM": "max_grad_norm", "LABEL_SMOOTHING": "label_smoothing", "AUGMENT": "augment", "LOSS": "loss",
     "PATIENCE": "patience", "WEIGHT_DECAY": "weight_decay", "BAND_PENALTY": "band_penalty", "PU_PRIOR": "pu_prior",
-    "BAND_SCALING": "band_scaling",
+    "BAND_SCALING": "band_scaling", "FINAL_FIT": "final_fit",
 }
 #: Parameters that are core options, per tool: (core command, {parameter id: (config, field)}). Their defaults,
 #: ranges and choices are the config's (read there, never written here); the table says which is which.
