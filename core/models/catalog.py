@@ -137,6 +137,16 @@ ARCHITECTURES: Dict[str, Architecture] = {
             local=True,
         ),
         Architecture(
+            "additive",
+            False,
+            "Neural additive model: one learnt curve per band (per class of a class band), summed; no band "
+            "interactions, as in weights of evidence or MaxEnt; per pixel, band selection.",
+            multiple=_one,
+            fixed_scale=1,
+            auto_tile=SMALL_MODEL_TILE,
+            local=True,
+        ),
+        Architecture(
             "cnn",
             False,
             "Small CNN: band selection, then a few residual 3x3 convolutions (dilation = sc) that see a small "

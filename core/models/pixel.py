@@ -55,6 +55,57 @@ class PixelMLP(nn.Module):
         return self.head(self.body(self.band_layer(x)))
 
 
+class ChannelwiseLayer(nn.Module):
+    """Each input channel to its own ``width`` units: (B, C, H, W) -> (B, C * width, H, W), channel-major.
+
+    ``weight`` shows the (width, C, 1, 1) matrix a 1x1 convolution would hold, so the band
+    penalty (group lasso per band) and the band ranking read it as they read ``PixelMLP``'s.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.channels, self.width = channels, width
+        self.scale = nn.Parameter(torch.randn(channels, width))
+        self.bias = nn.Parameter(0.5 * torch.randn(channels, width))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scale.t()[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = x[:, :, None] * self.scale[None, :, :, None, None] + self.bias[None, :, :, None, None]
+        return y.reshape(b, c * self.width, h, w)
+
+
+class AdditiveNet(nn.Module):
+    """A neural additive model: the logit is a sum of one learnt curve per encoded channel.
+
+    Each channel (a numeric band's rank score, a class's one-hot) passes through its own
+    small MLP (``layers`` hidden layers of ``width`` units, grouped 1x1 convolutions); a 1x1
+    head sums them. No band meets another, as in weights of evidence, MaxEnt with hinge
+    features or a GAM: few deposits cannot be spent on interactions, and each band's curve
+    can be read off. Per pixel, like ``PixelMLP``.
+    """
+
+    multiple = 1
+    context = 0
+
+    def __init__(self, in_channels: int, num_classes: int = 2, layers: int = 1, width: int = 8,
+                 dropout: float = DROPOUT) -> None:
+        super().__init__()
+        hidden = in_channels * width
+        self.band_layer = ChannelwiseLayer(in_channels, width)
+        body: List[nn.Module] = [nn.GELU(), nn.Dropout(dropout)]
+        for _ in range(layers - 1):
+            body += [nn.Conv2d(hidden, hidden, 1, groups=in_channels), nn.GELU(), nn.Dropout(dropout)]
+        self.body = nn.Sequential(*body)
+        self.head = nn.Conv2d(hidden, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.band_layer(x)))
+
+
 class ResidualConv(nn.Module):
     """x + conv3x3(GELU(x)), dilated; zero padding keeps the size."""
 

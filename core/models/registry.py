@@ -33,6 +33,12 @@ def _pixel(spec: ModelSpec, in_channels: int, num_classes: int, img_size: Option
     return PixelMLP(in_channels, num_classes, spec.layers, spec.width)
 
 
+def _additive(spec: ModelSpec, in_channels: int, num_classes: int, img_size: Optional[Tuple[int, int]]) -> nn.Module:
+    from .pixel import AdditiveNet
+
+    return AdditiveNet(in_channels, num_classes, spec.layers, spec.width)
+
+
 def _cnn(spec: ModelSpec, in_channels: int, num_classes: int, img_size: Optional[Tuple[int, int]]) -> nn.Module:
     from .pixel import SmallCNN
 
@@ -65,6 +71,7 @@ BUILDERS: Dict[str, Builder] = {
     "s2unet": _s2unet,
     "s2segformer": _s2segformer,
     "pixel": _pixel,
+    "additive": _additive,
     "cnn": _cnn,
 }
 

@@ -13,7 +13,7 @@ from core.errors import ConfigError
 from core.models.registry import build_model, count_parameters, model_kwargs
 
 PLANAR = ["unet_sc2_layers2_e8", "unet_sc3_layers3_e4", "transformer_sc2_layers2_e16", "transformer_sc1_layers1_e8",
-          "pixel_sc1_layers2_e8", "cnn_sc2_layers2_e8"]
+          "pixel_sc1_layers2_e8", "cnn_sc2_layers2_e8", "additive_sc1_layers2_e4"]
 SPHERICAL = ["s2unet_sc2_layers2_e8", "s2segformer_sc2_layers2_e16"]
 
 
@@ -82,7 +82,7 @@ def test_registry_import_does_not_import_torch_harmonics(repo_root) -> None:
 
 
 @pytest.mark.parametrize("name", ["unet_sc2_layers2_e8", "transformer_sc2_layers2_e16", "pixel_sc1_layers1_e8",
-                                  "cnn_sc1_layers2_e8"])
+                                  "cnn_sc1_layers2_e8", "additive_sc1_layers1_e8"])
 def test_models_can_fit_a_simple_pattern(name: str) -> None:
     """A few steps on 'positive where band 0 > 1' must lower the loss clearly (the model learns)."""
     torch.manual_seed(0)
@@ -157,7 +157,8 @@ def test_small_models_have_few_parameters_and_a_band_layer() -> None:
     assert count_parameters(build_model("unet_sc2_layers4_e32", in_channels=99)) > 100 * 10_000
 
 
-@pytest.mark.parametrize("name, radius", [("pixel_sc1_layers2_e8", 0), ("cnn_sc1_layers2_e8", 2),
+@pytest.mark.parametrize("name, radius", [("pixel_sc1_layers2_e8", 0), ("additive_sc1_layers2_e4", 0),
+                                          ("cnn_sc1_layers2_e8", 2),
                                           ("cnn_sc2_layers3_e8", 6)])
 def test_small_models_see_exactly_their_declared_context(name: str, radius: int) -> None:
     """Changing one input pixel changes outputs within the declared context and nowhere else
@@ -189,3 +190,43 @@ def test_dropout_is_active_in_training_and_off_in_evaluation() -> None:
     assert not torch.allclose(model(x), model(x))
     model.eval()
     assert torch.allclose(model(x), model(x))
+
+
+def test_the_additive_model_sums_one_curve_per_channel_and_shows_its_band_weights() -> None:
+    """What one band adds to the logit margin does not depend on any other band (no interactions), and
+    the band layer shows (units, channels) weights, where the band penalty and the band ranking act."""
+    from core.encoding import BandEncoder  # noqa: F401 (the ranking reads an encoder's groups)
+    from core.training import band_ranking
+
+    torch.manual_seed(0)
+    model = build_model("additive_sc1_layers2_e4", in_channels=5).eval()
+    assert model.band_layer.weight.shape == (4, 5, 1, 1)
+
+    def margin(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(x)
+        return out[:, 1] - out[:, 0]
+
+    x = torch.randn(6, 5, 3, 3)
+    moved = x.clone()
+    moved[:, 2] += 1.5
+    effect = margin(moved) - margin(x)
+    others = x.clone()
+    others[:, [0, 1, 3, 4]] = torch.randn(6, 4, 3, 3)  # every other band changes
+    moved_others = others.clone()
+    moved_others[:, 2] += 1.5
+    assert torch.allclose(margin(moved_others) - margin(others), effect, atol=1e-5)
+    assert effect.abs().max() > 1e-3  # band 2 does matter
+
+    class Groups:
+        out_channels = 5
+        band_names = ["a", "b", "c", "d", "e"]
+
+        @staticmethod
+        def channel_groups() -> list:
+            return [[0], [1], [2], [3], [4]]
+
+    with torch.no_grad():
+        model.band_layer.scale[3] = 0.0  # band d switched off
+    ranking = dict(band_ranking(model, Groups()))  # type: ignore[arg-type]
+    assert ranking["d"] == 0.0 and max(ranking.values()) == 1.0
