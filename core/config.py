@@ -295,7 +295,8 @@ class TrainConfig(_JsonConfig):
     models: List[str] = option(
         factory=lambda: list(DEFAULT_MODELS), metavar="NAME",
         help="models to train in turn (`python -m core list-models`): pixel_* (per-pixel network with band "
-             "selection, made for tens of point labels), cnn_* (small CNN that sees a few pixels around), unet_* "
+             "selection, made for tens of point labels), additive_* (per pixel, one learnt curve per band, summed: no band "
+             "interactions), cnn_* (small CNN that sees a few pixels around), unet_* "
              "(planar U-Net: spatial patterns, needs many labels), transformer_* (windowed attention, slower), "
              "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters)")
     tile_size: Optional[Tuple[int, int]] = option(
