@@ -72,7 +72,9 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         "Scores a probability map against known deposits or labels: ROC AUC and PR AUC over pixels, the "
         "success-rate curve (share of deposits captured against share of area, highest probability first) and "
         "its AUC, and the % of deposits in the top 1, 5, 10 and 20 % of the area. Given the trained model, "
-        "deposits in the held-out validation blocks give the prediction rate, the honest measure of skill. "
+        "deposits in the held-out validation blocks give the prediction rate, the honest measure of skill "
+        "(unless the model's final fit trained on those blocks too, Train's default for per-pixel models: then "
+        "its training log holds the held-out skill and Cross-validate measures it on new ground). "
         "Writes metrics.json, CSV curves, PNG plots and an HTML summary into the output folder."
     )
 
@@ -102,7 +104,8 @@ class EvaluateProbabilityMapAlgorithm(StackSegmenterAlgorithm):
         self.add(QgsProcessingParameterFile(self.MODEL, self.tr("Trained model (for the held-out split)"),
                                             extension="pt", optional=True),
                  "The model's .pt file: splits deposits into training-area ones (success rate) and held-out "
-                 "validation-block ones (prediction rate).")
+                 "validation-block ones (prediction rate); a model refit on its validation blocks (final fit) "
+                 "has none held out, which the log says.")
         self.add(QgsProcessingParameterFeatureSource(
             self.TEST_AREA, self.tr("Test area (held out)"), [QgsProcessing.SourceType.TypeVectorPolygon],
             optional=True),

@@ -174,6 +174,12 @@ def build_member_model(member: Dict[str, Any]) -> nn.Module:
     return model
 
 
+def trained_on_validation_blocks(ckpt: Dict[str, Any]) -> bool:
+    """Whether a member of the checkpoint was refit on the whole area (``training.refit_member``): its
+    validation blocks are then no longer held out from the map it predicts."""
+    return any((m.get("final_fit") or {}).get("area") == "whole" for m in ckpt.get("members") or [])
+
+
 def finished_member(ckpt: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """A member entry for the model a single-run checkpoint holds (its best weights).
 

@@ -178,11 +178,21 @@ def block_mask(shape: Tuple[int, int], transform: Sequence[float], boxes: Sequen
     return out
 
 
-def validation_boxes(checkpoint_path: str) -> List[MapBox]:
-    """The held-out blocks of a checkpoint, in map coordinates."""
-    from .checkpoint import load_checkpoint
+def validation_boxes(checkpoint_path: str, log: LogFn = lambda _m: None) -> Optional[List[MapBox]]:
+    """The held-out blocks of a checkpoint, in map coordinates.
+
+    None when the saved model's final fit (``--final_fit whole_area``) trained on them too:
+    nothing is held out from its map, so scoring them as held out would credit it with
+    deposits it learnt from (logged).
+    """
+    from .checkpoint import load_checkpoint, trained_on_validation_blocks
 
     ckpt = load_checkpoint(checkpoint_path)
+    if trained_on_validation_blocks(ckpt):
+        log(f"note: the model in {checkpoint_path} was trained again on its validation blocks after validation "
+            "(final fit, --final_fit whole_area), so no deposit is held out from this map; its held-out skill is "
+            "in its training log (the validated model's), and Cross-validate measures it on new ground")
+        return None
     boxes = ckpt.get("validation_blocks_map")
     if boxes is None:
         raise DataError(
@@ -396,7 +406,7 @@ def evaluate(
     check_output_location(out_dir, "--output_dir", folder=True)
     info = read_info(config.probability_map)
     band = choose_band(info, config.band)
-    boxes = validation_boxes(config.checkpoint) if config.checkpoint else None
+    boxes = validation_boxes(config.checkpoint, cb.log) if config.checkpoint else None
     out_dir = prepare_folder(out_dir, "--output_dir")
     label_raster = rasterize_labels(config.labels, info, cb.log)
     cb.progress(0.2)
@@ -430,6 +440,8 @@ def evaluate(
         "n_deposits_skipped": skipped,
         "area_weighted": weights is not None,
     }
+    if config.checkpoint and boxes is None:
+        metrics["validation_blocks_trained_on"] = True  # the final fit learnt from them: no held-out split
     metrics.update(_curve_metrics("", "success_rate_auc", curves["all"]))
     if config.test_area:
         if boxes is not None:
@@ -506,8 +518,9 @@ def _log_summary(metrics: Dict[str, Any], log: LogFn) -> None:
         log(f"fit, not skill: the {metrics['train_n_deposits']} deposit(s) outside it: success-rate AUC "
             f"{f(metrics['train_success_rate_auc'])}")
     else:
-        log("note: no held-out area (--checkpoint of our training, or --test_area): the figures below include any "
-            "deposit the map's model trained on, so they measure fit, not skill")
+        log("note: no held-out area (a --checkpoint of our training not refit on its validation blocks, or "
+            "--test_area): the figures below include any deposit the map's model trained on, so they measure fit, "
+            "not skill")
     log(f"all {metrics['n_deposits']} deposit(s): success-rate AUC {f(metrics['success_rate_auc'])}, "
         f"top 5 % of area {f(metrics.get('top5'), 0)} %, top 20 % {f(metrics.get('top20'), 0)} %; "
         f"pixels: ROC AUC {f(metrics['roc_auc'])}, PR AUC {f(metrics['pr_auc'])}")

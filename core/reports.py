@@ -356,6 +356,11 @@ def write_training_report(run: Any, folder: Path, figures: Dict[str, Optional[Pa
     elif not metrics.get("val_n_deposits"):
         skill += ("<p class='note'>No deposit lies in the validation blocks, so skill is not measured here: "
                   "cross-validate (several held-out folds) to measure it.</p>")
+    if metrics.get("final_fit_epochs"):
+        skill += ("<p class='note'>These are the validated model's figures. The saved model was then trained "
+                  "again on the whole training area, validation blocks included, for the epochs validation chose "
+                  f"({', '.join(str(e) for e in metrics['final_fit_epochs'])}: final fit), so these blocks are no "
+                  "longer held out from its map; Cross-validate measures the whole procedure on new ground.</p>")
     members = getattr(run, "members", 1)
     facts = (f"{html.escape(run.name)}{f', an ensemble of {members} members' if members > 1 else ''}; "
              f"{run.epoch} epoch(s) in the model, {run.epochs_run} trained in this run, "

@@ -1355,6 +1355,7 @@ def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, o
         log(line)
     refits = [m["final_fit"]["epochs"] for m in ensemble.finished if m.get("final_fit")]
     if refits:
+        final.metrics["final_fit_epochs"] = refits
         log(f"note: these held-out figures are the validated model's; the saved model was then trained again on "
             f"the whole training area for {', '.join(str(e) for e in refits)} epoch(s) (--final_fit whole_area), so "
             "the validation blocks are no longer held out from it (Cross-validate measures the whole procedure)")
@@ -1482,8 +1483,8 @@ def train(
     statistics, training and validation pixels) to those pixels of the raster.
 
     Returns ``{"models": {name: {"checkpoint", "output_dir", "epochs_run", "epoch",
-    "metrics": {val_loss, val_iou, val_accuracy, val_roc_auc, val_pr_auc}}}}`` (undefined
-    metrics are None).
+    "metrics": {val_loss, val_iou, val_accuracy, val_roc_auc, val_pr_auc}, "final_fit_epochs"
+    (per member refit on the whole area; empty when none was), ...}}}`` (undefined metrics are None).
 
     Raises:
         ConfigError: impossible device / AMP combination, a model already at the checkpoint path
@@ -1553,5 +1554,6 @@ def _result(run: ModelRun) -> Dict[str, Any]:
         "members": run.members,
         "report": str(Path(run.output_dir) / "report.html"),
         "metrics": _json_safe({k: run.final.metrics[k] for k in METRIC_KEYS}),
+        "final_fit_epochs": list(run.final.metrics.get("final_fit_epochs") or []),
         "skill": _json_safe({k: v for k, v in run.final.metrics.items() if k.startswith(SKILL_PREFIXES)}),
     }

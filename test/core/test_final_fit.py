@@ -10,8 +10,9 @@ import rasterio
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.config import LabelOptions, PredictConfig, TrainConfig
+from core.config import EvaluateConfig, LabelOptions, PredictConfig, TrainConfig
 from core.errors import Cancelled
+from core.evaluate import evaluate
 from core.predict import predict
 from core.training import train
 
@@ -50,7 +51,8 @@ def runs(tiny_stack, tiny_points, tmp_path_factory: pytest.TempPathFactory) -> D
             logs: List[str] = []
             result = train(_config(tiny_stack, tiny_points, folder, final_fit=final_fit), log=logs.append)
             out[final_fit] = {"folder": folder, "ckpt": folder / PIXEL / "checkpoint.pt", "logs": logs,
-                              "metrics": result["models"][PIXEL]["metrics"]}
+                              "metrics": result["models"][PIXEL]["metrics"],
+                              "final_fit_epochs": result["models"][PIXEL]["final_fit_epochs"]}
     finally:
         torch.set_num_threads(threads)
     return out
@@ -75,6 +77,11 @@ def test_the_final_fit_learns_from_the_validation_blocks_for_the_epochs_they_cho
     logs = runs["whole_area"]["logs"]
     assert any("final fit on the whole training area" in line for line in logs)
     assert any("no longer held out" in line for line in logs)
+    report = (runs["whole_area"]["folder"] / PIXEL / "report.html").read_text(encoding="utf-8")
+    assert "final fit" in report and "final fit" not in (
+        runs["training_blocks"]["folder"] / PIXEL / "report.html").read_text(encoding="utf-8")
+    assert runs["whole_area"]["final_fit_epochs"] == [fit["epochs"]]
+    assert runs["training_blocks"]["final_fit_epochs"] == []
 
 
 def test_held_out_figures_are_the_validated_models(runs: Dict[str, Any]) -> None:
@@ -122,3 +129,23 @@ def test_a_window_model_keeps_its_validated_weights_and_says_so(tiny_stack, tiny
     member = load_checkpoint(tmp_path / "unet_sc2_layers2_e8" / "checkpoint.pt")["members"][0]
     assert "final_fit" not in member
     assert any("keeps its validated weights" in line for line in logs)
+
+
+def test_evaluate_scores_no_block_as_held_out_from_a_final_fit(runs: Dict[str, Any], tiny_stack, tiny_points,
+                                                               tmp_path: Path) -> None:
+    """The final fit learnt from the validation blocks: Evaluate must not report them as held-out skill."""
+    labels = LabelOptions(labels_path=str(tiny_points.path))
+    figures = {}
+    for fit in ("whole_area", "training_blocks"):
+        ckpt = runs[fit]["ckpt"]
+        prob = tmp_path / f"{fit}.tif"
+        _map(ckpt, tiny_stack, prob)
+        logs: List[str] = []
+        figures[fit] = evaluate(EvaluateConfig(probability_map=str(prob), labels=labels, checkpoint=str(ckpt),
+                                               output_dir=str(tmp_path / f"eval_{fit}")), log=logs.append)["metrics"]
+        figures[fit + "_logs"] = logs
+    refit, validated = figures["whole_area"], figures["training_blocks"]
+    assert "heldout_prediction_rate_auc" in validated and "validation_blocks_trained_on" not in validated
+    assert "heldout_prediction_rate_auc" not in refit and "prediction_rate_auc" not in refit
+    assert refit["validation_blocks_trained_on"] is True
+    assert any("trained again on its validation blocks" in line for line in figures["whole_area_logs"])
