@@ -356,7 +356,7 @@ class TrainConfig(_JsonConfig):
                                     "spread evenly and outliers stay bounded) or zscore (value minus mean over "
                                     "standard deviation); class bands are one-hot either way")
     final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
-                            help="what the saved model learns from (pixel_* models): whole_area = once the "
+                            help="what the saved model learns from (pixel_* and additive_* models): whole_area = once the "
                                  "validation blocks have chosen the number of epochs, the model is trained again "
                                  "from the same start on the whole training area, validation blocks included, "
                                  "for that many epochs (a fifth more deposits; the validation figures are those "

@@ -565,7 +565,7 @@ def band_penalty_fn(model: nn.Module, encoder: BandEncoder, strength: float, log
         return None
     log(f"band penalty {strength:g} x sqrt(ln {len(groups)} bands) = {total:.3g}")
     weights = screen()
-    return lambda: total * band_group_penalty(weight, groups, weights)
+    return lambda: total * band_group_penalty(layer.weight, groups, weights)  # read each step: may be a view
 
 
 def band_penalty_scale(bands: int) -> float:
@@ -1291,7 +1291,7 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
     share = REFIT_SHARE if refit else 0.0  # of each member's progress
     if config.final_fit == "whole_area" and not refit and config.num_epochs > 0:
         log(f"{spec.name} keeps its validated weights: the final fit on the whole area (--final_fit whole_area) "
-            "is for per-pixel models (pixel_*) trained on pixels with the pu loss")
+            "is for per-pixel models (pixel_*, additive_*) trained on pixels with the pu loss")
     for k in range(0 if only_validate else n):
         def member_progress(frac: float, k: int = k, start: float = 0.0, width: float = 1.0 - share) -> None:
             progress((k + start + width * max(0.0, min(1.0, frac))) / n)

@@ -230,3 +230,25 @@ def test_the_additive_model_sums_one_curve_per_channel_and_shows_its_band_weight
         model.band_layer.scale[3] = 0.0  # band d switched off
     ranking = dict(band_ranking(model, Groups()))  # type: ignore[arg-type]
     assert ranking["d"] == 0.0 and max(ranking.values()) == 1.0
+
+
+def test_the_band_penalty_reaches_the_additive_models_band_layer() -> None:
+    """The band penalty applies to the additive model (its band layer shows a 1x1-convolution-shaped
+    ``weight``) and its gradient shrinks the channel weights step after step."""
+    from core.encoding import BandEncoder
+    from core.training import band_penalty_fn
+
+    torch.manual_seed(0)
+    model = build_model("additive_sc1_layers1_e4", in_channels=3)
+    enc = BandEncoder(band_names=["a", "b", "c"], mean=[0.0] * 3, std=[1.0] * 3)
+    penalty = band_penalty_fn(model, enc, 0.5, lambda _m: None)
+    assert penalty is not None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    values = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = penalty()
+        loss.backward()
+        opt.step()
+        values.append(loss.item())
+    assert values[0] > values[1] > values[2]
