@@ -295,8 +295,8 @@ class TrainConfig(_JsonConfig):
     models: List[str] = option(
         factory=lambda: list(DEFAULT_MODELS), metavar="NAME",
         help="models to train in turn (`python -m core list-models`): pixel_* (per-pixel network with band "
-             "selection, made for tens of point labels), additive_* (per pixel, one learnt curve per band, summed: no band "
-             "interactions), cnn_* (small CNN that sees a few pixels around), unet_* "
+             "selection, made for tens of point labels), additive_* (per pixel, one learnt curve per band, "
+             "summed: no band interactions), cnn_* (small CNN that sees a few pixels around), unet_* "
              "(planar U-Net: spatial patterns, needs many labels), transformer_* (windowed attention, slower), "
              "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters)")
     tile_size: Optional[Tuple[int, int]] = option(
@@ -356,9 +356,10 @@ class TrainConfig(_JsonConfig):
                                     "spread evenly and outliers stay bounded) or zscore (value minus mean over "
                                     "standard deviation); class bands are one-hot either way")
     final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
-                            help="what the saved model learns from (pixel_* and additive_* models): whole_area = once the "
-                                 "validation blocks have chosen the number of epochs, the model is trained again "
-                                 "from the same start on the whole training area, validation blocks included, "
+                            help="what the saved model learns from (pixel_* and additive_* models): whole_area = "
+                                 "once the validation blocks have chosen the number of epochs, the model is "
+                                 "trained again from the same start on the whole training area, validation blocks "
+                                 "included, "
                                  "for that many epochs (a fifth more deposits; the validation figures are those "
                                  "of the model before); training_blocks = the validated model as it is")
     ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
@@ -369,8 +370,9 @@ class TrainConfig(_JsonConfig):
     weight_decay: float = option(1e-2, minimum=0.0, help="AdamW (decoupled) weight decay: shrinks every weight a "
                                                          "little each step (regularisation)")
     band_penalty: float = option(0.014, minimum=0.0, note="0 = off",
-                                 help="group-lasso penalty on the weights that read each band (pixel_* and cnn_* "
-                                      "models), so the model leans on few bands as a sparse logistic regression does; "
+                                 help="group-lasso penalty on the weights that read each band (pixel_*, additive_* "
+                                      "and cnn_* models), so the model leans on few bands as a sparse logistic "
+                                      "regression does; "
                                       "applied times sqrt(ln(number of bands)), since chance evidence grows with the "
                                       "bands to choose from (99 bands: 0.030, 5 bands: 0.018, 1 band: off); a band "
                                       "whose classes already separate the training deposits from the training "

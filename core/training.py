@@ -1157,9 +1157,10 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
     epochs = refit_epochs(outcome)
     n = setup.ensemble.size
     label = f"{setup.spec.name} member {index + 1}/{n}" if n > 1 else setup.spec.name
+    validated = td.pixel_sample(data.usable, config.seed)  # drawn (and kept) when the member trained
     log(f"{label}: final fit on the whole training area (validation blocks included): {sample.n_pos} positive "
-        f"pixel(s) (the validated model had {td.pixel_sample(data.usable, config.seed).n_pos}), "  # type: ignore[union-attr]
-        f"{epochs} epoch(s) as validation chose")
+        f"pixel(s) (the validated model had {validated.n_pos if validated else 0}), {epochs} epoch(s) as "
+        "validation chose")
     model, step = member_step(config, data, td, setup.kwargs, seed, dist, device, autocast, _quiet, sample)
     for epoch in range(1, epochs + 1):
         seed_everything(epoch_seed(seed, epoch, dist.rank))
@@ -1176,11 +1177,12 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
                             "background_pixels": int(sample.n_background)})
     held_out = member.get("calibration")
     if held_out is not None:
-        rate, points = area_base_rate(data, data.usable)
+        rate, _ = area_base_rate(data, data.usable)
         logits = sample_logits(model, sample.x[sample.n_pos:], step)
         entry["calibration"] = calibration_record(logits, rate, held_out["base_rate_of"], held_out["logit_scale"])
         log(f"{label}: final fit calibrated to the whole area's base rate {rate:.3g}: logit scale "
-            f"{held_out['logit_scale']:.3g} (the validated model's), offset {entry['calibration']['logit_offset']:+.2f}")
+            f"{held_out['logit_scale']:.3g} (the validated model's), offset "
+            f"{entry['calibration']['logit_offset']:+.2f}")
     progress(1.0)
     return entry
 
