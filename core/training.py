@@ -942,19 +942,35 @@ class Ensemble:
 
 
 class MemberMean(nn.Module):
-    """An ensemble as one model for validation: the log of the members' mean class probabilities.
+    """An ensemble as one model for validation: ranks pixels as prediction's mean of calibrated members does.
 
-    Softmax of its output is the mean of the members' softmax, so validate() scores the
-    ensemble exactly as prediction averages it (without calibration offsets).
+    Prediction averages each member's calibrated probability (``calibration.class1_probability``
+    with its scale and offset), so a member with a sharper or higher raw output does not lead
+    the mean. The output is two-class logits whose class-1 probability is that mean shifted
+    back by the members' mean offset (a monotone shift: every AUC and held-out deposit figure
+    is the map's), so thresholds and the validation loss read it as they read one member's
+    raw output.
     """
 
-    def __init__(self, models: List[nn.Module]) -> None:
+    def __init__(self, models: List[nn.Module], calibrations: Optional[Sequence[Optional[Dict[str, Any]]]] = None
+                 ) -> None:
+        from .calibration import logit_offset, logit_scale
+
         super().__init__()
         self.members = nn.ModuleList(models)
+        cals = list(calibrations) if calibrations is not None else [None] * len(models)
+        self.offsets = [logit_offset(c) for c in cals]
+        self.scales = [logit_scale(c) for c in cals]
+        self.shift = sum(self.offsets) / max(1, len(self.offsets))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
-        return torch.log(probs.clamp_min(1e-12))
+        from .calibration import class1_probability
+
+        probs = torch.stack([class1_probability(m(x), offset, scale)
+                             for m, offset, scale in zip(self.members, self.offsets, self.scales)]).mean(dim=0)
+        p = probs.double().clamp(1e-300, 1.0 - 1e-16)
+        z = (torch.log(p) - torch.log1p(-p) - self.shift).float()
+        return torch.stack([torch.zeros_like(z), z], dim=1)
 
 
 def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dict[str, Any], seed: int, dist: Dist,
@@ -1171,7 +1187,7 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
 
         loss = run_epoch(step, PixelBatches(sample, seed, epoch, dist), cb, where, on_batch)
         log(f"{where}: train_loss {_fmt(loss)}")
-    entry = dict(member, held_out_state_dict=member["state_dict"],
+    entry = dict(member, held_out_state_dict=member["state_dict"], held_out_calibration=member.get("calibration"),
                  state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                  final_fit={"area": "whole", "epochs": epochs, "positive_pixels": int(sample.n_pos),
                             "background_pixels": int(sample.n_background)})
@@ -1410,8 +1426,8 @@ def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Opt
                  template: nn.Module) -> nn.Module:
     """The model the final validation scores: the mean of the finished members, else the one trained.
 
-    A member refit on the whole area (``refit_member``) is scored by its validated weights:
-    the refit learnt from the validation blocks too.
+    A member refit on the whole area (``refit_member``) is scored by its validated weights
+    (and their calibration): the refit learnt from the validation blocks too.
 
     ``template`` is a model of the right architecture on the right device; weights are loaded
     into it (one member) or into copies of it (several).
@@ -1419,6 +1435,8 @@ def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Opt
     import copy
 
     states = [m.get("held_out_state_dict") or m["state_dict"] for m in ensemble.finished]
+    calibrations = [(m.get("held_out_calibration") if m.get("held_out_state_dict") else None) or m.get("calibration")
+                    for m in ensemble.finished]
     if not states:
         if outcomes:
             return outcomes[-1].model
@@ -1429,7 +1447,7 @@ def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Opt
         model = copy.deepcopy(template) if models else template
         model.load_state_dict(state)
         models.append(model.eval())
-    return models[0] if len(models) == 1 else MemberMean(models).eval()
+    return models[0] if len(models) == 1 else MemberMean(models, calibrations).eval()
 
 
 def _fmt(v: Any) -> str:

@@ -182,3 +182,26 @@ def test_members_carry_a_logit_scale_and_prediction_applies_it(full_run: Dict[st
     flat = np.mean([1.0 / (1.0 + np.exp(-o)) for o in offsets])
     assert np.ptp(maps["trained"][valid]) > 10 * np.ptp(maps["flat"][valid])
     assert np.allclose(maps["flat"][valid], flat, rtol=1e-3)
+
+
+def test_final_validation_ranks_an_ensemble_as_prediction_averages_its_calibrated_members() -> None:
+    """Prediction averages calibrated probabilities; the final validation must rank pixels the same way,
+    not by the mean of the raw outputs (led by the member whose raw output is highest)."""
+    from core.calibration import class1_probability
+    from core.training import MemberMean
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv2d(3, 2, 1) for _ in range(2)]
+    cals = [{"logit_scale": 0.5, "logit_offset": 4.0}, {"logit_scale": 2.0, "logit_offset": -9.0}]
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        out = MemberMean(members, cals)(x)
+        mean = torch.stack([class1_probability(m(x), c["logit_offset"], c["logit_scale"])
+                            for m, c in zip(members, cals)]).mean(dim=0).double()
+        raw = torch.stack([torch.softmax(m(x), dim=1)[:, 1] for m in members]).mean(dim=0)
+    assert out.shape == (4, 2, 8, 8)
+    z = (out[:, 1] - out[:, 0]).double() + (4.0 - 9.0) / 2  # the mean offset it shifts back
+    assert torch.allclose(z, torch.log(mean) - torch.log1p(-mean), atol=1e-4)
+    order = torch.argsort(z.flatten())
+    assert torch.equal(order, torch.argsort(mean.flatten()))
+    assert not torch.equal(order, torch.argsort(raw.flatten()))  # the raw mean ranks differently here

@@ -74,6 +74,7 @@ def test_the_final_fit_learns_from_the_validation_blocks_for_the_epochs_they_cho
     # Calibrated to the whole area's base rate with the validated model's logit scale.
     assert member["calibration"]["base_rate"] != validated["calibration"]["base_rate"]
     assert member["calibration"]["logit_scale"] == validated["calibration"]["logit_scale"]
+    assert member["held_out_calibration"] == validated["calibration"]  # what the final validation scores with
     logs = runs["whole_area"]["logs"]
     assert any("final fit on the whole training area" in line for line in logs)
     assert any("no longer held out" in line for line in logs)
