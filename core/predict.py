@@ -428,7 +428,9 @@ class Member:
     offset: float = 0.0
     """Calibration: added to the scaled class-1 logit (0 = the model's own output)."""
     scale: float = 1.0
-    """Calibration: the factor on the class-1 logit (1 = the model's own output)."""
+    """Calibration: the factor on the class-1 rank score (older checkpoints: logit; 1 = the model's own output)."""
+    ranks: Optional[Tuple[Any, Any]] = None
+    """Calibration: the member's rank table (values, scores) as tensors on its device; None: raw logits."""
 
 
 class TorchRunner:
@@ -484,7 +486,7 @@ class TorchRunner:
         an ensemble of n must not copy each batch to a GPU n times.
         """
         with torch_inference(), self.amp():
-            return class1_probability(member.model(x.to(self.device)), member.offset, member.scale)
+            return class1_probability(member.model(x.to(self.device)), member.offset, member.scale, member.ranks)
 
     def infer(self, batch: Any) -> np.ndarray:
         """Probabilities (B, layers, h, w) of a prepared batch (or of an encoded array)."""
@@ -539,7 +541,9 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
     """
     import json
 
-    from .calibration import logit_offset, logit_scale
+    import torch
+
+    from .calibration import logit_offset, logit_ranks, logit_scale
     from .checkpoint import build_member_model, ensemble_members
     from .encoding import BandEncoder
 
@@ -554,7 +558,9 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
             encoders.append(None if enc is None else BandEncoder.from_dict(enc))
         model = build_member_model(view).to(device).eval()
         cal = view.get("calibration")
-        members.append(Member(model, keys[key], logit_offset(cal), logit_scale(cal)))
+        table = logit_ranks(cal)
+        ranks = None if table is None else tuple(torch.as_tensor(t, dtype=torch.float32, device=device) for t in table)
+        members.append(Member(model, keys[key], logit_offset(cal), logit_scale(cal), ranks))
     return members, encoders
 
 

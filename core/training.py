@@ -954,20 +954,21 @@ class MemberMean(nn.Module):
 
     def __init__(self, models: List[nn.Module], calibrations: Optional[Sequence[Optional[Dict[str, Any]]]] = None
                  ) -> None:
-        from .calibration import logit_offset, logit_scale
+        from .calibration import logit_offset, logit_ranks, logit_scale
 
         super().__init__()
         self.members = nn.ModuleList(models)
         cals = list(calibrations) if calibrations is not None else [None] * len(models)
         self.offsets = [logit_offset(c) for c in cals]
         self.scales = [logit_scale(c) for c in cals]
+        self.ranks = [logit_ranks(c) for c in cals]
         self.shift = sum(self.offsets) / max(1, len(self.offsets))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .calibration import class1_probability
 
-        probs = torch.stack([class1_probability(m(x), offset, scale)
-                             for m, offset, scale in zip(self.members, self.offsets, self.scales)]).mean(dim=0)
+        probs = torch.stack([class1_probability(m(x), offset, scale, ranks) for m, offset, scale, ranks
+                             in zip(self.members, self.offsets, self.scales, self.ranks)]).mean(dim=0)
         p = probs.double().clamp(1e-300, 1.0 - 1e-16)
         z = (torch.log(p) - torch.log1p(-p) - self.shift).float()
         return torch.stack([torch.zeros_like(z), z], dim=1)
@@ -1096,33 +1097,26 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
 
 def calibrate_member(config: TrainConfig, data: RasterData, td: TileData, model: nn.Module, step: Step,
                      cb: Callbacks, log: LogFn, label: str) -> Optional[Dict[str, Any]]:
-    """The member's calibration (core/calibration.py): a logit scale and offset.
+    """The member's calibration (core/calibration.py): its rank table and offset over the training windows.
 
-    The scale comes from the validation pixels (held out from the member's optimisation;
-    1 when they hold one class only), the offset from the training windows (their mean
-    meets the training base rate). None (logged) when the training area holds no positive:
-    there is no base rate to meet.
+    Each logit becomes the normal score of its rank among the training windows' logits, times
+    the fixed contrast, plus the offset that makes the mean the training base rate. None
+    (logged) when the training area holds no positive: there is no base rate to meet.
     """
-    from .calibration import MAX_LOGITS, calibration_record, fit_logit_scale
+    from .calibration import MAX_LOGITS, calibration_record
 
     lab = data.labels
     rate, points = area_base_rate(data, td.train_area(data.usable))
     if not 0.0 < rate < 1.0:
         log(f"{label}: not calibrated (the training area holds no positive); the map will be a score")
         return None
-    z_val, y_val = collect_logits(model, _loader(td.val_set, config.batch_size, config), step, cb, None,
-                                  config.seed, with_labels=True)
-    fitted = fit_logit_scale(z_val, y_val, config.seed)
-    scale = 1.0 if fitted is None else fitted
-    source = "from the validation pixels" if fitted is not None else "(the validation pixels hold one class only)"
     plain = TileDataset(config.raster_path, td.train_set.windows, lab.labels, td.encoder, td.train_set.study_mask,
                         augment=False, spherical=td.whole_globe)
-    logits, _ = collect_logits(model, _loader(plain, config.batch_size, config), step, cb, MAX_LOGITS, config.seed)
-    record = calibration_record(logits, rate, "deposits per pixel" if points is not None else "positive pixels",
-                                scale)
+    logits = collect_logits(model, _loader(plain, config.batch_size, config), step, cb, MAX_LOGITS, config.seed)
+    record = calibration_record(logits, rate, "deposits per pixel" if points is not None else "positive pixels")
     log(f"{label}: calibrated to the training base rate {rate:.3g} ({record['base_rate_of']}): mean output "
-        f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (logit scale {scale:.3g} {source}, offset "
-        f"{record['logit_offset']:+.2f})")
+        f"{record['mean_before']:.3g} -> {record['mean_after']:.3g} (rank in the training area x contrast "
+        f"{record['logit_scale']:.3g}, offset {record['logit_offset']:+.2f})")
     return record
 
 
@@ -1156,9 +1150,9 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
     The validation blocks are there to choose when to stop; once they have, holding out their
     deposits (a fifth of a few dozen) only costs the map. The member is retrained from the
     same seed (same initial weights and learning-rate schedule) on a pixel sample of every
-    usable pixel for the epochs its validation chose, then calibrated: the logit scale found
-    on the validation pixels (a refit cannot be scored on them), the offset to the whole
-    area's base rate. The validated weights stay in the member as ``held_out_state_dict``:
+    usable pixel for the epochs its validation chose, then calibrated on that sample: its own
+    rank table, the offset to the whole area's base rate. The validated weights and their
+    calibration stay in the member as ``held_out_state_dict`` and ``held_out_calibration``:
     the final validation scores those, so its figures stay held-out figures.
     Returns the member entry to save; a cancel before it returns leaves the checkpoint as it
     was (the member is then calibrated and refit again on ``--resume``).
@@ -1195,10 +1189,9 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
     if held_out is not None:
         rate, _ = area_base_rate(data, data.usable)
         logits = sample_logits(model, sample.x[sample.n_pos:], step)
-        entry["calibration"] = calibration_record(logits, rate, held_out["base_rate_of"], held_out["logit_scale"])
-        log(f"{label}: final fit calibrated to the whole area's base rate {rate:.3g}: logit scale "
-            f"{held_out['logit_scale']:.3g} (the validated model's), offset "
-            f"{entry['calibration']['logit_offset']:+.2f}")
+        entry["calibration"] = calibration_record(logits, rate, held_out["base_rate_of"])
+        log(f"{label}: final fit calibrated to the whole area's base rate {rate:.3g}: rank in the whole area x "
+            f"contrast {entry['calibration']['logit_scale']:.3g}, offset {entry['calibration']['logit_offset']:+.2f}")
     progress(1.0)
     return entry
 
@@ -1218,12 +1211,11 @@ def sample_logits(model: nn.Module, x: np.ndarray, step: Step, chunk: int = 6553
 
 @torch.no_grad()
 def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbacks, most: Optional[int],
-                   seed: int, with_labels: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Class-1 logits (against class 0) of every valid pixel of the loader's windows, and their labels
-    when ``with_labels``; a seeded subsample beyond ``most`` (None: all)."""
+                   seed: int) -> np.ndarray:
+    """Class-1 logits (against class 0) of every valid pixel of the loader's windows; a seeded
+    subsample beyond ``most`` (None: all)."""
     model.eval()
     out: List[np.ndarray] = []
-    ys: List[np.ndarray] = []
     for batch in loader:
         cb.check_stop("calibration")
         x, valid = batch["x"].to(step.device), batch["valid"].to(step.device)
@@ -1231,14 +1223,10 @@ def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbac
             logits = model(x).float()
         z = logits[:, 1] - logits[:, 0]
         out.append(z[valid].cpu().numpy())
-        if with_labels:
-            ys.append((batch["y"].to(step.device)[valid] == 1).cpu().numpy())  # bool: 1 byte a pixel
     z = np.concatenate(out) if out else np.zeros(0, np.float32)
-    y = (np.concatenate(ys) if ys else np.zeros(0, bool)) if with_labels else None
     if most is not None and z.size > most:
-        keep = np.random.default_rng(seed).choice(z.size, most, replace=False)
-        z, y = z[keep], (None if y is None else y[keep])
-    return z, y
+        z = z[np.random.default_rng(seed).choice(z.size, most, replace=False)]
+    return z
 
 
 def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], log: LogFn

@@ -159,15 +159,18 @@ def test_calibrated_map_mean_is_near_the_base_rate(full_run: Dict[str, Any], tin
     assert tags["calibrated"] == "yes" and "calibrated" in tags["value"]
 
 
-def test_members_carry_a_logit_scale_and_prediction_applies_it(full_run: Dict[str, Any], tiny_stack,
-                                                              tmp_path: Path) -> None:
-    """Each member's scale comes from its validation pixels; a scale near 0 flattens the map to the offset."""
-    from core.calibration import SCALE_RANGE
+def test_members_carry_their_rank_tables_and_prediction_applies_them(full_run: Dict[str, Any], tiny_stack,
+                                                                   tmp_path: Path) -> None:
+    """Each member is calibrated on the ranks of its own logits over the training area; prediction
+    applies table, contrast and offset: a contrast near 0 flattens the map to the offset."""
+    from core.calibration import CONTRAST
     from core.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(full_run["ckpt"])
-    scales = [m["calibration"]["logit_scale"] for m in ckpt["members"]]
-    assert all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in scales) and len(set(scales)) == 2
+    cals = [m["calibration"] for m in ckpt["members"]]
+    assert all(c["logit_scale"] == CONTRAST for c in cals)
+    assert all(len(c["rank_values"]) == len(c["rank_scores"]) > 100 for c in cals)
+    assert cals[0]["rank_values"] != cals[1]["rank_values"]  # each member's own logits
     for m in ckpt["members"]:
         m["calibration"]["logit_scale"] = 1e-6
     save_checkpoint(tmp_path / "flat.pt", ckpt)

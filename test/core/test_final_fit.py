@@ -71,9 +71,9 @@ def test_the_final_fit_learns_from_the_validation_blocks_for_the_epochs_they_cho
     # The validated weights are kept (the same seed trains the same model), the saved ones differ.
     assert _equal(member["held_out_state_dict"], validated["state_dict"])
     assert not _equal(member["state_dict"], validated["state_dict"])
-    # Calibrated to the whole area's base rate with the validated model's logit scale.
+    # Calibrated to the whole area's base rate on the ranks of the refit's own logits.
     assert member["calibration"]["base_rate"] != validated["calibration"]["base_rate"]
-    assert member["calibration"]["logit_scale"] == validated["calibration"]["logit_scale"]
+    assert member["calibration"]["rank_values"] != validated["calibration"]["rank_values"]
     assert member["held_out_calibration"] == validated["calibration"]  # what the final validation scores with
     logs = runs["whole_area"]["logs"]
     assert any("final fit on the whole training area" in line for line in logs)
