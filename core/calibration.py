@@ -153,6 +153,18 @@ def logit_ranks(calibration: Optional[Dict[str, Any]]) -> Optional[Tuple[np.ndar
             np.asarray(calibration["rank_scores"], dtype=np.float64))
 
 
+def member_calibration(calibration: Optional[Dict[str, Any]], device: Any = None
+                       ) -> Tuple[float, float, Optional[Tuple[Any, Any]]]:
+    """(offset, scale, ranks) of a member's calibration, as ``class1_probability`` takes them: the rank
+    table as float32 tensors on ``device``, made once (not on every batch)."""
+    import torch
+
+    table = logit_ranks(calibration)
+    ranks = None if table is None else (torch.as_tensor(table[0], dtype=torch.float32, device=device),
+                                        torch.as_tensor(table[1], dtype=torch.float32, device=device))
+    return logit_offset(calibration), logit_scale(calibration), ranks
+
+
 def logit_offset(calibration: Optional[Dict[str, Any]]) -> float:
     """The offset to add to a member's scaled logits (0 when it was not calibrated)."""
     if not calibration:

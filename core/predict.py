@@ -541,9 +541,7 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
     """
     import json
 
-    import torch
-
-    from .calibration import logit_offset, logit_ranks, logit_scale
+    from .calibration import member_calibration
     from .checkpoint import build_member_model, ensemble_members
     from .encoding import BandEncoder
 
@@ -557,10 +555,7 @@ def load_members(ckpt: Dict[str, Any], device: Any) -> Tuple[List[Member], List[
             keys[key] = len(encoders)
             encoders.append(None if enc is None else BandEncoder.from_dict(enc))
         model = build_member_model(view).to(device).eval()
-        cal = view.get("calibration")
-        table = logit_ranks(cal)
-        ranks = None if table is None else tuple(torch.as_tensor(t, dtype=torch.float32, device=device) for t in table)
-        members.append(Member(model, keys[key], logit_offset(cal), logit_scale(cal), ranks))
+        members.append(Member(model, keys[key], *member_calibration(view.get("calibration"), device)))
     return members, encoders
 
 

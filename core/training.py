@@ -954,21 +954,21 @@ class MemberMean(nn.Module):
 
     def __init__(self, models: List[nn.Module], calibrations: Optional[Sequence[Optional[Dict[str, Any]]]] = None
                  ) -> None:
-        from .calibration import logit_offset, logit_ranks, logit_scale
+        from .calibration import member_calibration
 
         super().__init__()
         self.members = nn.ModuleList(models)
         cals = list(calibrations) if calibrations is not None else [None] * len(models)
-        self.offsets = [logit_offset(c) for c in cals]
-        self.scales = [logit_scale(c) for c in cals]
-        self.ranks = [logit_ranks(c) for c in cals]
-        self.shift = sum(self.offsets) / max(1, len(self.offsets))
+        weight = next(models[0].parameters(), None) if models else None
+        device = None if weight is None else weight.device
+        self.calibrations = [member_calibration(c, device) for c in cals]  # (offset, scale, ranks) each
+        self.shift = sum(offset for offset, _, _ in self.calibrations) / max(1, len(self.calibrations))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .calibration import class1_probability
 
-        probs = torch.stack([class1_probability(m(x), offset, scale, ranks) for m, offset, scale, ranks
-                             in zip(self.members, self.offsets, self.scales, self.ranks)]).mean(dim=0)
+        probs = torch.stack([class1_probability(m(x), *cal)
+                             for m, cal in zip(self.members, self.calibrations)]).mean(dim=0)
         p = probs.double().clamp(1e-300, 1.0 - 1e-16)
         z = (torch.log(p) - torch.log1p(-p) - self.shift).float()
         return torch.stack([torch.zeros_like(z), z], dim=1)
@@ -1181,11 +1181,11 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
 
         loss = run_epoch(step, PixelBatches(sample, seed, epoch, dist), cb, where, on_batch)
         log(f"{where}: train_loss {_fmt(loss)}")
-    entry = dict(member, held_out_state_dict=member["state_dict"], held_out_calibration=member.get("calibration"),
+    held_out = member.get("calibration")
+    entry = dict(member, held_out_state_dict=member["state_dict"], held_out_calibration=held_out,
                  state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                  final_fit={"area": "whole", "epochs": epochs, "positive_pixels": int(sample.n_pos),
                             "background_pixels": int(sample.n_background)})
-    held_out = member.get("calibration")
     if held_out is not None:
         rate, _ = area_base_rate(data, data.usable)
         logits = sample_logits(model, sample.x[sample.n_pos:], step)
