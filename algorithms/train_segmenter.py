@@ -65,6 +65,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
     AUGMENT = "AUGMENT"
     LOSS = "LOSS"
     PATIENCE = "PATIENCE"
+    EPOCH_CHOICE = "EPOCH_CHOICE"
     WEIGHT_DECAY = "WEIGHT_DECAY"
     BAND_PENALTY = "BAND_PENALTY"
     PU_PRIOR = "PU_PRIOR"
@@ -87,7 +88,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--tile_size": TILE_SIZE, "--stride": STRIDE, "--val_fraction": VAL_FRACTION,
         "--point_buffer": POINT_BUFFER, "--seed": SEED, "--device": DEVICE, "--amp_mode": AMP_MODE,
         "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
-        "--patience": PATIENCE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
+        "--patience": PATIENCE, "--epoch_choice": EPOCH_CHOICE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
         "--weight_decay": WEIGHT_DECAY, "--band_penalty": BAND_PENALTY, "--pu_prior": PU_PRIOR,
         "--overwrite": OVERWRITE, "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
         "--ensemble": ENSEMBLE, "--band_scaling": BAND_SCALING, "--final_fit": FINAL_FIT,
@@ -98,7 +99,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         (STRIDE, "stride"), (VAL_FRACTION, "val_fraction"), (SEED, "seed"), (DEVICE, "device"),
         (AMP_MODE, "amp_mode"), (MAX_GRAD_NORM, "max_grad_norm"), (LABEL_SMOOTHING, "label_smoothing"),
         (AUGMENT, "augment"), (LOSS, "loss"), (PU_PRIOR, "pu_prior"), (WEIGHT_DECAY, "weight_decay"),
-        (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (BAND_SCALING, "band_scaling"),
+        (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (EPOCH_CHOICE, "epoch_choice"), (BAND_SCALING, "band_scaling"),
         (FINAL_FIT, "final_fit"), (ENSEMBLE, "ensemble"), (RESUME, "resume"),
         (OVERWRITE, "overwrite"),
     )
@@ -174,6 +175,7 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         self.add_option(self.BAND_PENALTY, "Band penalty (0 = off)", TrainConfig, "band_penalty", advanced=True)
         self.add_option(self.PATIENCE, "Early stopping patience (epochs, 0 = off)", TrainConfig, "patience",
                         advanced=True)
+        self.add_option(self.EPOCH_CHOICE, "How long to train", TrainConfig, "epoch_choice", advanced=True)
         self.add(QgsProcessingParameterString(self.CATEGORICAL_BANDS, self.tr("Categorical bands"), optional=True),
                  self.help_of(TrainConfig, "categorical_bands", "Separated by commas; resampled by nearest neighbour "
                               "when layers are aligned."), advanced=True)

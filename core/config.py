@@ -23,6 +23,8 @@ BAND_SCALINGS = ("rank", "zscore")
 """How numeric bands are encoded (core/encoding.py): by rank in the training area, or by z-score."""
 FINAL_FITS = ("whole_area", "training_blocks")
 """What the saved model of a per-pixel network is trained on (core/training.py ``refit_member``)."""
+EPOCH_CHOICES = ("auto", "validation", "schedule")
+"""Who decides how long a model trains (core/training.py ``choose_epochs_by_validation``)."""
 DEFAULT_TILE = 256
 MAX_OVERLAP = 0.5
 """Neighbouring prediction windows share at most half a window (more would only cost time)."""
@@ -343,7 +345,15 @@ class TrainConfig(_JsonConfig):
                        help="imbalance-aware loss; pu (positive-unlabelled) treats unlabelled ground as unknown, "
                             "not as barren, which suits known deposits as points")
     patience: int = option(20, minimum=0, note="0 disables early stopping",
-                           help="stop after this many epochs without validation improvement (0: never)")
+                           help="stop after this many epochs without validation improvement (0: never); only "
+                                "where the validation blocks choose the epochs (see epoch_choice)")
+    epoch_choice: str = option(EPOCH_CHOICES[0], choices=EPOCH_CHOICES,
+                               help="how long the model trains: validation = until the validation blocks' best "
+                                    "epoch (early stopping; the saved model has that epoch's weights, a final "
+                                    "fit trains that many epochs); schedule = every epoch of --num_epochs (the "
+                                    "validation blocks only measure the last); auto = validation when the "
+                                    "training area holds fewer than 10 deposits per band or the model is not "
+                                    "trained on pixels (pixel_*, additive_*), else schedule")
     num_workers: int = option(0, minimum=0, help="data loader worker processes")
     categorical_bands: List[Union[int, str]] = option(
         factory=list, metavar="BAND",

@@ -32,7 +32,7 @@ OVERWRITE_HINT = ("to continue training it add --resume, to replace it add --ove
 SPLIT_SETTINGS = ("seed", "val_fraction", "stride", "categorical_bands", "band_scaling")
 #: TrainConfig fields a resumed run may change (named in a warning).
 OPTIMISATION_SETTINGS = ("loss", "learning_rate", "batch_size", "label_smoothing", "augment", "max_grad_norm",
-                         "patience", "weight_decay", "band_penalty", "pu_prior")
+                         "patience", "epoch_choice", "weight_decay", "band_penalty", "pu_prior")
 LABEL_SETTINGS = ("layer", "label_column", "positive_values", "point_buffer")
 _FALLBACK_NAME = re.compile(r"^band_\d+$")
 
