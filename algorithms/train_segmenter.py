@@ -88,7 +88,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         "--tile_size": TILE_SIZE, "--stride": STRIDE, "--val_fraction": VAL_FRACTION,
         "--point_buffer": POINT_BUFFER, "--seed": SEED, "--device": DEVICE, "--amp_mode": AMP_MODE,
         "--max_grad_norm": MAX_GRAD_NORM, "--label_smoothing_factor": LABEL_SMOOTHING, "--loss": LOSS,
-        "--patience": PATIENCE, "--epoch_choice": EPOCH_CHOICE, "--categorical_bands": CATEGORICAL_BANDS, "--resume": RESUME,
+        "--patience": PATIENCE, "--epoch_choice": EPOCH_CHOICE, "--categorical_bands": CATEGORICAL_BANDS,
+        "--resume": RESUME,
         "--weight_decay": WEIGHT_DECAY, "--band_penalty": BAND_PENALTY, "--pu_prior": PU_PRIOR,
         "--overwrite": OVERWRITE, "--checkpoint_path": OUTPUT_MODEL, "--output_path": OUTPUT_FOLDER,
         "--ensemble": ENSEMBLE, "--band_scaling": BAND_SCALING, "--final_fit": FINAL_FIT,
@@ -99,8 +100,8 @@ class TrainSegmenterAlgorithm(StackSegmenterAlgorithm):
         (STRIDE, "stride"), (VAL_FRACTION, "val_fraction"), (SEED, "seed"), (DEVICE, "device"),
         (AMP_MODE, "amp_mode"), (MAX_GRAD_NORM, "max_grad_norm"), (LABEL_SMOOTHING, "label_smoothing"),
         (AUGMENT, "augment"), (LOSS, "loss"), (PU_PRIOR, "pu_prior"), (WEIGHT_DECAY, "weight_decay"),
-        (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (EPOCH_CHOICE, "epoch_choice"), (BAND_SCALING, "band_scaling"),
-        (FINAL_FIT, "final_fit"), (ENSEMBLE, "ensemble"), (RESUME, "resume"),
+        (BAND_PENALTY, "band_penalty"), (PATIENCE, "patience"), (EPOCH_CHOICE, "epoch_choice"),
+        (BAND_SCALING, "band_scaling"), (FINAL_FIT, "final_fit"), (ENSEMBLE, "ensemble"), (RESUME, "resume"),
         (OVERWRITE, "overwrite"),
     )
 

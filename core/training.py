@@ -807,7 +807,7 @@ Why: with few deposits per band (the demo: about one per band, 95 of its 99 band
 per-pixel network memorises the deposits through chance patterns in the bands as it trains
 on, and the validation blocks see it (their AUC falls from epoch 3 to 5 on in every fold);
 stopping there is worth 0.04 to 0.06 of held-out AUC. With many deposits per band (Ecuador
-about 22, Cloncurry about 40) the validation block's early peaks are the block's own
+about 19 to 22 in a fold, Cloncurry about 40) the validation block's early peaks are the block's own
 character, not overfitting: training the whole schedule gained 0.01 to 0.04 (5-fold cv,
 seeds 0 to 3, README "Skill"). Ten events per variable is the classic floor for a
 regression model's stability (Peduzzi et al. 1996).
@@ -1195,7 +1195,7 @@ def area_base_rate(data: RasterData, area: np.ndarray) -> Tuple[float, Optional[
 
 
 def refit_epochs(outcome: MemberOutcome) -> int:
-    """The epochs of a member's validated model: its best epoch (the last with ``keep_last``; else all it trained)."""
+    """The epochs of a member's validated model: its best epoch (the last one with ``keep_last``)."""
     best = outcome.best or {}
     return max(1, int(best.get("epoch") or outcome.epoch))
 
