@@ -1056,11 +1056,12 @@ def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dic
 def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: TileData, kwargs: Dict[str, Any],
                  index: int, ensemble: Ensemble, resumed: Optional[Dict[str, Any]], dist: Dist, device: torch.device,
                  autocast: Callable[[], Any], cb: Callbacks, log: LogFn, ckpt_path: Path,
-                 progress: Callable[[float], None]) -> MemberOutcome:
+                 progress: Callable[[float], None], keep_last: bool = False) -> MemberOutcome:
     """The training loop of one model (one ensemble member): epochs, checkpoint each epoch, early stop.
 
     ``resumed`` (the checkpoint's training state of this member) continues where it
-    stopped. Returns with the best weights loaded into the model.
+    stopped. ``keep_last``: the schedule sets the epochs (``LoopState.keep_last``). Returns
+    with the best (``keep_last``: the last) weights loaded into the model.
     """
     seed = member_seed(config.seed, index)
     n = ensemble.size
@@ -1088,12 +1089,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
             opt.load_state_dict(resumed["optimizer"])
             sched.load_state_dict(resumed["scheduler"])
         state = LoopState.from_checkpoint(resumed)
-    by_validation, why = choose_epochs_by_validation(config, data, td, sample)
-    state.keep_last = not by_validation
-    if index == 0 or resumed is not None:
-        log(f"{spec.name} epochs: " + (f"until the validation blocks' best epoch (patience {config.patience})"
-                                       if by_validation else f"all {config.num_epochs}, the validation blocks "
-                                       "measure the last") + f"; {why}")
+    state.keep_last = keep_last
     start = state.epoch
 
     def payload() -> Dict[str, Any]:
@@ -1186,11 +1182,7 @@ def area_base_rate(data: RasterData, area: np.ndarray) -> Tuple[float, Optional[
 
     lab = data.labels
     positives = int((lab.labels.astype(bool) & area).sum())
-    points: Optional[int] = None
-    if only_points(lab.summary) and len(lab.positive_points):
-        rows = np.clip(lab.positive_points[:, 0].astype(int), 0, data.info.height - 1)
-        cols = np.clip(lab.positive_points[:, 1].astype(int), 0, data.info.width - 1)
-        points = int(area[rows, cols].sum())
+    points = training_deposits(data, area) if only_points(lab.summary) and len(lab.positive_points) else None
     return base_rate(positives, int(area.sum()), points), points
 
 
@@ -1351,7 +1343,13 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
     only_validate = config.num_epochs == 0 and resumed is not None
     n = ensemble.size if config.num_epochs > 0 else 1
     outcomes: List[MemberOutcome] = []
-    refit = config.final_fit == "whole_area" and training_pixels(config, spec, data, setup.td) is not None
+    sample = training_pixels(config, spec, data, setup.td)
+    refit = config.final_fit == "whole_area" and sample is not None
+    by_validation, why = choose_epochs_by_validation(config, data, setup.td, sample)
+    if config.num_epochs > 0:
+        log(f"{spec.name} epochs: " + (f"until the validation blocks' best epoch (patience {config.patience})"
+                                       if by_validation else f"all {config.num_epochs}, the validation blocks "
+                                       "measure the last") + f"; {why}")
     share = REFIT_SHARE if refit else 0.0  # of each member's progress
     if config.final_fit == "whole_area" and not refit and config.num_epochs > 0:
         log(f"{spec.name} keeps its validated weights: the final fit on the whole area (--final_fit whole_area) "
@@ -1365,7 +1363,7 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
             continue
         state = resumed if (resumed is not None and k == setup.resumed_index) else None
         outcome = train_member(config, spec, data, setup.td, setup.kwargs, k, ensemble, state, dist, device,
-                               autocast, cb, log, ckpt_path, member_progress)
+                               autocast, cb, log, ckpt_path, member_progress, keep_last=not by_validation)
         outcomes.append(outcome)
         if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
             log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
