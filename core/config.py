@@ -313,7 +313,7 @@ class TrainConfig(_JsonConfig):
     num_epochs: int = option(60, minimum=0, note="0 trains nothing, only validates",
                              help="passes over the training tiles (a per-pixel model with the pu loss: over its "
                                   "sample of 200 000 background pixels) (0: train nothing, only validate); early "
-                                  "stopping may end sooner (see patience)")
+                                  "stopping may end sooner (see epoch_choice and patience)")
     batch_size: int = option(8, minimum=1, help="tiles per optimisation step (a per-pixel model with the pu loss "
                                                 "takes 4096 background pixels a step); lower it when memory runs out")
     learning_rate: float = option(1e-3, minimum=0.0, min_exclusive=True, help="AdamW learning rate")
@@ -368,11 +368,11 @@ class TrainConfig(_JsonConfig):
                                     "standard deviation); class bands are one-hot either way")
     final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
                             help="what the saved model learns from (pixel_* and additive_* models): whole_area = "
-                                 "once the validation blocks have chosen the number of epochs, the model is "
-                                 "trained again from the same start on the whole training area, validation blocks "
-                                 "included, "
-                                 "for that many epochs (a fifth more deposits; the validation figures are those "
-                                 "of the model before); training_blocks = the validated model as it is")
+                                 "once the validated model is trained, the model is trained again from the same "
+                                 "start on the whole training area, validation blocks included, for as many epochs "
+                                 "as the validated model trained (its best epoch, or all of them: see epoch_choice; "
+                                 "a fifth more deposits; the validation figures are those of the model before); "
+                                 "training_blocks = the validated model as it is")
     ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
                            note="the number of members to train",
                            help="members trained with different seeds (seed..seed+N-1) into the one model file; "
