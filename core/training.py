@@ -389,36 +389,62 @@ PIXEL_POSITIVES = 512
 """Positive pixels per step of a per-pixel model (all of them when fewer)."""
 
 
+PIXEL_EPOCH_STEPS = math.ceil(SAMPLE_BACKGROUND / PIXEL_BATCH)
+"""The fewest optimisation steps of a per-pixel epoch (over all ranks): what a full background
+sample takes. Why a floor: every step holds the deposits, so a small study area (Ecuador's
+54 000 pixels: 14 steps) would otherwise see them 3.5 times less often over the same epochs than
+a large one (49 steps) and end its schedule under-trained. A small sample is passed over again,
+in a new order, until the epoch has its steps."""
+
+
+def sample_steps(sample: PixelSample) -> int:
+    """Steps of one pass over the background sample."""
+    return max(1, math.ceil(sample.n_background / PIXEL_BATCH))
+
+
 def pixel_steps(sample: PixelSample, dist: Dist) -> int:
     """Optimisation steps of a per-pixel epoch on each rank (``PixelBatches``)."""
-    return math.ceil(max(1, math.ceil(sample.n_background / PIXEL_BATCH)) / dist.world)
+    return math.ceil(max(sample_steps(sample), PIXEL_EPOCH_STEPS) / dist.world)
+
+
+def _passes_note(sample: PixelSample) -> str:
+    """Log text for an epoch that passes over a small sample more than once."""
+    steps = sample_steps(sample)
+    if steps >= PIXEL_EPOCH_STEPS:
+        return ""
+    return (f" ({PIXEL_EPOCH_STEPS / steps:.1f} passes over the sample: a small area's deposits are seen as often "
+            "an epoch as a large area's)")
 
 
 class PixelBatches:
-    """One epoch of presence-background batches for a per-pixel model: a pass over the background sample.
+    """One epoch of presence-background batches for a per-pixel model: passes over the background sample.
 
     Each step holds PIXEL_BATCH background pixels and PIXEL_POSITIVES positives drawn with
     replacement (all positives when fewer; the pu loss balances the two sides), shaped
-    (n, C, 1, 1) so each pixel is a sample (band dropout per pixel). Seeded by (seed, epoch):
-    a resumed run repeats it. DDP ranks take equal shares of the steps. Batches are cut as
-    they are used, so an epoch holds no second copy of the sample.
+    (n, C, 1, 1) so each pixel is a sample (band dropout per pixel). An epoch is one pass
+    over the background sample, or as many passes (each in a new order) as make up
+    PIXEL_EPOCH_STEPS steps. Seeded by (seed, epoch): a resumed run repeats it. DDP ranks
+    take equal shares of the steps. Batches are cut as they are used, so an epoch holds no
+    second copy of the sample.
     """
 
     def __init__(self, sample: PixelSample, seed: int, epoch: int, dist: Dist) -> None:
         self.sample, self.dist = sample, dist
         self.rng = np.random.default_rng(epoch_seed(seed, epoch))
-        self.order = sample.n_pos + self.rng.permutation(sample.n_background)
+        passes = math.ceil(pixel_steps(sample, dist) * dist.world / sample_steps(sample))
+        self.orders = [sample.n_pos + self.rng.permutation(sample.n_background) for _ in range(passes)]
 
     def __len__(self) -> int:
         return pixel_steps(self.sample, self.dist)
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         sample, dist = self.sample, self.dist
-        steps = max(1, math.ceil(self.order.size / PIXEL_BATCH))
+        steps = sample_steps(sample)
         x, y = torch.from_numpy(sample.x), torch.from_numpy(sample.y)
         for k in range(len(self)):
-            i = (k * dist.world + dist.rank) % steps  # every rank takes the same number of steps
-            part = self.order[i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
+            j = k * dist.world + dist.rank  # every rank takes the same number of steps
+            i = j % steps
+            part = self.orders[min(j // steps, len(self.orders) - 1)][i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
             pos = (np.arange(sample.n_pos) if sample.n_pos <= PIXEL_POSITIVES
                    else self.rng.choice(sample.n_pos, PIXEL_POSITIVES, replace=True))
             idx = torch.from_numpy(np.concatenate([pos, part]))
@@ -1078,7 +1104,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     if sample is not None and (index == 0 or resumed is not None):
         log(f"{spec.name} trains on pixels, not windows: {sample.n_pos} positive and {sample.n_background} "
             f"background pixel(s) of the training area, {pixel_steps(sample, dist)} step(s) of {PIXEL_BATCH} "
-            "background pixels an epoch")
+            "background pixels an epoch" + _passes_note(sample))
     if n > 1:
         log(f"{label}: seed {seed}")
 

@@ -175,12 +175,13 @@ def pixel_batches(sample: Any, seed: int, epoch: int, dist: Any) -> List[Dict[st
     return list(PixelBatches(sample, seed, epoch, dist))
 
 
-def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives_in_every_step() -> None:
-    from core.training import PIXEL_BATCH, Dist, PixelBatches, pixel_steps
+def test_pixel_batches_pass_over_a_large_background_once_an_epoch_with_the_positives_in_every_step() -> None:
+    from core.training import PIXEL_BATCH, PIXEL_EPOCH_STEPS, Dist, PixelBatches, pixel_steps
 
-    sample = _numbered_sample(n_pos=7, n_bg=2 * PIXEL_BATCH + 100)
+    sample = _numbered_sample(n_pos=7, n_bg=(PIXEL_EPOCH_STEPS + 1) * PIXEL_BATCH + 100)
     batches = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
-    assert len(batches) == len(PixelBatches(sample, 0, 1, Dist())) == pixel_steps(sample, Dist()) == 3
+    steps = PIXEL_EPOCH_STEPS + 2
+    assert len(batches) == len(PixelBatches(sample, 0, 1, Dist())) == pixel_steps(sample, Dist()) == steps
     seen: List[int] = []
     for b in batches:
         ids = _batch_ids(b)
@@ -190,6 +191,22 @@ def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives
         assert (b["y"][:7] == 1).all() and (b["y"][7:] == 0).all()
         seen += list(ids[7:])
     assert sorted(seen) == list(range(7, sample.y.size))  # each background pixel exactly once
+
+
+def test_a_small_background_is_passed_over_again_until_the_epoch_has_its_steps() -> None:
+    """A small study area's epoch holds as many steps (and so deposit views) as a large one's."""
+    from core.training import PIXEL_BATCH, PIXEL_EPOCH_STEPS, Dist
+
+    sample = _numbered_sample(n_pos=7, n_bg=2 * PIXEL_BATCH + 100)  # 3 steps a pass
+    batches = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
+    assert len(batches) == PIXEL_EPOCH_STEPS
+    background = [_batch_ids(b)[7:] for b in batches]
+    passes = [np.concatenate(background[k:k + 3]) for k in range(0, PIXEL_EPOCH_STEPS - 2, 3)]
+    assert len(passes) == PIXEL_EPOCH_STEPS // 3
+    for ids in passes:  # every full pass holds each background pixel exactly once
+        assert sorted(ids) == list(range(7, sample.y.size))
+    assert not np.array_equal(passes[0], passes[1])  # each pass in a new order
+    assert all(list(_batch_ids(b)[:7]) == list(range(7)) for b in batches)
     again = pixel_batches(sample, seed=0, epoch=1, dist=Dist())
     assert all(np.array_equal(_batch_ids(a), _batch_ids(b)) for a, b in zip(batches, again))  # resume repeats it
     other = pixel_batches(sample, seed=0, epoch=2, dist=Dist())
@@ -197,7 +214,7 @@ def test_pixel_batches_pass_over_the_background_once_an_epoch_with_the_positives
 
 
 def test_pixel_batches_draw_the_positives_when_many_and_share_the_steps_over_ranks() -> None:
-    from core.training import PIXEL_BATCH, PIXEL_POSITIVES, Dist
+    from core.training import PIXEL_BATCH, PIXEL_EPOCH_STEPS, PIXEL_POSITIVES, Dist
 
     sample = _numbered_sample(n_pos=3 * PIXEL_POSITIVES, n_bg=3 * PIXEL_BATCH)
     batch = pixel_batches(sample, seed=1, epoch=1, dist=Dist())[0]
@@ -205,7 +222,7 @@ def test_pixel_batches_draw_the_positives_when_many_and_share_the_steps_over_ran
     assert ids.size == PIXEL_POSITIVES + PIXEL_BATCH
     assert (ids[:PIXEL_POSITIVES] < 3 * PIXEL_POSITIVES).all() and int(batch["y"].sum()) == PIXEL_POSITIVES
     ranks = [pixel_batches(sample, seed=1, epoch=1, dist=Dist(enabled=True, rank=r, world=2)) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 2  # DDP ranks run the same number of steps
+    assert len(ranks[0]) == len(ranks[1]) == math.ceil(PIXEL_EPOCH_STEPS / 2)  # DDP ranks: equal shares
     background = [set(_batch_ids(b)[PIXEL_POSITIVES:]) for r in ranks for b in r]
     assert set().union(*background) == set(range(3 * PIXEL_POSITIVES, sample.y.size))
 
