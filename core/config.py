@@ -312,8 +312,9 @@ class TrainConfig(_JsonConfig):
         help="step between training tiles (height width); automatic: the tile size; smaller gives overlapping tiles")
     num_epochs: int = option(60, minimum=0, note="0 trains nothing, only validates",
                              help="passes over the training tiles (a per-pixel model with the pu loss: over its "
-                                  "sample of 200 000 background pixels) (0: train nothing, only validate); early "
-                                  "stopping may end sooner (see epoch_choice and patience)")
+                                  "sample of 200 000 background pixels, at least 49 steps of 4096 an epoch, so a "
+                                  "smaller area's sample is passed over more than once) (0: train nothing, only "
+                                  "validate); early stopping may end sooner (see epoch_choice and patience)")
     batch_size: int = option(8, minimum=1, help="tiles per optimisation step (a per-pixel model with the pu loss "
                                                 "takes 4096 background pixels a step); lower it when memory runs out")
     learning_rate: float = option(1e-3, minimum=0.0, min_exclusive=True, help="AdamW learning rate")
