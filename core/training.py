@@ -444,7 +444,7 @@ class PixelBatches:
         for k in range(len(self)):
             j = k * dist.world + dist.rank  # every rank takes the same number of steps
             i = j % steps
-            part = self.orders[min(j // steps, len(self.orders) - 1)][i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
+            part = self.orders[j // steps][i * PIXEL_BATCH:(i + 1) * PIXEL_BATCH]
             pos = (np.arange(sample.n_pos) if sample.n_pos <= PIXEL_POSITIVES
                    else self.rng.choice(sample.n_pos, PIXEL_POSITIVES, replace=True))
             idx = torch.from_numpy(np.concatenate([pos, part]))
