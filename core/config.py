@@ -355,7 +355,8 @@ class TrainConfig(_JsonConfig):
                                     "fit trains that many epochs); schedule = every epoch of --num_epochs (the "
                                     "validation blocks only measure the last); auto = validation when the "
                                     "training area holds fewer than 10 deposits per band or the model is not "
-                                    "trained on pixels (pixel_*, additive_*), else schedule")
+                                    "trained on pixels (pixel_* and additive_* models with the pu loss are), else "
+                                    "schedule")
     num_workers: int = option(0, minimum=0, help="data loader worker processes")
     categorical_bands: List[Union[int, str]] = option(
         factory=list, metavar="BAND",

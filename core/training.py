@@ -842,12 +842,13 @@ regression model's stability (Peduzzi et al. 1996).
 
 def training_deposits(data: RasterData, area: np.ndarray) -> int:
     """Positive features (points, or polygons by their representative point) inside ``area``."""
+    from .evaluate import deposit_pixels
+
     points = data.labels.positive_points
     if points is None or len(points) == 0:
         return 0
-    rows = np.clip(np.asarray(points[:, 0]).astype(np.int64), 0, area.shape[0] - 1)
-    cols = np.clip(np.asarray(points[:, 1]).astype(np.int64), 0, area.shape[1] - 1)
-    return int(area[rows, cols].sum())
+    rc, inside = deposit_pixels(points, *area.shape)
+    return int(area[rc[inside, 0], rc[inside, 1]].sum())
 
 
 def choose_epochs_by_validation(config: TrainConfig, data: RasterData, td: TileData,
@@ -1371,8 +1372,9 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
     outcomes: List[MemberOutcome] = []
     sample = training_pixels(config, spec, data, setup.td)
     refit = config.final_fit == "whole_area" and sample is not None
-    by_validation, why = choose_epochs_by_validation(config, data, setup.td, sample)
+    by_validation = True  # nothing to train (--num_epochs 0): no choice to make
     if config.num_epochs > 0:
+        by_validation, why = choose_epochs_by_validation(config, data, setup.td, sample)
         log(f"{spec.name} epochs: " + (f"until the validation blocks' best epoch (patience {config.patience})"
                                        if by_validation else f"all {config.num_epochs}, the validation blocks "
                                        "measure the last") + f"; {why}")
