@@ -178,7 +178,9 @@ def _skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     else:
         out.append(_target("demo cv: six baselines + deep default", f"<= {CV_DEMO_LIMIT_S / 60:.0f} min",
                            "not measured", None))
-    return out
+    from .skill import skill_targets
+
+    return out + skill_targets(results.get("skill") or {"datasets": {}})
 
 
 def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:

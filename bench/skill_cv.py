@@ -4,7 +4,8 @@ Params (JSON): ``raster``, ``labels``, optional ``label_column``, ``mask``,
 ``categorical_bands``, ``truth`` (a GeoTIFF of the true probability: then the Spearman rank
 correlation of each out-of-fold map with it over the usable pixels is reported), ``models``,
 ``baselines``, ``folds``, ``seed``, ``num_epochs``, ``tile_size``, ``background``, ``out``.
-Returns the ranking, each candidate's pooled and per-fold figures and seconds, the cv wall
+Returns the ranking, each candidate's pooled and per-fold figures, seconds and paired difference
+to the best baseline (``core.cv.paired_comparisons``), the cv wall
 time and (added by child_main) the process's peak resident memory.
 """
 from __future__ import annotations
@@ -42,12 +43,12 @@ def run(params: Dict[str, Any]) -> Dict[str, Any]:
     for name, c in summary["candidates"].items():
         entry = {"kind": c["kind"], "pooled": {k: v for k, v in c["pooled"].items() if k != "curve"},
                  "fold_mean": c["fold_mean"], "fold_std": c["fold_std"], "seconds": c["seconds"],
-                 "notes": c["notes"]}
+                 "notes": c["notes"], "against_best_baseline": c.get("against_best_baseline")}
         if params.get("truth"):
             entry["spearman_truth"] = truth_correlation(result["oof_maps"][name], params["truth"])
         candidates[name] = entry
     return {"ranking": [r["candidate"] for r in summary["ranking"]], "candidates": candidates,
-            "folds": summary["folds"], "cv_wall_s": round(wall, 1), "raster": summary["raster"],
+            "best_baseline": summary.get("best_baseline"), "folds": summary["folds"], "cv_wall_s": round(wall, 1), "raster": summary["raster"],
             "output": result["output_path"]}
 
 

@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -329,14 +329,26 @@ def score_fold(state: CandidateState, fold: int, data: CVData, fit: FoldFit) -> 
     return row
 
 
+def _folds_done(state: CandidateState) -> set[int]:
+    """The folds (0-based) the candidate has finished."""
+    return {int(r["fold"]) - 1 for r in state.rows}
+
+
+def _held_out_scores(state: CandidateState, data: CVData, folds: Iterable[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The candidate's finite scores over the held-out area of ``folds``, and its scores at those
+    folds' deposits (``data.deposits`` order, unscored ones kept)."""
+    folds = list(folds)
+    area = _finite(state.oof[data.usable & np.isin(data.fold_map, folds)])
+    dep = data.deposits[np.isin(data.deposit_fold, folds)]
+    return area, (state.oof[dep[:, 0], dep[:, 1]] if len(dep) else np.zeros(0, np.float32))
+
+
 def pooled_scores(state: CandidateState, data: CVData, n_boot: int, seed: int) -> Dict[str, Any]:
     """Scores of the whole out-of-fold map (every held-out deposit against all held-out area),
     with 95 % bootstrap intervals over deposits."""
-    done = {int(r["fold"]) - 1 for r in state.rows}
+    done = _folds_done(state)
     held = data.usable & np.isin(data.fold_map, list(done))
-    area = _finite(state.oof[held])
-    dep = data.deposits[np.isin(data.deposit_fold, list(done))]
-    dep_scores = state.oof[dep[:, 0], dep[:, 1]] if len(dep) else np.zeros(0, np.float32)
+    area, dep_scores = _held_out_scores(state, data, done)
     dep_scores = _finite(dep_scores)
     curve = rate_curve(area, dep_scores)
     out: Dict[str, Any] = {"n_deposits": int(dep_scores.size), "n_pixels": int(area.size),
@@ -354,6 +366,61 @@ def pooled_scores(state: CandidateState, data: CVData, n_boot: int, seed: int) -
     out["curve"] = {"area": curve.area.tolist()[:: max(1, len(curve.area) // 500)] + [1.0],
                     "captured": curve.captured.tolist()[:: max(1, len(curve.captured) // 500)] + [1.0]}
     return out
+
+
+def deposit_ranks(state: CandidateState, data: CVData, folds: Iterable[int]) -> np.ndarray:
+    """Per held-out deposit of ``folds`` (in ``data.deposits`` order): the share of those folds'
+    held-out area that the candidate's map scores below it; NaN where the map has no score.
+
+    The mean over the scored deposits is the pooled prediction-rate AUC; kept per deposit, two
+    maps can be compared on the same deposits (``paired_comparisons``)."""
+    area, scores = _held_out_scores(state, data, folds)
+    ok = np.isfinite(scores) & (scores != NODATA)
+    ranks = np.full(scores.shape, np.nan)
+    ranks[ok] = area_rank_fractions(area, scores[ok])
+    return ranks
+
+
+def paired_comparisons(data: CVData, states: Dict[str, CandidateState], candidates: Dict[str, Any],
+                       n_boot: int, seed: int) -> Optional[str]:
+    """Adds ``against_best_baseline`` to every candidate but the best baseline; returns that baseline.
+
+    Why paired: two maps are scored on the same held-out deposits, so their pooled AUCs rise and
+    fall together with the deposits drawn. Overlapping marginal intervals say little; resampling
+    the deposits once for both maps gives the interval of the difference itself. The entry holds
+    ``difference`` (this candidate's pooled prediction-rate AUC minus the baseline's, on the folds
+    both finished), ``difference_ci`` (95 % paired bootstrap over deposits) and ``verdict``
+    (``paired_verdict``).
+    """
+    scored = [n for n, c in candidates.items()
+              if c["kind"] == "baseline" and c["pooled"]["prediction_rate_auc"] is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda n: candidates[n]["pooled"]["prediction_rate_auc"])
+    for name, c in candidates.items():
+        if name == best:
+            continue
+        folds = sorted(_folds_done(states[name]) & _folds_done(states[best]))
+        a, b = deposit_ranks(states[name], data, folds), deposit_ranks(states[best], data, folds)
+        d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+        diff = finite_or_none(float(d.mean())) if d.size else None
+        lo, hi = bootstrap_mean_interval(d, n_boot, seed)
+        c["against_best_baseline"] = {"baseline": best, "difference": diff, "difference_ci": [lo, hi],
+                                      "n_deposits": int(d.size), "verdict": paired_verdict(diff, (lo, hi))}
+    return best
+
+
+def paired_verdict(difference: Optional[float], interval: Sequence[Optional[float]]) -> str:
+    """``ahead`` / ``behind`` when the paired 95 % interval of the difference excludes 0, else ``level``
+    (``n/a`` without a difference). A map ahead by 0.001 on a few dozen deposits is level, not a win."""
+    if difference is None:
+        return "n/a"
+    lo, hi = interval
+    if lo is not None and lo > 0:
+        return "ahead"
+    if hi is not None and hi < 0:
+        return "behind"
+    return "level"
 
 
 def fold_spread(rows: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -439,6 +506,7 @@ def _summary(config: CVConfig, data: CVData, states: Dict[str, CandidateState], 
     for name, st in states.items():
         if st.failed is not None:
             candidates.pop(name, None)
+    best_baseline = paired_comparisons(data, states, candidates, config.bootstrap, config.train.seed)
     ranking = sorted(candidates, key=lambda n: -(candidates[n]["pooled"]["prediction_rate_auc"] or -1.0))
     return {
         "format": "stack_segmenter.cv/1",
@@ -450,8 +518,10 @@ def _summary(config: CVConfig, data: CVData, states: Dict[str, CandidateState], 
                      "top10": candidates[n]["pooled"]["top10"],
                      "fold_mean_prediction_rate_auc": candidates[n]["fold_mean"]["prediction_rate_auc"],
                      "fold_std_prediction_rate_auc": candidates[n]["fold_std"]["prediction_rate_auc"],
-                     "success_rate_auc": candidates[n]["fold_mean"]["success_rate_auc"]}
+                     "success_rate_auc": candidates[n]["fold_mean"]["success_rate_auc"],
+                     "against_best_baseline": candidates[n].get("against_best_baseline")}
                     for i, n in enumerate(ranking)],
+        "best_baseline": best_baseline,
         "candidates": candidates,
         "folds": data.folds.summary,
         "raster": {"path": data.info.path, "width": data.info.width, "height": data.info.height,
@@ -504,6 +574,11 @@ def _log_ranking(summary: Dict[str, Any], log: LogFn) -> None:
         log(f"  {r['rank']}. {r['candidate']}: {f(r['prediction_rate_auc'])} [{f(lo)}, {f(hi)}]; folds "
             f"{f(r['fold_mean_prediction_rate_auc'])} +- {f(r['fold_std_prediction_rate_auc'])}; top 10 % of area "
             f"holds {top} of deposits; success rate {f(r['success_rate_auc'])}")
+    from .cv_report import comparison_text
+
+    for r in summary["ranking"]:
+        if r["kind"] == "model" and r.get("against_best_baseline"):
+            log(f"  {comparison_text(r['candidate'], r['against_best_baseline'])}")
 
 
 # ----------------------------------------------------------------------------- cv()

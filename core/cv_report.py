@@ -91,10 +91,21 @@ def write_comparison_png(path: Path, summary: Dict[str, Any], rows: Sequence[Dic
 # ----------------------------------------------------------------------------- HTML
 
 
+def _against(candidate: Dict[str, Any]) -> str:
+    """The paired difference to the best baseline, signed, with its interval and verdict ("" for that baseline)."""
+    a = candidate.get("against_best_baseline")
+    if not a or a["difference"] is None:
+        return ""
+    lo, hi = a["difference_ci"]
+    sign = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
+    return f"{a['difference']:+.4f} [{sign(lo)}, {sign(hi)}] {a['verdict']}"
+
+
 def _ranking_table(summary: Dict[str, Any]) -> str:
     head = ("<tr><th>rank</th><th>candidate</th><th>kind</th><th>prediction-rate AUC, pooled [95 %]</th>"
             "<th>fold mean &plusmn; sd</th>" + "".join(f"<th>top {k} %</th>" for k in TOP_PERCENTS)
-            + "<th>PR AUC</th><th>success-rate AUC (fit)</th><th>seconds</th></tr>")
+            + "<th>PR AUC</th><th>success-rate AUC (fit)</th><th>against the best baseline [paired 95 %]</th>"
+            "<th>seconds</th></tr>")
     body = []
     for r in summary["ranking"]:
         c = summary["candidates"][r["candidate"]]
@@ -104,7 +115,8 @@ def _ranking_table(summary: Dict[str, Any]) -> str:
             f"<tr><td>{r['rank']}</td><td><b>{html.escape(r['candidate'])}</b></td><td>{c['kind']}</td>"
             f"<td><b>{_f(p['prediction_rate_auc'])}</b>{_ci(p.get('prediction_rate_auc_ci'))}</td>"
             f"<td>{_f(mean['prediction_rate_auc'])} &plusmn; {_f(std['prediction_rate_auc'])}</td>{tops}"
-            f"<td>{_f(p.get('pr_auc'))}</td><td>{_f(mean['success_rate_auc'])}</td><td>{_f(c['seconds'], 0)}</td></tr>")
+            f"<td>{_f(p.get('pr_auc'))}</td><td>{_f(mean['success_rate_auc'])}</td><td>{_against(c)}</td>"
+            f"<td>{_f(c['seconds'], 0)}</td></tr>")
     return "<table>" + head + "".join(body) + "</table>"
 
 
@@ -127,6 +139,20 @@ def _folds_text(summary: Dict[str, Any]) -> str:
             + ".")
 
 
+def comparison_text(name: str, against: Dict[str, Any]) -> str:
+    """One plain sentence: a candidate against the best baseline, with the paired interval."""
+    def s(v: Optional[float], digits: int = 3) -> str:
+        return "n/a" if v is None else f"{v:+.{digits}f}"
+
+    lo, hi = against["difference_ci"]
+    words = {"ahead": "beats", "behind": "LOSES to", "level": "is level with", "n/a": "cannot be compared with"}
+    why = {"ahead": "the interval lies above 0", "behind": "the interval lies below 0",
+           "level": "the interval holds 0: no clear difference", "n/a": "no deposit scored by both"}
+    return (f"{name} {words[against['verdict']]} the best baseline, {against['baseline']}: pooled prediction-rate "
+            f"AUC {s(against['difference'], 4)}, paired 95 % interval [{s(lo)}, {s(hi)}] over the "
+            f"{against['n_deposits']} held-out deposits both scored ({why[against['verdict']]})")
+
+
 def _verdict(summary: Dict[str, Any]) -> str:
     """One plain sentence: the best candidate, and where each deep model stands against the best baseline."""
     ranking = summary["ranking"]
@@ -135,22 +161,9 @@ def _verdict(summary: Dict[str, Any]) -> str:
     best = ranking[0]
     lines = [f"Best: <b>{html.escape(best['candidate'])}</b> (pooled prediction-rate AUC "
              f"{_f(best['prediction_rate_auc'])}{_ci(best['prediction_rate_auc_ci'])})."]
-    baselines = [r for r in ranking if r["kind"] == "baseline"]
     for r in ranking:
-        if r["kind"] != "model" or not baselines:
-            continue
-        ref = baselines[0]
-        if r["prediction_rate_auc"] is None or ref["prediction_rate_auc"] is None:
-            continue
-        lo = (r["prediction_rate_auc_ci"] or [None])[0]
-        if r["prediction_rate_auc"] >= ref["prediction_rate_auc"]:
-            word = "beats"
-        elif lo is not None and lo < ref["prediction_rate_auc"] <= (r["prediction_rate_auc_ci"][1] or 0):
-            word = "does not clearly beat (the intervals overlap)"
-        else:
-            word = "LOSES to"
-        lines.append(f"The deep model {html.escape(r['candidate'])} ({_f(r['prediction_rate_auc'])}) {word} the best "
-                     f"baseline, {html.escape(ref['candidate'])} ({_f(ref['prediction_rate_auc'])}).")
+        if r["kind"] == "model" and r.get("against_best_baseline"):
+            lines.append(html.escape(comparison_text(r["candidate"], r["against_best_baseline"])) + ".")
     return " ".join(lines)
 
 
@@ -189,7 +202,9 @@ th{{background:#eee}}.warn{{color:#a00;font-weight:bold}}</style></head><body>
 model that did not train on its fold. <b>Prediction-rate AUC</b> ranks the held-out deposits against all
 held-out usable pixels (0.5 = random, 1 = every deposit above every other pixel); <b>top k %</b> is the share
 of held-out deposits in the k % of the held-out area with the highest scores. Pooled figures rank every
-held-out deposit against the whole out-of-fold map, with a 95 % bootstrap interval over deposits; the fold mean
+held-out deposit against the whole out-of-fold map, with a 95 % bootstrap interval over deposits. <b>Against
+the best baseline</b> is the difference of pooled AUCs on the same held-out deposits, with a paired interval
+(the deposits resampled together for both maps): "level" when it holds 0, i.e. no clear difference; the fold mean
 and spread show how much one split can swing. <b>Success-rate AUC</b> ranks the training deposits against the
 training area: that is fit, not skill, and a large gap to the prediction rate means over-fitting.</p>
 {f'<p><img src="{html.escape(png_name)}" alt="comparison" style="max-width:100%"></p>' if png_name else ''}

@@ -19,6 +19,7 @@ import pytest
 
 from bench.common import ChildLimits, check_disk_space, run_child
 from bench.report import ensemble_table, evaluate_targets
+from bench.skill import render_skill
 
 TINY_MODEL = "unet_sc2_layers2_e8"
 BANDS, HEIGHT, WIDTH, TILE = 4, 96, 160, 64
@@ -216,6 +217,49 @@ def test_ensemble_targets_measure_against_n_forward_passes() -> None:
     assert t["ensemble of 5 u, mean map: peak memory"]["met"] is None
     assert t["ensemble of 5 u, mean map: wall vs 5 x forward + I/O floor"]["measured"] == "not measured"
     assert "checkpoint: error boom" in ensemble_table(results)
+
+
+def _skill_run(diffs: Dict[str, float], best: str = "maxent") -> Dict[str, Any]:
+    """One finished cv run of the skill benchmark: the default and the best baseline, with a paired difference."""
+    def cand(kind: str, auc: float, diff: Any = None) -> Dict[str, Any]:
+        c = {"kind": kind, "pooled": {"prediction_rate_auc": auc, "prediction_rate_auc_ci": [auc - 0.03, auc + 0.03],
+                                      "top10": 50.0},
+             "fold_mean": {"prediction_rate_auc": auc, "success_rate_auc": 0.9},
+             "fold_std": {"prediction_rate_auc": 0.03}, "seconds": 10.0}
+        if diff is not None:
+            lo, hi = diff - 0.01, diff + 0.01
+            c["against_best_baseline"] = {"baseline": best, "difference": diff, "difference_ci": [lo, hi],
+                                          "n_deposits": 100,
+                                          "verdict": "ahead" if lo > 0 else "behind" if hi < 0 else "level"}
+        return c
+
+    return {seed: {"status": "ok", "best_baseline": best, "ranking": ["pixel_sc1_layers2_e32", best],
+                   "candidates": {"pixel_sc1_layers2_e32": cand("model", 0.8 + d, d), best: cand("baseline", 0.8)},
+                   "folds": {}, "raster": {}} for seed, d in diffs.items()}
+
+
+def test_skill_targets_judge_every_seed() -> None:
+    """Within 0.01 must hold at every seed; a dataset counts as 'above' only when every seed is above."""
+    skill = {"meta": {"args": {"models": ["pixel_sc1_layers2_e32"], "quick": False}},
+             "datasets": {"demo": {"seeds": _skill_run({"0": 0.012, "1": 0.004})},
+                          "ecuador": {"seeds": _skill_run({"0": -0.0002, "1": 0.003})},
+                          "cloncurry": {"seeds": _skill_run({"0": -0.012, "1": 0.002}, best="weights_of_evidence")}}}
+    t = {x["name"]: x for x in evaluate_targets({"skill": skill})}
+    demo = t["skill, demo: pixel_sc1_layers2_e32 vs the best baseline"]
+    assert demo["met"] is True and demo["measured"] == "+0.0120 / +0.0040 (seeds 0, 1)"
+    assert "1 ahead, 1 level, 0 behind" in demo["note"]
+    assert t["skill, ecuador: pixel_sc1_layers2_e32 vs the best baseline"]["met"] is True
+    clon = t["skill, cloncurry: pixel_sc1_layers2_e32 vs the best baseline"]
+    assert clon["met"] is False and "weights_of_evidence" in clon["note"]
+    above = t["skill: pixel_sc1_layers2_e32 above the best baseline"]
+    assert above["met"] is False and above["measured"] == "1 of 3 (demo)"
+    table = render_skill(skill)
+    assert re.search(r"\| ecuador +\| 1 +\| pixel_sc1_layers2_e32 +\| model +\| 0\.8030 ", table)
+    assert "+0.0030 [-0.007, +0.013] level" in table and "| NOT met |" in table
+    del skill["datasets"]["cloncurry"]
+    t = {x["name"]: x for x in evaluate_targets({"skill": skill})}
+    assert t["skill, cloncurry: pixel_sc1_layers2_e32 vs the best baseline"]["met"] is None
+    assert t["skill: pixel_sc1_layers2_e32 above the best baseline"]["measured"] == "not measured"
 
 
 def test_disk_check_stops_with_clear_message(tmp_path: Path) -> None:

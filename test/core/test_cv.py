@@ -16,7 +16,7 @@ from core import baselines as baselines_mod
 from core import config as config_mod
 from core.baselines import Baseline, TrainingSample, woe_class_weights
 from core.config import BASELINES, CVConfig, LabelOptions, TrainConfig
-from core.cv import CSV_COLUMNS, NODATA, cv
+from core.cv import CSV_COLUMNS, NODATA, cv, paired_verdict
 from core.errors import Cancelled, ConfigError, DataError
 from core.metrics import area_rank_fractions, bootstrap_mean_interval, rate_curve
 from core.raster import open_raster, read_pixels, read_valid_mask, read_window
@@ -204,6 +204,31 @@ def test_default_model_has_skill_near_the_logistic_baseline(cv_stack, tmp_path, 
     logistic = summary["candidates"]["logistic"]["pooled"]["prediction_rate_auc"]
     assert summary["candidates"][DEFAULT_MODELS[0]]["folds_done"] == 3
     assert deep > 0.7 and deep > logistic - 0.1, (deep, logistic)
+    against = summary["candidates"][DEFAULT_MODELS[0]]["against_best_baseline"]
+    assert against["baseline"] == "logistic" and against["difference"] == pytest.approx(deep - logistic, abs=1e-9)
+
+
+def test_every_candidate_is_compared_with_the_best_baseline_on_the_same_deposits(all_baselines) -> None:
+    """The paired difference is exactly the difference of pooled AUCs, inside its own interval."""
+    result, out = all_baselines
+    summary = json.loads(Path(result["summary_json"]).read_text())
+    best = summary["ranking"][0]["candidate"]
+    assert summary["best_baseline"] == best and "against_best_baseline" not in summary["candidates"][best]
+    pooled = {n: c["pooled"]["prediction_rate_auc"] for n, c in summary["candidates"].items()}
+    for row in summary["ranking"][1:]:
+        a = summary["candidates"][row["candidate"]]["against_best_baseline"]
+        assert row["against_best_baseline"] == a and a["baseline"] == best and a["n_deposits"] == 40
+        assert a["difference"] == pytest.approx(pooled[row["candidate"]] - pooled[best], abs=1e-9)
+        lo, hi = a["difference_ci"]
+        assert lo <= a["difference"] <= hi and a["verdict"] == paired_verdict(a["difference"], (lo, hi))
+    assert "against the best baseline [paired 95 %]" in (out / "cv_summary.html").read_text()
+
+
+@pytest.mark.parametrize("difference, interval, verdict", [
+    (0.012, (0.004, 0.020), "ahead"), (-0.03, (-0.05, -0.01), "behind"), (0.004, (-0.003, 0.011), "level"),
+    (-0.0002, (-0.014, 0.013), "level"), (None, (None, None), "n/a")])
+def test_paired_verdict_needs_the_interval_to_exclude_zero(difference, interval, verdict) -> None:
+    assert paired_verdict(difference, interval) == verdict
 
 
 def test_results_csv_and_oof_maps(all_baselines, cv_stack) -> None:
