@@ -25,7 +25,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -164,7 +164,7 @@ def _candidates(results: Dict[str, Any]) -> List[str]:
     return seen
 
 
-def _ok_runs(entry: Dict[str, Any]) -> List[tuple]:
+def _ok_runs(entry: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     """(seed, run) of every finished cv run of a dataset, in seed order."""
     return [(seed, run) for seed, run in (entry.get("seeds") or {}).items() if run.get("status") == "ok"]
 
@@ -210,7 +210,8 @@ def skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         if not rows:
             out.append({"name": name, "target": want, "measured": "not measured", "met": None, "note": ""})
             continue
-        measured = " / ".join(f"{r['difference']:+.4f}" for r in rows) + f" (seeds {', '.join(r['seed'] for r in rows)})"
+        seeds = ", ".join(r["seed"] for r in rows)
+        measured = " / ".join(f"{r['difference']:+.4f}" for r in rows) + f" (seeds {seeds})"
         calls = ", ".join(f"{sum(r['verdict'] == v for r in rows)} {v}" for v in ("ahead", "level", "behind"))
         out.append({"name": name, "target": want, "measured": measured,
                     "met": all(r["difference"] >= -WITHIN for r in rows),
@@ -236,8 +237,9 @@ def _seed_table(results: Dict[str, Any]) -> str:
                 diff = "-" if a.get("difference") is None else (
                     f"{a['difference']:+.4f} [{lo:+.3f}, {hi:+.3f}] {a['verdict']}" if lo is not None
                     else f"{a['difference']:+.4f}")
+                mean, std = c["fold_mean"]["prediction_rate_auc"], c["fold_std"]["prediction_rate_auc"]
                 rows.append([ds, seed, name, c["kind"], fmt(c["pooled"]["prediction_rate_auc"], 4),
-                             f"{fmt(c['fold_mean']['prediction_rate_auc'], 3)} ± {fmt(c['fold_std']['prediction_rate_auc'], 3)}",
+                             f"{fmt(mean, 3)} ± {fmt(std, 3)}",
                              diff if name != run.get("best_baseline") else "(best baseline)"])
     return format_table(["dataset", "seed", "candidate", "kind", "pooled AUC", "fold mean ± sd",
                          "minus the best baseline [paired 95 %]"], rows)

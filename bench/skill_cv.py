@@ -48,8 +48,8 @@ def run(params: Dict[str, Any]) -> Dict[str, Any]:
             entry["spearman_truth"] = truth_correlation(result["oof_maps"][name], params["truth"])
         candidates[name] = entry
     return {"ranking": [r["candidate"] for r in summary["ranking"]], "candidates": candidates,
-            "best_baseline": summary.get("best_baseline"), "folds": summary["folds"], "cv_wall_s": round(wall, 1), "raster": summary["raster"],
-            "output": result["output_path"]}
+            "best_baseline": summary.get("best_baseline"), "folds": summary["folds"], "cv_wall_s": round(wall, 1),
+            "raster": summary["raster"], "output": result["output_path"]}
 
 
 if __name__ == "__main__":

@@ -97,8 +97,11 @@ def _against(candidate: Dict[str, Any]) -> str:
     if not a or a["difference"] is None:
         return ""
     lo, hi = a["difference_ci"]
-    sign = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
-    return f"{a['difference']:+.4f} [{sign(lo)}, {sign(hi)}] {a['verdict']}"
+    return f"{_signed(a['difference'], 4)} [{_signed(lo)}, {_signed(hi)}] {a['verdict']}"
+
+
+def _signed(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
 
 
 def _ranking_table(summary: Dict[str, Any]) -> str:
@@ -141,15 +144,12 @@ def _folds_text(summary: Dict[str, Any]) -> str:
 
 def comparison_text(name: str, against: Dict[str, Any]) -> str:
     """One plain sentence: a candidate against the best baseline, with the paired interval."""
-    def s(v: Optional[float], digits: int = 3) -> str:
-        return "n/a" if v is None else f"{v:+.{digits}f}"
-
     lo, hi = against["difference_ci"]
     words = {"ahead": "beats", "behind": "LOSES to", "level": "is level with", "n/a": "cannot be compared with"}
     why = {"ahead": "the interval lies above 0", "behind": "the interval lies below 0",
            "level": "the interval holds 0: no clear difference", "n/a": "no deposit scored by both"}
     return (f"{name} {words[against['verdict']]} the best baseline, {against['baseline']}: pooled prediction-rate "
-            f"AUC {s(against['difference'], 4)}, paired 95 % interval [{s(lo)}, {s(hi)}] over the "
+            f"AUC {_signed(against['difference'], 4)}, paired 95 % interval [{_signed(lo)}, {_signed(hi)}] over the "
             f"{against['n_deposits']} held-out deposits both scored ({why[against['verdict']]})")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -376,6 +377,9 @@ def test_cv_cli_with_a_deep_model_and_baselines(cv_stack, repo_root: Path, tmp_p
     result = [e for e in events if e["event"] == "result"][0]["value"]
     assert set(result["oof_maps"]) == {"logistic", "best_band", "unet_sc2_layers2_e8"}
     assert any(e["event"] == "metric" and e["values"].get("fold") == 3 for e in events)
+    said = [e["message"] for e in events if e["event"] == "log"]
+    assert any(re.match(r"  unet_sc2_layers2_e8 (beats|is level with|LOSES to) the best baseline, (logistic|best_band): "
+                        r"pooled prediction-rate AUC [+-]\d\.\d{4}, paired 95 % interval \[", m) for m in said), said[-12:]
     with open(out / "cv_results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     deep = [r for r in rows if r["candidate"] == "unet_sc2_layers2_e8"]
