@@ -63,7 +63,9 @@ class CrossValidateAlgorithm(TrainSegmenterAlgorithm):
         "other folds and predicts this one: the deep models (with Train's options) and the per-pixel baselines "
         "geologists use (weights of evidence, MaxEnt, logistic regression, random forest, gradient boosting, the "
         "best single band). Writes a ranking (prediction-rate AUC of held-out deposits with its 95 % interval, "
-        "% of deposits in the top 1/5/10/20 % of area, success rate beside as fit), cv_results.csv, an HTML "
+        "% of deposits in the top 1/5/10/20 % of area, success rate beside as fit) and, for each deep model, "
+        "whether it beats, is level with or loses to the best baseline on the same held-out deposits (paired 95 % "
+        "interval of the difference), cv_results.csv, an HTML "
         "summary, a plot and one out-of-fold map per candidate; the best candidate's map is loaded. Deep models "
         "need torch in the worker Python (see 'Check environment'); baselines alone do not."
     )

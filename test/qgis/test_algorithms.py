@@ -479,6 +479,7 @@ def test_cross_validate_ranks_baselines_and_loads_the_best_map_styled(plugin: An
         assert set(summary["candidates"]) == set(chosen)
         page = Path(result["OUTPUT_HTML"]).read_text(encoding="utf-8")
         assert page.index("Ranking") < page.index("Every fold") and 'src="cv_comparison.png"' in page
+        assert summary["best_baseline"] == result["BEST_CANDIDATE"] and "against the best baseline" in page
         best = Path(result["BEST_MAP"])
         assert best.name == f"oof_{result['BEST_CANDIDATE']}.tif" and best.with_suffix(".qml").is_file()
         layers = [lyr for lyr in QgsProject.instance().mapLayers().values()
