@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, ChildLimits, fmt, format_table, machine_info, run_child  # noqa: E402
+from bench.report import _target, targets_table  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
 DATASETS: Dict[str, Dict[str, Any]] = {
@@ -148,10 +149,13 @@ def run_skill(args: argparse.Namespace, log: Callable[[str], None] = print) -> D
 
 
 def _first_ok(entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    for run in (entry.get("seeds") or {}).values():
-        if run.get("status") == "ok":
-            return run
-    return None
+    runs = _ok_runs(entry)
+    return runs[0][1] if runs else None
+
+
+def _ok_runs(entry: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+    """(seed, run) of every finished cv run of a dataset, in seed order."""
+    return [(seed, run) for seed, run in (entry.get("seeds") or {}).items() if run.get("status") == "ok"]
 
 
 def _candidates(results: Dict[str, Any]) -> List[str]:
@@ -162,11 +166,6 @@ def _candidates(results: Dict[str, Any]) -> List[str]:
             if name not in seen:
                 seen.append(name)
     return seen
-
-
-def _ok_runs(entry: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
-    """(seed, run) of every finished cv run of a dataset, in seed order."""
-    return [(seed, run) for seed, run in (entry.get("seeds") or {}).items() if run.get("status") == "ok"]
 
 
 WITHIN = 0.01
@@ -208,20 +207,19 @@ def skill_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         name = f"skill, {ds}: {model} vs the best baseline"
         want = f">= best - {WITHIN} at every seed"
         if not rows:
-            out.append({"name": name, "target": want, "measured": "not measured", "met": None, "note": ""})
+            out.append(_target(name, want, "not measured", None))
             continue
         seeds = ", ".join(r["seed"] for r in rows)
         measured = " / ".join(f"{r['difference']:+.4f}" for r in rows) + f" (seeds {seeds})"
         calls = ", ".join(f"{sum(r['verdict'] == v for r in rows)} {v}" for v in ("ahead", "level", "behind"))
-        out.append({"name": name, "target": want, "measured": measured,
-                    "met": all(r["difference"] >= -WITHIN for r in rows),
-                    "note": f"best baseline {'/'.join(sorted({r['baseline'] for r in rows}))}; paired 95 %: {calls}"})
+        out.append(_target(name, want, measured, all(r["difference"] >= -WITHIN for r in rows),
+                           f"best baseline {'/'.join(sorted({r['baseline'] for r in rows}))}; paired 95 %: {calls}"))
     above = [ds for ds in DATASETS if gaps.get(ds) and all(r["difference"] > 0 for r in gaps[ds])]
     measured_all = all(gaps.get(ds) for ds in DATASETS)
-    out.append({"name": f"skill: {model} above the best baseline", "target": f"on >= {ABOVE_ON} of 3 datasets",
-                "measured": (f"{len(above)} of 3 ({', '.join(above) or 'none'})" if measured_all else "not measured"),
-                "met": (len(above) >= ABOVE_ON) if measured_all else None,
-                "note": "a dataset counts when the default is above at every seed run"})
+    out.append(_target(f"skill: {model} above the best baseline", f"on >= {ABOVE_ON} of 3 datasets",
+                       f"{len(above)} of 3 ({', '.join(above) or 'none'})" if measured_all else "not measured",
+                       (len(above) >= ABOVE_ON) if measured_all else None,
+                       "a dataset counts when the default is above at every seed run"))
     return out
 
 
@@ -288,11 +286,7 @@ def render_skill(results: Dict[str, Any]) -> str:
             _seed_table(results), ""]
     targets = skill_targets(results)
     if targets:
-        out += ["Issue 10's skill targets for Train's default", "",
-                format_table(["target", "wanted", "measured", "verdict", "note"],
-                             [[t["name"], t["target"], t["measured"],
-                               {True: "met", False: "NOT met", None: "not measured"}[t["met"]], t["note"]]
-                              for t in targets]), ""]
+        out += ["Issue 10's skill targets for Train's default", "", targets_table({"targets": targets}), ""]
     cost = []
     for ds in datasets:
         entry = results["datasets"][ds]

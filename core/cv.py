@@ -397,11 +397,14 @@ def paired_comparisons(data: CVData, states: Dict[str, CandidateState], candidat
     if not scored:
         return None
     best = max(scored, key=lambda n: candidates[n]["pooled"]["prediction_rate_auc"])
+    best_ranks: Dict[Tuple[int, ...], np.ndarray] = {}  # by fold set: ranked once, not once per candidate
     for name, c in candidates.items():
         if name == best:
             continue
-        folds = sorted(_folds_done(states[name]) & _folds_done(states[best]))
-        a, b = deposit_ranks(states[name], data, folds), deposit_ranks(states[best], data, folds)
+        folds = tuple(sorted(_folds_done(states[name]) & _folds_done(states[best])))
+        if folds not in best_ranks:
+            best_ranks[folds] = deposit_ranks(states[best], data, folds)
+        a, b = deposit_ranks(states[name], data, folds), best_ranks[folds]
         d = (a - b)[np.isfinite(a) & np.isfinite(b)]
         diff = finite_or_none(float(d.mean())) if d.size else None
         lo, hi = bootstrap_mean_interval(d, n_boot, seed)
