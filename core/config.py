@@ -22,7 +22,7 @@ DEFAULT_LOSS = "pu"
 BAND_SCALINGS = ("rank", "zscore")
 """How numeric bands are encoded (core/encoding.py): by rank in the training area, or by z-score."""
 FINAL_FITS = ("whole_area", "training_blocks")
-"""What the saved model of a per-pixel network is trained on (core/training.py ``refit_member``)."""
+"""What the saved model of a local network (trained on pixels) learns from (core/training.py ``refit_member``)."""
 EPOCH_CHOICES = ("auto", "validation", "schedule")
 """Who decides how long a model trains (core/training.py ``choose_epochs_by_validation``)."""
 DEFAULT_TILE = 256
@@ -299,8 +299,9 @@ class TrainConfig(_JsonConfig):
         factory=lambda: list(DEFAULT_MODELS), metavar="NAME",
         help="models to train in turn (`python -m core list-models`): pixel_* (per-pixel network with band "
              "selection, made for tens of point labels), additive_* (per pixel, one learnt curve per band, "
-             "summed: no band interactions), cnn_* (small CNN that sees a few pixels around), unet_* "
-             "(planar U-Net: spatial patterns, needs many labels), transformer_* (windowed attention, slower), "
+             "summed: no band interactions), cnn_* (small CNN that sees a few pixels around; trained on pixel "
+             "patches), unet_* (planar U-Net: spatial patterns, needs many labels), transformer_* (windowed "
+             "attention, slower), "
              "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters)")
     tile_size: Optional[Tuple[int, int]] = option(
         None, metavar="N", minimum=1, unset=0,
@@ -355,7 +356,7 @@ class TrainConfig(_JsonConfig):
                                     "fit trains that many epochs); schedule = every epoch of --num_epochs (the "
                                     "validation blocks only measure the last); auto = validation when the "
                                     "training area holds fewer than 10 deposits per band or the model is not "
-                                    "trained on pixels (pixel_* and additive_* models with the pu loss are), else "
+                                    "trained on pixels (pixel_*, additive_* and cnn_* models with the pu loss are), else "
                                     "schedule")
     num_workers: int = option(0, minimum=0, help="data loader worker processes")
     categorical_bands: List[Union[int, str]] = option(
@@ -369,7 +370,7 @@ class TrainConfig(_JsonConfig):
                                     "spread evenly and outliers stay bounded) or zscore (value minus mean over "
                                     "standard deviation); class bands are one-hot either way")
     final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
-                            help="what the saved model learns from (pixel_* and additive_* models): whole_area = "
+                            help="what the saved model learns from (pixel_*, additive_* and cnn_* models): whole_area = "
                                  "once the validated model is trained, the model is trained again from the same "
                                  "start on the whole training area, validation blocks included, for as many epochs "
                                  "as the validated model trained (its best epoch, or all of them: see epoch_choice; "

@@ -48,6 +48,20 @@ def augment_planar(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, genera
     return x.contiguous(), y.contiguous(), valid.contiguous()
 
 
+def augment_patches(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Each (C, k, k) patch of a batch turned by its own draw of the square's 8 symmetries (flips and
+    90-degree turns): what ``augment_planar`` does to a window, per sampled pixel of a context model
+    (the centre, whose label the loss reads, stays the centre)."""
+    turns = rng.integers(0, 8, size=x.shape[0])
+    out = x.clone()
+    for t in range(1, 8):
+        sel = torch.from_numpy(np.flatnonzero(turns == t))
+        if sel.numel():
+            part = x[sel].flip(-1) if t >= 4 else x[sel]
+            out[sel] = part.rot90(t % 4, dims=(-2, -1))
+    return out
+
+
 def augment_spherical(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
                       generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random longitude roll and east-west flip (symmetries of a global lat/lon grid).
@@ -143,6 +157,18 @@ class EncodedRaster:
     def pixels(self, flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Encoded (C, n) values and validity (n,) of pixels given as flat (row-major) indices."""
         return self.x.reshape(self.x.shape[0], -1)[:, flat], self.valid.reshape(-1)[flat]
+
+    def patches(self, flat: np.ndarray, radius: int) -> np.ndarray:
+        """Encoded (n, C, 2r+1, 2r+1) squares around pixels given as flat indices (0 outside the raster,
+        as a prediction window sees there): what a context model trains on (``training.PixelBatches``)."""
+        _, height, width = self.x.shape
+        rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), width)
+        offsets = np.arange(-radius, radius + 1)
+        rr, cc = rows[:, None] + offsets, cols[:, None] + offsets
+        inside = ((rr >= 0) & (rr < height))[:, :, None] & ((cc >= 0) & (cc < width))[:, None, :]
+        out = self.x[:, np.clip(rr, 0, height - 1)[:, :, None], np.clip(cc, 0, width - 1)[:, None, :]]
+        out *= inside[None]
+        return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
     @staticmethod
     def nbytes(height: int, width: int, encoder: BandEncoder) -> int:

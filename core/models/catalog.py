@@ -150,7 +150,7 @@ ARCHITECTURES: Dict[str, Architecture] = {
             "cnn",
             False,
             "Small CNN: band selection, then a few residual 3x3 convolutions (dilation = sc) that see a small "
-            "neighbourhood; for tens to hundreds of labels.",
+            "neighbourhood; trained on pixel patches; for tens to hundreds of labels.",
             multiple=_one,
             context=_dilated_radius,
             auto_tile=SMALL_MODEL_TILE,
@@ -204,10 +204,11 @@ class ModelSpec:
         return None if self.spherical else ARCHITECTURES[self.arch].auto_tile
 
     @property
-    def per_pixel(self) -> bool:
-        """Each output pixel depends on that pixel's bands alone (a local model without context), so
-        training may feed it a sample of pixels instead of windows (``training.PixelBatches``)."""
-        return ARCHITECTURES[self.arch].local and not self.spherical and self.context == 0
+    def pixel_sampled(self) -> bool:
+        """Each output pixel depends only on the (2 * context + 1)-pixel square around it (a local model), so
+        training may feed it a sample of pixels, each with that patch of neighbours, instead of windows
+        (``training.PixelBatches``; context 0: the pixel's own bands)."""
+        return ARCHITECTURES[self.arch].local and not self.spherical
 
     @property
     def split_buffer(self) -> Optional[int]:

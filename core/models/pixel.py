@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DROPOUT = 0.2
@@ -118,6 +119,13 @@ class ResidualConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop(self.conv(self.act(x)))
 
+    def unpadded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block without padding: (B, w, h, w') -> (B, w, h - 2d, w' - 2d), the pixels whose whole
+        neighbourhood is in ``x`` (their values equal ``forward``'s)."""
+        d = self.conv.dilation[0]
+        y = F.conv2d(self.act(x), self.conv.weight, self.conv.bias, dilation=d)
+        return x[:, :, d:-d, d:-d] + self.drop(y)
+
 
 class SmallCNN(nn.Module):
     """1x1 band reduction, ``layers`` residual dilated 3x3 convolutions, 1x1 head.
@@ -143,3 +151,30 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.band_layer(x)))
+
+    def centre(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, 1, 1) at the centre of (B, C, 2r+1, 2r+1) patches (r = ``context``), what
+        ``forward`` gives there; unpadded, so each layer computes only what the centre needs
+        (training on pixel patches; at radius 2 with 110 channels a step took 0.14 s against 0.22 s padded)."""
+        side = 2 * self.context + 1
+        if x.shape[-2:] != (side, side):
+            raise ValueError(f"centre() takes {side} x {side} patches, got {tuple(x.shape[-2:])}")
+        h = self.band_layer(x)
+        for block in self.body:
+            h = block.unpadded(h)
+        return self.head(h)
+
+
+class PatchCentre(nn.Module):
+    """A context model in training on pixel patches: its ``centre`` output as the forward pass.
+
+    Wrapped only for the training steps (``training.member_step``); the model itself, its
+    weights and the checkpoint are unchanged, and validation and prediction run it on windows.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.centre(x)

@@ -183,6 +183,46 @@ def test_a_small_raster_is_read_once_and_windows_come_from_memory(tiny_stack, pa
     assert torch.equal(ds[0]["x"], expected[0]["x"])
 
 
+def test_pixel_patches_from_memory_equal_the_windows_around_those_pixels(tiny_stack, parts):
+    """A context model trains on the square around each sampled pixel: the same values a window
+    centred there holds, 0 beyond the raster's edge (as a prediction window sees there)."""
+    from core.dataset import EncodedRaster
+
+    _, enc = parts
+    memory = EncodedRaster(str(tiny_stack.path), enc)
+    height, width = memory.valid.shape
+    pixels = [(0, 0), (40, 77), (height - 1, width - 2), (1, width - 1)]
+    flat = np.array([r * width + c for r, c in pixels])
+    for radius in (1, 2):
+        patches = memory.patches(flat, radius)
+        assert patches.shape == (len(pixels), enc.out_channels, 2 * radius + 1, 2 * radius + 1)
+        for k, (r, c) in enumerate(pixels):
+            want, _ = memory.window((r - radius, c - radius, r + radius + 1, c + radius + 1))
+            assert np.array_equal(patches[k], want), (radius, r, c)
+            assert np.array_equal(patches[k, :, radius, radius], memory.pixels(flat[k:k + 1])[0][:, 0])
+        assert not patches[0, :, :radius, :].any() and not patches[0, :, :, :radius].any()  # beyond the edge
+
+
+def test_patch_augmentation_turns_each_patch_by_its_own_symmetry_of_the_square():
+    """A context model's patches (--enable_data_augmentation) are flipped and turned one by one; the centre
+    pixel, whose label the loss reads, stays the centre."""
+    from core.dataset import augment_patches
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 3, 5, 5)
+    out = augment_patches(x, np.random.default_rng(0))
+    assert torch.equal(out[:, :, 2, 2], x[:, :, 2, 2])
+    seen = set()
+    for patch, turned in zip(x, out):
+        symmetries = [patch.rot90(k, dims=(-2, -1)) for k in range(4)]
+        symmetries += [patch.flip(-1).rot90(k, dims=(-2, -1)) for k in range(4)]
+        match = [k for k, s in enumerate(symmetries) if torch.equal(s, turned)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == set(range(8))  # every symmetry occurs, drawn patch by patch
+    assert torch.equal(augment_patches(x, np.random.default_rng(0)), out)  # seeded: a resume repeats it
+
+
 def test_band_augmentation_drops_whole_bands_and_adds_noise_to_numeric_bands_only():
     torch.manual_seed(0)
     x = torch.zeros(64, 4, 5, 5)

@@ -80,6 +80,21 @@ def test_auto_asks_the_validation_blocks_only_with_few_deposits_per_band(
         assert (per_band < MIN_DEPOSITS_PER_BAND) is by_validation
 
 
+def test_auto_counts_each_value_of_a_context_models_patch(make_tiny_stack_fn, make_points_fn, tmp_path: Path) -> None:
+    """90 deposits (about 70 in training) are over 10 a band for a per-pixel model (above) but under 10 a
+    band value for the small CNN's 3 x 3 patch of 5 bands: its validation blocks stop it at their best
+    epoch (a square of neighbours gives every deposit a fingerprint to learn)."""
+    stack = make_tiny_stack_fn(tmp_path, n_positive=90)
+    points = make_points_fn(stack, tmp_path)
+    logs: List[str] = []
+    train(TrainConfig(raster_path=str(stack.path), labels=LabelOptions(labels_path=str(points.path)),
+                      models=["cnn_sc1_layers1_e8"], num_epochs=1, output_path=str(tmp_path / "out"), seed=0,
+                      device="cpu", final_fit="training_blocks"), log=logs.append)
+    line = next(line for line in logs if "cnn_sc1_layers1_e8 epochs: " in line)
+    assert "until the validation blocks' best epoch" in line, line
+    assert "for 45 band value(s) in each 3 x 3-pixel patch (5 band(s))" in line and " per band value, under 10" in line
+
+
 def test_auto_keeps_validation_for_models_trained_on_windows(tiny_stack, tiny_points, tmp_path: Path) -> None:
     logs: List[str] = []
     train(TrainConfig(raster_path=str(tiny_stack.path), labels=LabelOptions(labels_path=str(tiny_points.path)),

@@ -178,6 +178,28 @@ def test_small_models_see_exactly_their_declared_context(name: str, radius: int)
     assert int((rows - 10).abs().max()) == radius and int((cols - 10).abs().max()) == radius
 
 
+@pytest.mark.parametrize("name", ["cnn_sc1_layers2_e8", "cnn_sc2_layers1_e8", "cnn_sc2_layers2_e8"])
+def test_the_small_cnn_centre_output_of_a_patch_equals_its_window_output_there(name: str) -> None:
+    """Training on pixel patches runs ``centre`` (unpadded convolutions); prediction runs ``forward`` on
+    windows: the two must agree at every pixel whose patch lies inside the window."""
+    from core.models.catalog import parse_model_name
+    from core.models.pixel import PatchCentre
+
+    r = parse_model_name(name).context
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=4).eval()
+    x = torch.randn(2, 4, 19, 23)
+    with torch.no_grad():
+        window = model(x)
+        for row, col in ((r, r), (9, 11), (18 - r, 22 - r)):
+            patch = x[:, :, row - r:row + r + 1, col - r:col + r + 1]
+            centre = PatchCentre(model)(patch)
+            assert centre.shape == (2, 2, 1, 1)
+            assert torch.allclose(centre[:, :, 0, 0], window[:, :, row, col], atol=1e-5)
+    with pytest.raises(ValueError, match=f"{2 * r + 1} x {2 * r + 1} patches"):
+        model.centre(x[:, :, :2 * r + 2, :2 * r + 2])
+
+
 def test_pixel_models_take_no_downsampling_scale() -> None:
     with pytest.raises(ConfigError, match="pixel_sc1_layers2_e32"):
         build_model("pixel_sc2_layers2_e32", in_channels=3)

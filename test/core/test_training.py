@@ -245,6 +245,65 @@ def test_a_per_pixel_model_with_the_pu_loss_trains_on_pixels_and_other_models_on
         assert not any(" trains on pixels" in line for line in rec.logs), kw
 
 
+def test_a_context_model_trains_on_pixel_patches_is_refit_on_them_and_maps_on_windows(
+        tiny_stack, tiny_points, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small CNN trains on each sampled pixel's square of neighbours (its loss on the centre pixel),
+    its final fit too, and predicts on windows; a raster too large to keep in memory keeps windows."""
+    import rasterio
+
+    from core.config import PredictConfig
+    from core.dataset import EncodedRaster
+    from core.predict import predict
+
+    cnn = "cnn_sc1_layers1_e4"
+    rec = Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path / "c", models=[cnn], num_epochs=2), **rec.kwargs())
+    lines = [line for line in rec.logs if f"{cnn} trains on 3 x 3-pixel patches" in line]
+    assert len(lines) == 1 and re.search(r"(\d+) positive and (\d+) background pixel", lines[0])
+    member = load_checkpoint(tmp_path / "c" / cnn / "checkpoint.pt")["members"][0]
+    assert member["final_fit"]["epochs"] >= 1 and member["final_fit"]["positive_pixels"] > 0
+    assert any(not torch.equal(member["state_dict"][k], member["held_out_state_dict"][k]) for k in member["state_dict"])
+    out = tmp_path / "map.tif"
+    predict(PredictConfig(checkpoint=str(tmp_path / "c" / cnn / "checkpoint.pt"), raster_path=str(tiny_stack.path),
+                          output_path=str(out), device="cpu"))
+    with rasterio.open(out) as src:
+        values = src.read(1, masked=True).compressed()
+    assert values.size and np.isfinite(values).all() and 0 <= values.min() < values.max() <= 1
+    monkeypatch.setattr(EncodedRaster, "fits", classmethod(lambda cls, *args, **kwargs: False))
+    rec = Recorder()
+    train(_config(tiny_stack, tiny_points, tmp_path / "w", models=[cnn], num_epochs=1), **rec.kwargs())
+    assert any(line.startswith(f"note: {cnn} trains on windows") for line in rec.logs)
+    assert not any(" trains on 3 x 3-pixel patches" in line for line in rec.logs)
+
+
+def test_patch_batches_centre_each_sampled_pixel(tiny_stack, tiny_points) -> None:
+    """A context model's batch holds each sampled pixel's square with that pixel in the middle."""
+    from functools import partial
+
+    from core.dataset import EncodedRaster
+    from core.encoding import fit_encoder
+    from core.labels import rasterize_labels
+    from core.raster import read_info
+    from core.training import Dist, PixelBatches, draw_pixel_sample
+
+    info = read_info(str(tiny_stack.path))
+    labels = rasterize_labels(LabelOptions(labels_path=str(tiny_points.path)), info, lambda _m: None).labels
+    encoder = fit_encoder(str(tiny_stack.path), [(0, 0, *info.shape)])
+    memory = EncodedRaster(str(tiny_stack.path), encoder)
+    sample = draw_pixel_sample(str(tiny_stack.path), memory, labels, memory.valid, encoder, seed=0)
+    assert sample is not None and sample.flat is not None and 0 < sample.n_pos
+    batch = next(iter(PixelBatches(sample, 0, 1, Dist(), partial(memory.patches, radius=2))))
+    n = batch["y"].shape[0]
+    assert batch["x"].shape == (n, encoder.out_channels, 5, 5) and batch["y"].shape == batch["valid"].shape == (n, 1, 1)
+    assert torch.equal(batch["x"][:sample.n_pos, :, 2, 2], torch.from_numpy(sample.x[:sample.n_pos]))
+    assert (batch["y"][:sample.n_pos] == 1).all()
+    centres = {tuple(row) for row in sample.x.round(5).tolist()}
+    assert all(tuple(row) in centres for row in batch["x"][:, :, 2, 2].numpy().round(5).tolist())
+    turned = next(iter(PixelBatches(sample, 0, 1, Dist(), partial(memory.patches, radius=2), flips=True)))
+    assert torch.equal(turned["x"][:sample.n_pos, :, 2, 2], batch["x"][:sample.n_pos, :, 2, 2])  # same pixels
+    assert not torch.equal(turned["x"][:sample.n_pos], batch["x"][:sample.n_pos])  # turned around them
+
+
 def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Path) -> None:
     a = train(_config(tiny_stack, tiny_points, tmp_path / "a", augment=True))["models"][TINY]["metrics"]
     b = train(_config(tiny_stack, tiny_points, tmp_path / "b", augment=True))["models"][TINY]["metrics"]
