@@ -312,10 +312,12 @@ def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Pat
     assert c != a
 
 
-@pytest.mark.parametrize("model", [TINY, "pixel_sc1_layers2_e8"])  # a tile-wide buffer; a local model's masked split
+@pytest.mark.parametrize("model", [TINY, "pixel_sc1_layers2_e8", "cnn_sc1_layers1_e4"])  # a tile-wide buffer; a
+# local model's masked split; a context model's pixel patches (flipped: augmentation on)
 def test_interrupted_run_resumes_to_the_same_result(model: str, tiny_stack, tiny_points, tmp_path: Path) -> None:
     """Stop in epoch 3 of 4, resume: the result equals an uninterrupted 4-epoch run."""
-    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4, models=[model]))["models"][model]
+    extra = {"augment": True} if model.startswith("cnn") else {}
+    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4, models=[model], **extra))["models"][model]
 
     out = tmp_path / "cut"
     epochs_done: List[int] = []
@@ -324,12 +326,12 @@ def test_interrupted_run_resumes_to_the_same_result(model: str, tiny_stack, tiny
         return len(epochs_done) >= 2
 
     with pytest.raises(Cancelled):
-        train(_config(tiny_stack, tiny_points, out, num_epochs=4, models=[model]), should_stop=stop_in_epoch_3,
+        train(_config(tiny_stack, tiny_points, out, num_epochs=4, models=[model], **extra), should_stop=stop_in_epoch_3,
               metric=lambda m: epochs_done.append(m["epoch"]))
     assert load_checkpoint(out / model / "checkpoint.pt")["epoch"] == 2
 
     rec = Recorder()
-    resumed = train(_config(tiny_stack, tiny_points, out, num_epochs=4, resume=True, models=[model]),
+    resumed = train(_config(tiny_stack, tiny_points, out, num_epochs=4, resume=True, models=[model], **extra),
                     **rec.kwargs())["models"][model]
     assert [m["epoch"] for m in rec.metrics] == [3, 4]
     assert resumed["epochs_run"] == 2 and resumed["epoch"] == 4
