@@ -355,9 +355,9 @@ class TrainConfig(_JsonConfig):
                                     "epoch (early stopping; the saved model has that epoch's weights, a final "
                                     "fit trains that many epochs); schedule = every epoch of --num_epochs (the "
                                     "validation blocks only measure the last); auto = validation when the "
-                                    "training area holds fewer than 10 deposits per band or the model is not "
-                                    "trained on pixels (pixel_*, additive_* and cnn_* models with the pu loss are), else "
-                                    "schedule")
+                                    "training area holds fewer than 10 deposits per band (a cnn_* model: per value "
+                                    "of its patch of bands) or the model is not trained on pixels (pixel_*, "
+                                    "additive_* and cnn_* models with the pu loss are), else schedule")
     num_workers: int = option(0, minimum=0, help="data loader worker processes")
     categorical_bands: List[Union[int, str]] = option(
         factory=list, metavar="BAND",
@@ -370,8 +370,8 @@ class TrainConfig(_JsonConfig):
                                     "spread evenly and outliers stay bounded) or zscore (value minus mean over "
                                     "standard deviation); class bands are one-hot either way")
     final_fit: str = option(FINAL_FITS[0], choices=FINAL_FITS,
-                            help="what the saved model learns from (pixel_*, additive_* and cnn_* models): whole_area = "
-                                 "once the validated model is trained, the model is trained again from the same "
+                            help="what the saved model learns from (pixel_*, additive_* and cnn_* models): "
+                                 "whole_area = once the validated model is trained, the model is trained again from the same "
                                  "start on the whole training area, validation blocks included, for as many epochs "
                                  "as the validated model trained (its best epoch, or all of them: see epoch_choice; "
                                  "a fifth more deposits; the validation figures are those of the model before); "

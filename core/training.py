@@ -1113,7 +1113,8 @@ def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dic
     model = build_model(**kwargs).to(device)
     wrapped: nn.Module = PatchCentre(model) if patches else model
     if dist.enabled:
-        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = nn.parallel.DistributedDataParallel(wrapped,
+                                                      device_ids=[device.index] if device.type == "cuda" else None)
     if sample is not None:
         steps = pixel_steps(sample, dist)
     else:

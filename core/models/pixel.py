@@ -9,7 +9,9 @@ with strong regularisation and a choice of bands. These two keep that shape:
   depends on its own bands, so prediction needs no overlap and any window size works.
 - ``cnn_sc<d>_layers<L>_e<w>``: a 1x1 band reduction to ``w`` channels, then ``L``
   residual 3x3 convolutions with dilation ``d`` (receptive radius ``L * d`` pixels), a
-  1x1 head; dropout. It sees a small neighbourhood (a fault a few pixels away, a contact).
+  1x1 head; dropout. It sees a small neighbourhood (a fault a few pixels away, a contact);
+  it trains on pixel patches, the square of that radius around each sampled pixel
+  (``SmallCNN.centre``, ``training.PixelBatches``).
 
 Both start with a 1x1 convolution over the encoded bands (``band_layer``): the sparsity
 penalty of training (group lasso per band, ``losses.band_group_penalty``) acts on its

@@ -317,7 +317,8 @@ def test_same_seed_gives_the_same_metrics(tiny_stack, tiny_points, tmp_path: Pat
 def test_interrupted_run_resumes_to_the_same_result(model: str, tiny_stack, tiny_points, tmp_path: Path) -> None:
     """Stop in epoch 3 of 4, resume: the result equals an uninterrupted 4-epoch run."""
     extra = {"augment": True} if model.startswith("cnn") else {}
-    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4, models=[model], **extra))["models"][model]
+    full = train(_config(tiny_stack, tiny_points, tmp_path / "full", num_epochs=4, models=[model],
+                         **extra))["models"][model]
 
     out = tmp_path / "cut"
     epochs_done: List[int] = []
