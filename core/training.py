@@ -47,6 +47,7 @@ from .heldout import deposit_figures, skill_lines
 from .labels import LabelRaster, rasterize_labels
 from .losses import band_group_penalty, make_loss, positive_weight
 from .models.catalog import ModelSpec, parse_model_name
+from .models.pixel import PatchCentre
 from .models.registry import build_model, count_parameters, model_kwargs
 from .preflight import check_resume, check_same_split, check_train_targets
 from .raster import (PixelBox, RasterInfo, box_to_map, check_some_data, coverage_mask, coverage_warnings,
@@ -476,11 +477,14 @@ def training_pixels(config: TrainConfig, spec: ModelSpec, data: RasterData, td: 
     area's share, which a sample does not keep. A context model's patches are cut from the
     encoded raster in memory (``sample_patches``); a raster too large for it keeps windows.
     """
-    if not spec.pixel_sampled or config.loss != "pu" or td.whole_globe:
-        return None
-    if spec.context and td.train_set.memory is None:
+    if not spec.pixel_sampled or config.loss != "pu" or td.whole_globe or _patches_out_of_memory(spec, td):
         return None
     return td.pixel_sample(data.usable, config.seed)
+
+
+def _patches_out_of_memory(spec: ModelSpec, td: TileData) -> bool:
+    """A context model whose raster is not kept encoded in memory: no patches to cut, it trains on windows."""
+    return bool(spec.context) and td.train_set.memory is None
 
 
 def sample_patches(spec: ModelSpec, td: TileData) -> Optional[PatchFn]:
@@ -1107,8 +1111,6 @@ def member_step(config: TrainConfig, data: RasterData, td: TileData, kwargs: Dic
     ``sample``: the member trains on pixels (``PixelBatches``), which sets the steps per epoch;
     ``patches``: on pixel patches, so the step runs the model's centre output (``PatchCentre``).
     """
-    from .models.pixel import PatchCentre
-
     seed_everything(epoch_seed(seed, 0))
     model = build_model(**kwargs).to(device)
     wrapped: nn.Module = PatchCentre(model) if patches else model
@@ -1156,7 +1158,7 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     if index == 0 or resumed is not None:
         if sample is not None:
             log(_sample_line(spec, sample, dist))
-        elif spec.pixel_sampled and spec.context and config.loss == "pu" and not td.whole_globe:
+        elif spec.pixel_sampled and config.loss == "pu" and not td.whole_globe and _patches_out_of_memory(spec, td):
             log(f"note: {spec.name} trains on windows: its pixel patches are cut from the encoded raster kept in "
                 "memory, and this raster is too large for that (the per-pixel pixel_* models train on pixels at "
                 "any size)")
