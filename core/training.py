@@ -1144,26 +1144,27 @@ def train_member(config: TrainConfig, spec: ModelSpec, data: RasterData, td: Til
     """
     seed = member_seed(config.seed, index)
     n = ensemble.size
+    part = spec.part(index)
     label = f"{spec.name} member {index + 1}/{n}" if n > 1 else spec.name
     sample = training_pixels(config, spec, data, td)
-    patches = sample_patches(spec, td) if sample is not None else None
+    patches = sample_patches(part, td) if sample is not None else None
     model, step = member_step(config, data, td, kwargs, seed, dist, device, autocast, log, sample, patches is not None)
     opt, sched = step.opt, step.sched
-    if index == 0 or resumed is not None:
-        log(f"{spec.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
+    if index < spec.part_count or resumed is not None:
+        log(f"{part.name}: {count_parameters(model)} parameters, tile {td.tile[0]} x {td.tile[1]}, "
             f"{td.encoder.out_channels} input channel(s), loss {config.loss} (positive weight "
             f"{positive_weight(td.pos_fraction):.1f}, {100 * td.pos_fraction:.3f}% positive pixels in the training "
             f"area), device {device}, AMP {config.amp_mode}" + (f", DDP x{dist.world}" if dist.enabled else "")
             + (f", ensemble of {n} (seeds {seed - index}..{seed - index + n - 1})" if n > 1 else ""))
-    if index == 0 or resumed is not None:
+    if index < spec.part_count or resumed is not None:
         if sample is not None:
-            log(_sample_line(spec, sample, dist))
+            log(_sample_line(part, sample, dist))
         elif spec.pixel_sampled and config.loss == "pu" and not td.whole_globe and _patches_out_of_memory(spec, td):
             log(f"note: {spec.name} trains on windows: its pixel patches are cut from the encoded raster kept in "
                 "memory, and this raster is too large for that (the per-pixel pixel_* models train on pixels at "
                 "any size)")
     if n > 1:
-        log(f"{label}: seed {seed}")
+        log(f"{label}: seed {seed}" + (f", {part.name}" if spec.parts else ""))
 
     state = LoopState()
     if resumed is not None:
@@ -1304,8 +1305,8 @@ def refit_member(config: TrainConfig, setup: ModelSetup, data: RasterData, outco
     log(f"{label}: final fit on the whole training area (validation blocks included): {sample.n_pos} positive "
         f"pixel(s) (the validated model had {validated.n_pos if validated else 0}), {epochs} epoch(s) as the "
         "validated model")
-    patches = sample_patches(setup.spec, td)
-    model, step = member_step(config, data, td, setup.kwargs, seed, dist, device, autocast, _quiet, sample,
+    patches = sample_patches(setup.spec.part(index), td)
+    model, step = member_step(config, data, td, setup.kwargs(index), seed, dist, device, autocast, _quiet, sample,
                               patches is not None)
     for epoch in range(1, epochs + 1):
         seed_everything(epoch_seed(seed, epoch, dist.rank))
@@ -1373,17 +1374,24 @@ def collect_logits(model: nn.Module, loader: DataLoader, step: Step, cb: Callbac
     return z
 
 
-def _resumed_ensemble(config: TrainConfig, resumed: Optional[Dict[str, Any]], log: LogFn
+def ensemble_size(config: TrainConfig, spec: ModelSpec) -> int:
+    """Members of the model: ``--ensemble`` of each part of a mixed model (one part otherwise)."""
+    return config.ensemble * spec.part_count
+
+
+def _resumed_ensemble(config: TrainConfig, spec: ModelSpec, resumed: Optional[Dict[str, Any]], log: LogFn
                       ) -> Tuple[Ensemble, Optional[int]]:
     """The finished members of a resumed checkpoint and the member its training state belongs to."""
-    n = config.ensemble
+    n = ensemble_size(config, spec)
     if resumed is None:
         return Ensemble(n), None
     finished = list(resumed.get("members") or [])
     if len(finished) > n:
+        parts = spec.part_count
         raise ConfigError(
-            f"--resume: the checkpoint holds {len(finished)} finished ensemble members but --ensemble is {n}; "
-            f"give --ensemble {len(finished)} or more, or another output path"
+            f"--resume: the checkpoint holds {len(finished)} finished ensemble members but --ensemble is "
+            f"{config.ensemble}" + (f" ({n} members: {config.ensemble} of each of {parts} parts)" if parts > 1 else "")
+            + f"; give --ensemble {math.ceil(len(finished) / parts)} or more, or another output path"
         )
     index = int(resumed.get("member_index", 0))
     if finished and index > 0:
@@ -1400,11 +1408,15 @@ class ModelSetup:
 
     spec: ModelSpec
     td: TileData
-    kwargs: Dict[str, Any]
+    part_kwargs: List[Dict[str, Any]]
     ensemble: Ensemble
     resumed_index: Optional[int]
     checkpoint: Path
     output_dir: Path
+
+    def kwargs(self, index: int) -> Dict[str, Any]:
+        """``build_model`` arguments of ensemble member ``index`` (a mixed model's parts in turn)."""
+        return self.part_kwargs[index % len(self.part_kwargs)]
 
 
 def setup_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData], dist: Dist,
@@ -1417,11 +1429,12 @@ def setup_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
         runlog(f"resuming {spec.name} from {ckpt_path} (after epoch {resumed.get('epoch', 0)})")
     elif config.resume:
         runlog(f"--resume: no checkpoint at {ckpt_path} yet; starting {spec.name} from scratch")
-    ensemble, resumed_index = _resumed_ensemble(config, resumed, runlog)
+    ensemble, resumed_index = _resumed_ensemble(config, spec, resumed, runlog)
     td = tiles_for_model(config, spec, data, tiles, resumed, runlog, setup_progress)
     if dist.main:
         start_model_files(config, spec, data, td, runlog, backlog + runlog.lines[first_line:], resumed is not None)
-    kwargs = model_kwargs(spec.name, td.encoder.out_channels, 2, img_size=td.tile)
+    kwargs = [model_kwargs(spec.part(i).name, td.encoder.out_channels, 2, img_size=td.tile)
+              for i in range(spec.part_count)]
     return ModelSetup(spec, td, kwargs, ensemble, resumed_index, ckpt_path, config.model_dir(spec.name))
 
 
@@ -1439,12 +1452,14 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
     outcomes: List[MemberOutcome] = []
     sample = training_pixels(config, spec, data, setup.td)
     refit = config.final_fit == "whole_area" and sample is not None
-    by_validation = True  # nothing to train (--num_epochs 0): no choice to make
+    by_validation = [True] * spec.part_count  # nothing to train (--num_epochs 0): no choice to make
     if config.num_epochs > 0:
-        by_validation, why = choose_epochs_by_validation(config, spec, data, setup.td, sample)
-        log(f"{spec.name} epochs: " + (f"until the validation blocks' best epoch (patience {config.patience})"
-                                       if by_validation else f"all {config.num_epochs}, the validation blocks "
-                                       "measure the last") + f"; {why}")
+        for i in range(spec.part_count):
+            part = spec.part(i)
+            by_validation[i], why = choose_epochs_by_validation(config, part, data, setup.td, sample)
+            log(f"{part.name} epochs: " + (f"until the validation blocks' best epoch (patience {config.patience})"
+                                           if by_validation[i] else f"all {config.num_epochs}, the validation "
+                                           "blocks measure the last") + f"; {why}")
     share = REFIT_SHARE if refit else 0.0  # of each member's progress
     if config.final_fit == "whole_area" and not refit and config.num_epochs > 0:
         log(f"{spec.name} keeps its validated weights: the final fit on the whole area (--final_fit whole_area) "
@@ -1457,8 +1472,9 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
             log(f"{spec.name} member {k + 1}/{n} is already trained; kept")
             continue
         state = resumed if (resumed is not None and k == setup.resumed_index) else None
-        outcome = train_member(config, spec, data, setup.td, setup.kwargs, k, ensemble, state, dist, device,
-                               autocast, cb, log, ckpt_path, member_progress, keep_last=not by_validation)
+        outcome = train_member(config, spec, data, setup.td, setup.kwargs(k), k, ensemble, state, dist, device,
+                               autocast, cb, log, ckpt_path, member_progress,
+                               keep_last=not by_validation[k % spec.part_count])
         outcomes.append(outcome)
         if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
             log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
@@ -1467,7 +1483,8 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
         elif outcome.epochs_run > 0 or state is None or k >= len(ensemble.finished):
             label = f"{spec.name} member {k + 1}/{n}" if n > 1 else spec.name
             calibration = calibrate_member(config, data, setup.td, outcome.model, outcome.step, cb, log, label)
-            member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k))
+            member = finished_member(outcome.payload, calibration=calibration, seed=member_seed(config.seed, k),
+                                     **({"model_kwargs": setup.kwargs(k)} if spec.parts else {}))
             if refit:
                 member = refit_member(config, setup, data, outcome, member, k, dist, device, autocast, cb, log,
                                       partial(member_progress, start=1.0 - share, width=share))
@@ -1490,10 +1507,10 @@ def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, o
     from .evaluate import only_points
 
     spec, td, ensemble = setup.spec, setup.td, setup.ensemble
-    eval_step = Step(build_model(**setup.kwargs).to(device), make_loss(config.loss, pos_weight=positive_weight(
+    eval_step = Step(build_model(**setup.kwargs(0)).to(device), make_loss(config.loss, pos_weight=positive_weight(
         td.pos_fraction), label_smoothing=config.label_smoothing, pu_prior=config.pu_prior), None, None, None,
         autocast, device, config.max_grad_norm, td.area)  # type: ignore[arg-type]
-    final_model = _final_model(ensemble, outcomes, resumed, eval_step.model)
+    final_model = _final_model(ensemble, outcomes, resumed, eval_step.model, setup.kwargs)
     val_loader = _loader(td.val_set, config.batch_size, config)
     final = validate(replace(eval_step, model=final_model), val_loader, cb, config.seed, keep_examples=MAX_FIGURES)
     undefined = [k for k in ("val_roc_auc", "val_pr_auc") if not math.isfinite(final.metrics[k])]
@@ -1520,7 +1537,7 @@ def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, o
     ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
     if ranking is not None:
         log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
-    return final, count_parameters(eval_step.model)
+    return final, sum(count_parameters(build_model(**setup.kwargs(i))) for i in range(spec.part_count))
 
 
 def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],
@@ -1562,28 +1579,33 @@ def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: D
 
 
 def _final_model(ensemble: Ensemble, outcomes: List[MemberOutcome], resumed: Optional[Dict[str, Any]],
-                 template: nn.Module) -> nn.Module:
+                 template: nn.Module, kwargs_of: Callable[[int], Dict[str, Any]]) -> nn.Module:
     """The model the final validation scores: the mean of the finished members, else the one trained.
 
     A member refit on the whole area (``refit_member``) is scored by its validated weights
     (and their calibration): the refit learnt from the validation blocks too.
 
-    ``template`` is a model of the right architecture on the right device; weights are loaded
-    into it (one member) or into copies of it (several).
+    ``template`` is a model of member 1's architecture on the right device; weights are loaded
+    into it (one member) or into copies of it (several); a member of another architecture (a
+    mixed model's other parts, ``kwargs_of(index)``) is built anew on that device.
     """
     import copy
 
-    states = [m.get("held_out_state_dict") or m["state_dict"] for m in ensemble.finished]
+    states = [(k, m.get("held_out_state_dict") or m["state_dict"]) for k, m in enumerate(ensemble.finished)]
     calibrations = [(m.get("held_out_calibration") if m.get("held_out_state_dict") else None) or m.get("calibration")
                     for m in ensemble.finished]
     if not states:
         if outcomes:
             return outcomes[-1].model
         assert resumed is not None
-        states = [model_weights(resumed)]
+        states = [(int(resumed.get("member_index", 0)), model_weights(resumed))]
     models = []
-    for state in states:
-        model = copy.deepcopy(template) if models else template
+    device = next(template.parameters()).device
+    for index, state in states:
+        if kwargs_of(index) != kwargs_of(0):
+            model = build_model(**kwargs_of(index)).to(device)
+        else:
+            model = copy.deepcopy(template) if models else template
         model.load_state_dict(state)
         models.append(model.eval())
     return models[0] if len(models) == 1 else MemberMean(models, calibrations).eval()

@@ -7,9 +7,14 @@ is known is valid, so tests can use tiny variants (``unet_sc2_layers2_e8``); the
 dropdown offers ``PRESET_MODELS``. Each architecture declares the window geometry
 prediction needs (``ModelSpec.multiple``, ``ModelSpec.context``), so predict asks the
 catalog instead of knowing the architectures.
+
+A **mixed** name joins local models with ``+`` (``pixel_sc1_layers2_e32+cnn_sc1_layers2_e16``):
+one ensemble whose members take the parts in turn (``ModelSpec.part``), each calibrated on its
+own ranks, averaged by prediction like any ensemble. Its geometry is the widest part's.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -17,6 +22,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ..errors import ConfigError
 
 _NAME_RE = re.compile(r"^(?P<arch>[a-z0-9]+)_sc(?P<scale>\d+)_layers(?P<layers>\d+)_e(?P<width>\d+)$")
+MIX = "+"
+"""Joins the parts of a mixed model's name."""
+MIXED_ARCH = "mixed"
 
 
 def downsampling_multiple(scale: int, layers: int) -> int:
@@ -172,35 +180,54 @@ PRESET_MODELS: Tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model name."""
+    """A parsed model name; a mixed one (``a+b``) holds its parts and takes its geometry from them."""
 
     name: str
     arch: str
     scale: int
     layers: int
     width: int
+    parts: Tuple["ModelSpec", ...] = ()
+
+    def part(self, index: int) -> "ModelSpec":
+        """The model ensemble member ``index`` trains: a mixed model's parts in turn, else the model itself."""
+        return self.parts[index % len(self.parts)] if self.parts else self
+
+    @property
+    def part_count(self) -> int:
+        """Networks one ensemble round trains: a mixed model's parts, else 1."""
+        return len(self.parts) or 1
 
     @property
     def spherical(self) -> bool:
-        return ARCHITECTURES[self.arch].spherical
+        return False if self.parts else ARCHITECTURES[self.arch].spherical
 
     @property
     def description(self) -> str:
+        if self.parts:
+            return ("Mixed ensemble: " + " + ".join(p.name for p in self.parts) + "; each trained and calibrated "
+                    "on its own, their maps averaged (an uncertainty map where they disagree).")
         return ARCHITECTURES[self.arch].description
 
     @property
     def multiple(self) -> int:
         """Window sizes/steps the model wants (1: any); spherical models take their own grid."""
+        if self.parts:
+            return math.lcm(*(p.multiple for p in self.parts))
         return 1 if self.spherical else ARCHITECTURES[self.arch].multiple(self.scale, self.layers)
 
     @property
     def context(self) -> int:
         """Pixels of neighbourhood the model needs at a window edge (0: none beyond overlap)."""
+        if self.parts:
+            return max(p.context for p in self.parts)
         return ARCHITECTURES[self.arch].context(self.scale, self.layers)
 
     @property
     def auto_tile(self) -> Optional[int]:
         """The automatic tile side (None: the general default, config.DEFAULT_TILE)."""
+        if self.parts:
+            return self.parts[0].auto_tile  # parse_model_name: the parts share it
         return None if self.spherical else ARCHITECTURES[self.arch].auto_tile
 
     @property
@@ -208,23 +235,31 @@ class ModelSpec:
         """Each output pixel depends only on the (2 * context + 1)-pixel square around it (a local model), so
         training may feed it a sample of pixels, each with that patch of neighbours, instead of windows
         (``training.PixelBatches``; context 0: the pixel's own bands)."""
+        if self.parts:
+            return True  # parse_model_name: only local models mix
         return ARCHITECTURES[self.arch].local and not self.spherical
 
     @property
     def split_buffer(self) -> Optional[int]:
         """Buffer (px) of the spatial split for a local model, whose training windows may then reach into
         it (masked); None: a one-tile buffer that no training window enters (every other model)."""
+        if self.parts:
+            return self.context + SPLIT_MARGIN
         arch = ARCHITECTURES[self.arch]
         return self.context + SPLIT_MARGIN if arch.local and not self.spherical else None
 
     @property
     def minimum_tile(self) -> int:
         """The smallest tile side the model takes (spherical models: their own grid, any raster)."""
+        if self.parts:
+            return max(p.minimum_tile for p in self.parts)
         return 1 if self.spherical else max(1, ARCHITECTURES[self.arch].minimum(self.scale, self.layers))
 
 
 def parse_model_name(name: str) -> ModelSpec:
     """Parses and validates a model name; raises ConfigError listing the valid ones."""
+    if MIX in (name or ""):
+        return _parse_mixed(name)
     m = _NAME_RE.match(name or "")
     if not m or m.group("arch") not in ARCHITECTURES:
         raise ConfigError(
@@ -241,6 +276,23 @@ def parse_model_name(name: str) -> ModelSpec:
         raise ConfigError(f"model name {name!r}: {spec.arch} models have no downsampling; use sc{fixed} "
                           f"(e.g. {spec.arch}_sc{fixed}_layers{spec.layers}_e{spec.width})")
     return spec
+
+
+def _parse_mixed(name: str) -> ModelSpec:
+    """``a+b[+...]``: local models (trained on pixels) that share one split, tile and pixel sample."""
+    parts = tuple(parse_model_name(part.strip()) for part in name.split(MIX))
+    if len(parts) < 2:
+        raise ConfigError(f"model name {name!r}: a mixed model joins two or more model names with '{MIX}'")
+    for part in parts:
+        if not ARCHITECTURES[part.arch].local or part.spherical:
+            raise ConfigError(
+                f"model name {name!r}: {part.name} cannot be mixed; a mixed model joins local models trained on "
+                f"pixels ({', '.join(a for a, arch in ARCHITECTURES.items() if arch.local)}), e.g. "
+                f"pixel_sc1_layers2_e32{MIX}cnn_sc1_layers2_e16")
+    if len({p.auto_tile for p in parts}) > 1:
+        raise ConfigError(f"model name {name!r}: its parts want different tiles; mix models of one tile")
+    joined = MIX.join(p.name for p in parts)
+    return ModelSpec(joined, MIXED_ARCH, 0, 0, 0, parts)
 
 
 def check_tile(tile: Tuple[int, int], name: str, flag: str = "--tile_size") -> None:

@@ -76,13 +76,22 @@ BUILDERS: Dict[str, Builder] = {
 }
 
 
+def _one_network(name: str) -> ModelSpec:
+    """The spec of a name that is one network (a mixed name is an ensemble of several: build its parts)."""
+    spec = parse_model_name(name)
+    if spec.parts:
+        raise ConfigError(f"{spec.name} is a mixed ensemble, not one network; build its parts "
+                          f"({', '.join(p.name for p in spec.parts)})")
+    return spec
+
+
 def model_kwargs(name: str, in_channels: int, num_classes: int = 2,
                  img_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """JSON-able arguments of ``build_model`` (stored in the checkpoint to rebuild the model).
 
     ``img_size`` is kept only for spherical models (planar ones take any tile size).
     """
-    spec = parse_model_name(name)
+    spec = _one_network(name)
     kwargs: Dict[str, Any] = {"name": spec.name, "in_channels": int(in_channels), "num_classes": int(num_classes)}
     if spec.spherical:
         kwargs["img_size"] = list(_need_grid(spec, tuple(img_size) if img_size else None))
@@ -99,7 +108,7 @@ def build_model(name: str, in_channels: int, num_classes: int = 2,
         num_classes: output classes (2: softmax over background / positive).
         img_size: (H, W) input grid; required by spherical models, ignored by planar ones.
     """
-    spec = parse_model_name(name)
+    spec = _one_network(name)
     if in_channels < 1 or num_classes < 1:
         raise ConfigError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
     grid = (int(img_size[0]), int(img_size[1])) if img_size else None
