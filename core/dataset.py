@@ -153,6 +153,7 @@ class EncodedRaster:
                 data, valid = read_window(src, r0, c0, r1 - r0, c1 - c0)
                 encoder.encode(data, valid, out=self.x[:, r0:r1, c0:c1])
                 self.valid[r0:r1, c0:c1] = valid
+        self._pixels_last: Optional[np.ndarray] = None  # (H, W, C), for patches
 
     def pixels(self, flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Encoded (C, n) values and validity (n,) of pixels given as flat (row-major) indices."""
@@ -160,15 +161,22 @@ class EncodedRaster:
 
     def patches(self, flat: np.ndarray, radius: int) -> np.ndarray:
         """Encoded (n, C, 2r+1, 2r+1) squares around pixels given as flat indices (0 outside the raster,
-        as a prediction window sees there): what a context model trains on (``training.PixelBatches``)."""
-        _, height, width = self.x.shape
+        as a prediction window sees there): what a context model trains on (``training.PixelBatches``).
+
+        Cut from a pixels-last copy of the raster (made on first use, as large again as ``x``) and
+        returned as a view in that layout: gathering a pixel's bands from one run of memory, and a
+        band layer reading them as a matrix product (``SmallCNN.centre``), made a training step on
+        the demo's 110 channels about twice as fast as planes of bands did."""
+        if self._pixels_last is None:
+            self._pixels_last = np.ascontiguousarray(self.x.transpose(1, 2, 0))
+        height, width, _ = self._pixels_last.shape
         rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), width)
         offsets = np.arange(-radius, radius + 1)
         rr, cc = rows[:, None] + offsets, cols[:, None] + offsets
         inside = ((rr >= 0) & (rr < height))[:, :, None] & ((cc >= 0) & (cc < width))[:, None, :]
-        out = self.x[:, np.clip(rr, 0, height - 1)[:, :, None], np.clip(cc, 0, width - 1)[:, None, :]]
-        out *= inside[None]
-        return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+        out = self._pixels_last[np.clip(rr, 0, height - 1)[:, :, None], np.clip(cc, 0, width - 1)[:, None, :]]
+        out *= inside[..., None]
+        return out.transpose(0, 3, 1, 2)
 
     @staticmethod
     def nbytes(height: int, width: int, encoder: BandEncoder) -> int:

@@ -129,6 +129,16 @@ class ResidualConv(nn.Module):
         return x[:, :, d:-d, d:-d] + self.drop(y)
 
 
+def pixels_last_1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution, as a matrix product over each pixel's channels.
+
+    Equal to the convolution; on patches stored pixels-last (``EncodedRaster.patches``) the
+    product reads each pixel's channels in one run: 110 channels into 16 on a step's
+    4608 patches of 5 x 5 took about a third of the convolution's time (fwd + bwd, CPU)."""
+    y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+    return y.permute(0, 3, 1, 2)
+
+
 class SmallCNN(nn.Module):
     """1x1 band reduction, ``layers`` residual dilated 3x3 convolutions, 1x1 head.
 
@@ -161,7 +171,7 @@ class SmallCNN(nn.Module):
         side = 2 * self.context + 1
         if x.shape[-2:] != (side, side):
             raise ValueError(f"centre() takes {side} x {side} patches, got {tuple(x.shape[-2:])}")
-        h = self.band_layer(x)
+        h = pixels_last_1x1(self.band_layer, x)
         for block in self.body:
             h = block.unpadded(h)
         return self.head(h)
