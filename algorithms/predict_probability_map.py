@@ -83,7 +83,8 @@ class PredictProbabilityMapAlgorithm(StackSegmenterAlgorithm):
                  "loads in classes of area: the top 1, 5, 10 and 20 % of the map.")
         self.add(QgsProcessingParameterRasterDestination(self.UNCERTAINTY, self.tr("Uncertainty"), optional=True,
                                                          createByDefault=False),
-                 "Optional, for a model trained as an ensemble ('Ensemble members' 2 or more): the per-pixel "
+                 "Optional, for a model trained as an ensemble ('Ensemble members' 2 or more, or a mixed "
+                 "architecture such as pixel + cnn): the per-pixel "
                  "standard deviation across the members (0 where they agree, larger where they differ).")
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802

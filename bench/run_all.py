@@ -85,9 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     if args.models is None:
-        from core.models.catalog import PRESET_MODELS
+        from core.models.catalog import MIX, PRESET_MODELS
 
-        args.models = list(PRESET_MODELS)
+        args.models = [m for m in PRESET_MODELS if MIX not in m]  # a mixed preset's parts are presets too
     if args.ensemble_models is None:
         args.ensemble_models = default_ensemble_models()
     if args.ensemble_members < 2:

@@ -175,6 +175,7 @@ DEFAULT_MODELS: Tuple[str, ...] = ("pixel_sc1_layers2_e32",)
 PRESET_MODELS: Tuple[str, ...] = (
     "unet_sc2_layers4_e32", "transformer_sc2_layers4_e128", "s2unet_sc2_layers4_e32",
     "s2segformer_sc2_layers4_e128", "pixel_sc1_layers2_e32", "cnn_sc1_layers2_e16", "additive_sc1_layers1_e8",
+    "pixel_sc1_layers2_e32+cnn_sc1_layers2_e16",
 )
 
 

@@ -405,6 +405,25 @@ def test_predict_with_uncertainty_writes_two_styled_maps(trained_ensemble: Dict[
     assert items[0].value == 0.0 and items[0].label == "0 (members agree)" and items[-1].value > 0
 
 
+def test_the_mixed_architecture_trains_two_networks_whose_spread_is_the_uncertainty(
+        plugin: Any, tiny_data: TinyData, tmp_path: Path) -> None:
+    """The mixed preset (a per-pixel network + a small CNN) is an ensemble without 'Ensemble members':
+    one member of each, so Predict can map their spread."""
+    import processing
+
+    from stack_segmenter.core.models.catalog import MIX, PRESET_MODELS
+
+    index = next(i for i, name in enumerate(PRESET_MODELS) if MIX in name)
+    trained = processing.run("stacksegmenter:trainsegmenter", train_params(tiny_data, tmp_path, ARCHITECTURE=index))
+    result = processing.run("stacksegmenter:predictprobabilitymap", {
+        "INPUT": str(tiny_data.raster), "MODEL": trained["OUTPUT_MODEL"],
+        "OUTPUT": str(tmp_path / "probability.tif"), "UNCERTAINTY": str(tmp_path / "uncertainty.tif")})
+    with rasterio_open(result["OUTPUT"]) as src:
+        assert src.tags()["members"] == "2" and PRESET_MODELS[index] in src.descriptions[0]
+    with rasterio_open(result["UNCERTAINTY"]) as src:
+        assert float(src.read(1, masked=True).max()) > 0.0  # two different networks never agree everywhere
+
+
 def test_run_and_load_results_loads_the_uncertainty_layer_too(plugin: Any, qgis_iface: Any,
                                                               trained_ensemble: Dict[str, Any],
                                                               tiny_data: TinyData, tmp_path: Path) -> None:
