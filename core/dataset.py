@@ -102,6 +102,11 @@ def augment_bands(x: torch.Tensor, valid: torch.Tensor, groups: Sequence[Sequenc
         keep[:, list(channels)] = (~dropped[:, g]).to(x.dtype)[:, None]
         if len(channels) == 1:
             numeric[channels[0]] = 1.0
+    if x.dim() == 4 and x.permute(0, 2, 3, 1).is_contiguous():  # pixels last: patches, single pixels
+        xl = x.permute(0, 2, 3, 1)  # broadcasting over the last, contiguous axis: 6x faster on patches
+        out = torch.randn_like(xl).mul_(noise * numeric).add_(xl)
+        out.mul_(keep[:, None, None, :]).mul_(valid[..., None].to(x.dtype))
+        return out.permute(0, 3, 1, 2)
     noisy = x + noise * torch.randn_like(x) * numeric[None, :, None, None]
     return noisy * keep[:, :, None, None] * valid[:, None].to(x.dtype)
 

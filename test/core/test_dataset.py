@@ -223,9 +223,11 @@ def test_patch_augmentation_turns_each_patch_by_its_own_symmetry_of_the_square()
     assert torch.equal(augment_patches(x, np.random.default_rng(0)), out)  # seeded: a resume repeats it
 
 
-def test_band_augmentation_drops_whole_bands_and_adds_noise_to_numeric_bands_only():
+@pytest.mark.parametrize("pixels_last", [False, True])
+def test_band_augmentation_drops_whole_bands_and_adds_noise_to_numeric_bands_only(pixels_last: bool):
+    """Windows come as planes of bands, patches pixels-last (``EncodedRaster.patches``): the same rules."""
     torch.manual_seed(0)
-    x = torch.zeros(64, 4, 5, 5)
+    x = torch.zeros(64, 5, 5, 4).permute(0, 3, 1, 2) if pixels_last else torch.zeros(64, 4, 5, 5)
     x[:, 2:] = 1.0  # channels 2, 3: one one-hot band
     valid = torch.ones(64, 5, 5, dtype=torch.bool)
     valid[:, 0, 0] = False
