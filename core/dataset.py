@@ -51,15 +51,20 @@ def augment_planar(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, genera
 def augment_patches(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Each (C, k, k) patch of a batch turned by its own draw of the square's 8 symmetries (flips and
     90-degree turns): what ``augment_planar`` does to a window, per sampled pixel of a context model
-    (the centre, whose label the loss reads, stays the centre)."""
-    turns = rng.integers(0, 8, size=x.shape[0])
-    out = x.clone()
-    for t in range(1, 8):
-        sel = torch.from_numpy(np.flatnonzero(turns == t))
-        if sel.numel():
-            part = x[sel].flip(-1) if t >= 4 else x[sel]
-            out[sel] = part.rot90(t % 4, dims=(-2, -1))
-    return out
+    (the centre, whose label the loss reads, stays the centre). One gather for the whole batch, in
+    its layout: pixels-last patches come back pixels-last."""
+    n, c, k, _ = x.shape
+    turns = torch.from_numpy(rng.integers(0, 8, size=n))
+    grid = torch.arange(k * k).view(k, k)
+    sources = torch.stack([_symmetry(grid, t).reshape(-1) for t in range(8)])  # (8, k*k): where each pixel reads
+    pixels = x.permute(0, 2, 3, 1).reshape(n, k * k, c)  # a view for pixels-last patches
+    out = torch.gather(pixels, 1, sources[turns][:, :, None].expand(n, k * k, c))
+    return out.view(n, k, k, c).permute(0, 3, 1, 2)
+
+
+def _symmetry(square: torch.Tensor, t: int) -> torch.Tensor:
+    """Symmetry ``t`` (0..7) of a square's last two axes: ``t % 4`` quarter turns, mirrored first when t >= 4."""
+    return (square.flip(-1) if t >= 4 else square).rot90(t % 4, dims=(-2, -1))
 
 
 def augment_spherical(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,

@@ -221,6 +221,8 @@ def test_patch_augmentation_turns_each_patch_by_its_own_symmetry_of_the_square()
         seen.add(match[0])
     assert seen == set(range(8))  # every symmetry occurs, drawn patch by patch
     assert torch.equal(augment_patches(x, np.random.default_rng(0)), out)  # seeded: a resume repeats it
+    pixels_last = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as EncodedRaster.patches cuts them
+    assert torch.equal(augment_patches(pixels_last, np.random.default_rng(0)), out)
 
 
 @pytest.mark.parametrize("pixels_last", [False, True])
