@@ -62,6 +62,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="cv seeds (default 0)")
     p.add_argument("--num-epochs", type=int, default=None, help="deep model epochs (default Train's; quick 1)")
     p.add_argument("--tile-size", type=int, default=None, help="deep model tile (default automatic; quick 32)")
+    p.add_argument("--augment", action="store_true",
+                   help="train the deep models with data augmentation (--enable_data_augmentation)")
     p.add_argument("--background", type=int, default=None, help="baseline background pixels (default 20000)")
     p.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()),
                    help="work folder for the demo data and cv outputs (removed unless --keep)")
@@ -129,7 +131,7 @@ def run_skill(args: argparse.Namespace, log: Callable[[str], None] = print) -> D
                 params = {**{k: str(v) if isinstance(v, Path) else v for k, v in base.items()},
                           "models": args.models, "baselines": args.baselines, "folds": args.folds, "seed": seed,
                           "num_epochs": args.num_epochs, "tile_size": [args.tile_size] * 2 if args.tile_size else None,
-                          "background": args.background, "out": str(work / f"{name}_seed{seed}")}
+                          "augment": args.augment, "background": args.background, "out": str(work / f"{name}_seed{seed}")}
                 log(f"[skill {time.strftime('%H:%M:%S')}] {name}, seed {seed}: cross-validating "
                     f"{', '.join(args.baselines + args.models)} on {args.folds} folds ...")
                 result = run_child("skill_cv", params, limits)

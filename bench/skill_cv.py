@@ -3,7 +3,7 @@
 Params (JSON): ``raster``, ``labels``, optional ``label_column``, ``mask``,
 ``categorical_bands``, ``truth`` (a GeoTIFF of the true probability: then the Spearman rank
 correlation of each out-of-fold map with it over the usable pixels is reported), ``models``,
-``baselines``, ``folds``, ``seed``, ``num_epochs``, ``tile_size``, ``background``, ``out``.
+``baselines``, ``folds``, ``seed``, ``num_epochs``, ``tile_size``, ``augment``, ``background``, ``out``.
 Returns the ranking, each candidate's pooled and per-fold figures, seconds and paired difference
 to the best baseline (``core.cv.paired_comparisons``), the cv wall
 time and (added by child_main) the process's peak resident memory.
@@ -29,6 +29,8 @@ def run(params: Dict[str, Any]) -> Dict[str, Any]:
         train_kw["num_epochs"] = int(params["num_epochs"])
     if params.get("tile_size"):
         train_kw["tile_size"] = tuple(params["tile_size"])
+    if params.get("augment"):
+        train_kw["augment"] = True
     labels = LabelOptions(labels_path=params["labels"], label_column=params.get("label_column"),
                           mask_path=params.get("mask"))
     config = CVConfig(train=TrainConfig(raster_path=params["raster"], labels=labels, **train_kw),
