@@ -302,7 +302,9 @@ class TrainConfig(_JsonConfig):
              "summed: no band interactions), cnn_* (small CNN that sees a few pixels around; trained on pixel "
              "patches), unet_* (planar U-Net: spatial patterns, needs many labels), transformer_* (windowed "
              "attention, slower), "
-             "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters)")
+             "s2unet_* / s2segformer_* (spherical, for global EPSG:4326 rasters); local models joined by + "
+             "(pixel_sc1_layers2_e32+cnn_sc1_layers2_e16) train as one mixed ensemble, a member of each per "
+             "--ensemble, averaged by predict")
     tile_size: Optional[Tuple[int, int]] = option(
         None, metavar="N", minimum=1, unset=0,
         help="side of the training tiles (height width; one value = square). Automatic: the model's tile (64 "
@@ -379,7 +381,8 @@ class TrainConfig(_JsonConfig):
                                  "training_blocks = the validated model as it is")
     ensemble: int = option(DEFAULT_ENSEMBLE, minimum=1, maximum=MAX_ENSEMBLE, metavar="N",
                            note="the number of members to train",
-                           help="members trained with different seeds (seed..seed+N-1) into the one model file; "
+                           help="members trained with different seeds (seed..seed+N-1) into the one model file (a "
+                                "mixed model a+b: N of each); "
                                 "predict averages them and can map where they disagree (uncertainty, 2 or more); "
                                 "training takes this many times longer")
     weight_decay: float = option(1e-2, minimum=0.0, help="AdamW (decoupled) weight decay: shrinks every weight a "
