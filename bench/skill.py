@@ -131,7 +131,8 @@ def run_skill(args: argparse.Namespace, log: Callable[[str], None] = print) -> D
                 params = {**{k: str(v) if isinstance(v, Path) else v for k, v in base.items()},
                           "models": args.models, "baselines": args.baselines, "folds": args.folds, "seed": seed,
                           "num_epochs": args.num_epochs, "tile_size": [args.tile_size] * 2 if args.tile_size else None,
-                          "augment": args.augment, "background": args.background, "out": str(work / f"{name}_seed{seed}")}
+                          "augment": args.augment, "background": args.background,
+                          "out": str(work / f"{name}_seed{seed}")}
                 log(f"[skill {time.strftime('%H:%M:%S')}] {name}, seed {seed}: cross-validating "
                     f"{', '.join(args.baselines + args.models)} on {args.folds} folds ...")
                 result = run_child("skill_cv", params, limits)
