@@ -1416,7 +1416,7 @@ class ModelSetup:
 
     def kwargs(self, index: int) -> Dict[str, Any]:
         """``build_model`` arguments of ensemble member ``index`` (a mixed model's parts in turn)."""
-        return self.part_kwargs[index % len(self.part_kwargs)]
+        return self.part_kwargs[self.spec.part_index(index)]
 
 
 def setup_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData], dist: Dist,
@@ -1474,7 +1474,7 @@ def train_members(config: TrainConfig, setup: ModelSetup, data: RasterData, resu
         state = resumed if (resumed is not None and k == setup.resumed_index) else None
         outcome = train_member(config, spec, data, setup.td, setup.kwargs(k), k, ensemble, state, dist, device,
                                autocast, cb, log, ckpt_path, member_progress,
-                               keep_last=not by_validation[k % spec.part_count])
+                               keep_last=not by_validation[spec.part_index(k)])
         outcomes.append(outcome)
         if config.num_epochs == 0:  # no checkpoint to resume: validate an untrained model
             log(f"{spec.name}: --num_epochs 0 without a checkpoint to resume: validating the untrained model")
@@ -1537,7 +1537,8 @@ def final_validation(config: TrainConfig, setup: ModelSetup, data: RasterData, o
     ranking = band_ranking(outcomes[-1].model, td.encoder) if outcomes else None
     if ranking is not None:
         log(_band_line(f"{spec.name} member {members}" if members > 1 else spec.name, ranking))
-    return final, sum(count_parameters(build_model(**setup.kwargs(i))) for i in range(spec.part_count))
+    others = sum(count_parameters(build_model(**setup.kwargs(i))) for i in range(1, spec.part_count))
+    return final, count_parameters(eval_step.model) + others  # a mixed model's parts together
 
 
 def train_model(config: TrainConfig, spec: ModelSpec, data: RasterData, tiles: Dict[Any, TileData],

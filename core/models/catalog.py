@@ -181,7 +181,7 @@ PRESET_MODELS: Tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model name; a mixed one (``a+b``) holds its parts and takes its geometry from them."""
+    """A parsed model name (one network; ``MixedSpec``: several as one ensemble)."""
 
     name: str
     arch: str
@@ -190,9 +190,13 @@ class ModelSpec:
     width: int
     parts: Tuple["ModelSpec", ...] = ()
 
-    def part(self, index: int) -> "ModelSpec":
-        """The model ensemble member ``index`` trains: a mixed model's parts in turn, else the model itself."""
-        return self.parts[index % len(self.parts)] if self.parts else self
+    def part_index(self, member: int) -> int:
+        """Which part ensemble member ``member`` trains: the parts in turn (one part: always 0)."""
+        return member % self.part_count
+
+    def part(self, member: int) -> "ModelSpec":
+        """The network ensemble member ``member`` trains."""
+        return self.parts[self.part_index(member)] if self.parts else self
 
     @property
     def part_count(self) -> int:
@@ -201,34 +205,25 @@ class ModelSpec:
 
     @property
     def spherical(self) -> bool:
-        return False if self.parts else ARCHITECTURES[self.arch].spherical
+        return ARCHITECTURES[self.arch].spherical
 
     @property
     def description(self) -> str:
-        if self.parts:
-            return ("Mixed ensemble: " + " + ".join(p.name for p in self.parts) + "; each trained and calibrated "
-                    "on its own, their maps averaged (an uncertainty map where they disagree).")
         return ARCHITECTURES[self.arch].description
 
     @property
     def multiple(self) -> int:
         """Window sizes/steps the model wants (1: any); spherical models take their own grid."""
-        if self.parts:
-            return math.lcm(*(p.multiple for p in self.parts))
         return 1 if self.spherical else ARCHITECTURES[self.arch].multiple(self.scale, self.layers)
 
     @property
     def context(self) -> int:
         """Pixels of neighbourhood the model needs at a window edge (0: none beyond overlap)."""
-        if self.parts:
-            return max(p.context for p in self.parts)
         return ARCHITECTURES[self.arch].context(self.scale, self.layers)
 
     @property
     def auto_tile(self) -> Optional[int]:
         """The automatic tile side (None: the general default, config.DEFAULT_TILE)."""
-        if self.parts:
-            return self.parts[0].auto_tile  # parse_model_name: the parts share it
         return None if self.spherical else ARCHITECTURES[self.arch].auto_tile
 
     @property
@@ -236,25 +231,53 @@ class ModelSpec:
         """Each output pixel depends only on the (2 * context + 1)-pixel square around it (a local model), so
         training may feed it a sample of pixels, each with that patch of neighbours, instead of windows
         (``training.PixelBatches``; context 0: the pixel's own bands)."""
-        if self.parts:
-            return True  # parse_model_name: only local models mix
         return ARCHITECTURES[self.arch].local and not self.spherical
 
     @property
     def split_buffer(self) -> Optional[int]:
         """Buffer (px) of the spatial split for a local model, whose training windows may then reach into
         it (masked); None: a one-tile buffer that no training window enters (every other model)."""
-        if self.parts:
-            return self.context + SPLIT_MARGIN
-        arch = ARCHITECTURES[self.arch]
-        return self.context + SPLIT_MARGIN if arch.local and not self.spherical else None
+        return self.context + SPLIT_MARGIN if self.pixel_sampled else None
 
     @property
     def minimum_tile(self) -> int:
         """The smallest tile side the model takes (spherical models: their own grid, any raster)."""
-        if self.parts:
-            return max(p.minimum_tile for p in self.parts)
         return 1 if self.spherical else max(1, ARCHITECTURES[self.arch].minimum(self.scale, self.layers))
+
+
+@dataclass(frozen=True)
+class MixedSpec(ModelSpec):
+    """A mixed name ``a+b``: local models (``_parse_mixed``) sharing one split, tile and pixel sample; its
+    geometry is the widest part's."""
+
+    @property
+    def spherical(self) -> bool:
+        return False
+
+    @property
+    def description(self) -> str:
+        return ("Mixed ensemble: " + " + ".join(p.name for p in self.parts) + "; each trained and calibrated "
+                "on its own, their maps averaged (an uncertainty map where they disagree).")
+
+    @property
+    def multiple(self) -> int:
+        return math.lcm(*(p.multiple for p in self.parts))
+
+    @property
+    def context(self) -> int:
+        return max(p.context for p in self.parts)
+
+    @property
+    def auto_tile(self) -> Optional[int]:
+        return self.parts[0].auto_tile
+
+    @property
+    def pixel_sampled(self) -> bool:
+        return True
+
+    @property
+    def minimum_tile(self) -> int:
+        return max(p.minimum_tile for p in self.parts)
 
 
 def parse_model_name(name: str) -> ModelSpec:
@@ -293,7 +316,7 @@ def _parse_mixed(name: str) -> ModelSpec:
     if len({p.auto_tile for p in parts}) > 1:
         raise ConfigError(f"model name {name!r}: its parts want different tiles; mix models of one tile")
     joined = MIX.join(p.name for p in parts)
-    return ModelSpec(joined, MIXED_ARCH, 0, 0, 0, parts)
+    return MixedSpec(joined, MIXED_ARCH, 0, 0, 0, parts)
 
 
 def check_tile(tile: Tuple[int, int], name: str, flag: str = "--tile_size") -> None:
